@@ -1,0 +1,68 @@
+"""Options shared by `train`, `grid` and `tune`, so each flag is declared once."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from ablate.config import DEVICES, PRECISIONS
+
+
+def _stack(*decorators: Callable) -> Callable:
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+    return apply
+
+
+def data_options(default_data: str | None = "synthetic") -> Callable:
+    return _stack(
+        click.option("--data", default=default_data, show_default=True,
+                     help="'synthetic' (embedded dataset) or a dataset folder: PASCAL VOC, mmseg img_dir/ann_dir, or CamVid."),
+        click.option("--image-size", default=None, metavar="H[xW]",
+                     help="Working size: one int, 'H W' or 'HxW'; each divisible by 32."),
+        click.option("--num-classes", type=int, default=None, help="Number of classes (default: inferred from the training masks)."),
+        click.option("--ignore-index", type=int, default=255, show_default=True, help="Void label in the masks (CamVid: 11)."),
+        click.option("--val-fraction", type=float, default=None,
+                     help="Carve a seeded val split of this fraction from train when the dataset has none."),
+    )
+
+
+def results_dir_option(fn: Callable) -> Callable:
+    return click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+                        help="Where studies, run records and the decode cache (.cache/) live.")(fn)
+
+
+def execution_options(fn: Callable) -> Callable:
+    return _stack(
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+                     help="auto: bf16 autocast on CUDA and on CPUs with AVX512-BF16/AMX, else fp32."),
+        click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model."),
+    )(fn)
+
+
+def toggle_options(fn: Callable) -> Callable:
+    return _stack(
+        click.option("--scheduler/--no-scheduler", default=False, show_default=True, help="Cosine LR annealing, per step."),
+        click.option("--augment/--no-augment", default=False, show_default=True, help="Flip, rotate ±15°, random resized crop."),
+        click.option("--weighted-loss/--no-weighted-loss", default=False, show_default=True,
+                     help="Inverse-frequency class weights from the training split."),
+    )(fn)
+
+
+def merge_image_size_args(args: list[str]) -> list[str]:
+    """Let `--image-size 64 96` (two tokens) through click as `--image-size 64x96`."""
+    out, i = [], 0
+    while i < len(args):
+        out.append(args[i])
+        if args[i] == "--image-size" and i + 2 < len(args) and args[i + 1].isdigit() and args[i + 2].isdigit():
+            out.append(f"{args[i + 1]}x{args[i + 2]}")
+            i += 3
+            continue
+        i += 1
+    return out
+
+

@@ -1,0 +1,55 @@
+"""`ablate train`: one configuration through the engine, one run record."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ablate.cli._options import data_options, execution_options, toggle_options
+from ablate.config import TrainConfig, parse_image_size
+from ablate.errors import AblateError
+
+
+@click.command()
+@click.option("--model", default="baseline", show_default=True, help="baseline | custom | resnet18 | unet")
+@click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
+              help="Model constructor argument, repeatable (e.g. base_channels=16, weights=PATH).")
+@data_options()
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--patience", type=int, default=3, show_default=True, help="Early stopping on val loss; 0 disables.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@toggle_options
+@execution_options
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run folder for run.json and best.pt [default: results/runs/<run_id>].")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("results/.cache"), show_default=True,
+              help="Decoded-dataset cache.")
+@click.option("--quiet", is_flag=True, help="Only the final summary.")
+def train(model, model_arg, data, image_size, num_classes, ignore_index, val_fraction, epochs, batch_size, lr,
+          weight_decay, patience, seed, scheduler, augment, weighted_loss, device, precision, compile, out,
+          cache_dir, quiet):
+    """Train one model and write DIR/run.json (atomically) and DIR/best.pt."""
+    from ablate.engine import fit
+    from ablate.models import parse_model_args
+
+    config = TrainConfig(
+        model=model, model_args=parse_model_args(model, list(model_arg)), data=data,
+        image_size=parse_image_size(image_size or 64), num_classes=num_classes, ignore_index=ignore_index,
+        val_fraction=val_fraction, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        scheduler=scheduler, augment=augment, weighted_loss=weighted_loss, patience=patience, seed=seed,
+        precision=precision, device=device, compile=compile,
+    )
+    out = out or Path("results") / "runs" / config.run_id
+    if out.exists() and not out.is_dir():
+        raise AblateError(f"--out {out} is a file; give a folder")
+    record = fit(config, out_dir=out, quiet=quiet, cache_dir=cache_dir)
+    if quiet:
+        from ablate.record import describe
+
+        click.echo(describe(record))
+    click.echo(f"run record: {out / 'run.json'}")
+    if record["status"] == "failed":
+        raise SystemExit(1)

@@ -1,0 +1,129 @@
+"""The one typed configuration of a training run; its canonical hash is the run's identity."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ablate.errors import AblateError
+
+TOGGLES = ("scheduler", "augment", "weighted_loss")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Fields that say *where/how fast* a run executes, not *what* it computes: they are saved in
+# the record but left out of the run id, so a grid resumed on another machine keeps its ids.
+OPERATIONAL_FIELDS = ("device", "compile")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "baseline"  # registry name: baseline | custom | resnet18 | unet
+    model_args: dict[str, Any] = field(default_factory=dict)  # typed kwargs for create_model
+    data: str = "synthetic"  # "synthetic" or a dataset folder (VOC, img_dir/ann_dir, CamVid)
+    image_size: tuple[int, int] = (64, 64)  # working size (H, W); each divisible by 32
+    num_classes: int | None = None  # None: inferred from the training masks
+    ignore_index: int = 255  # void label in the source masks (CamVid: 11)
+    val_fraction: float | None = None  # carve val from train when the dataset has no val split
+    epochs: int = 10  # maximum epochs (early stopping may end sooner)
+    batch_size: int = 16
+    lr: float = 1e-3  # AdamW learning rate (peak, when the scheduler is on)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    scheduler: bool = False  # toggle: cosine annealing over the whole run, stepped per iteration
+    augment: bool = False  # toggle: flip, rotate ±15° (void fill), random resized crop
+    weighted_loss: bool = False  # toggle: inverse-frequency class weights, mean 1
+    patience: int = 3  # early stopping on val loss; 0 disables
+    seed: int = 0  # seeds python, numpy, torch, shuffling and augmentation
+    precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 where the hardware has it)
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False  # torch.compile the model
+
+    def __post_init__(self) -> None:
+        h, w = self.image_size
+        _positive("--image-size", h)
+        _positive("--image-size", w)
+        if h % 32 or w % 32:
+            raise AblateError(f"--image-size must be divisible by 32, got {h}x{w}; try {_round32(h)}x{_round32(w)}")
+        _positive("--epochs", self.epochs)
+        _positive("--batch-size", self.batch_size)
+        if not self.lr > 0:
+            raise AblateError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise AblateError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.patience < 0:
+            raise AblateError(f"--patience must be >= 0 (0 disables early stopping), got {self.patience}")
+        if self.num_classes is not None:
+            _positive("--num-classes", self.num_classes)
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise AblateError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.precision not in PRECISIONS:
+            raise AblateError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.device not in DEVICES:
+            raise AblateError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["model_args"] = dict(sorted(self.model_args.items()))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise AblateError(f"unknown config key(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}")
+        d = dict(d)
+        if "image_size" in d:
+            d["image_size"] = parse_image_size(d["image_size"])
+        return cls(**d)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide what the run computes."""
+        d = self.to_dict()
+        for name in OPERATIONAL_FIELDS:
+            d.pop(name)
+        return d
+
+    @property
+    def run_id(self) -> str:
+        return stable_hash(self.identity())
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """Hash of a JSON-able object that is independent of key order."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def parse_image_size(value: Any) -> tuple[int, int]:
+    """Accept 64, "64", (64, 96), [64, 96] or "64 96" / "64x96"."""
+    if isinstance(value, str):
+        parts = value.replace("x", " ").replace(",", " ").split()
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = [value]
+    try:
+        sizes = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        raise AblateError(f"--image-size expects one or two integers, got {value!r}") from None
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2:
+        raise AblateError(f"--image-size expects one or two integers, got {value!r}")
+    return sizes[0], sizes[1]
+
+
+def _positive(option: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise AblateError(f"{option} must be a positive integer, got {value!r}")
+
+
+def _round32(x: int) -> int:
+    return max(32, 32 * round(x / 32))

@@ -1,0 +1,158 @@
+"""Model stage: the name → entry-point registry, `create_model`, and typed parsing of
+`--model-arg key=value` overrides."""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from ablate.errors import AblateError
+
+ModelFn = Callable[..., nn.Module]
+
+_MODELS: dict[str, ModelFn] = {}
+_PARAMS: dict[str, dict[str, tuple[Any, Any]]] = {}
+
+# The argument types an entry point may declare; parse_model_args knows how to read each.
+_SCALARS = (bool, int, float, str)
+_TYPE_WORDS = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+_NONE = {"", "none", "null"}
+
+
+def _allowed_types(annotation: Any) -> tuple[type, ...]:
+    """(int,) for `int`, (str, NoneType) for `str | None`; empty if unsupported."""
+    if annotation in _SCALARS:
+        return (annotation,)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if all(a in _SCALARS or a is type(None) for a in args):
+            return args
+    return ()
+
+
+def register_model(fn: ModelFn) -> ModelFn:
+    """Register `fn` under its own name. Its signature must be `(num_classes: int, *, ...)`
+    with every option keyword-only, annotated (bool, int, float, str, or `X | None`) and
+    defaulted, so the CLI can parse and type-check overrides from the signature alone."""
+    name = fn.__name__
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    hints = typing.get_type_hints(fn)
+    params = list(inspect.signature(fn).parameters.values())
+    if not params or params[0].name != "num_classes":
+        raise TypeError(f"model entry point {name!r} must take num_classes as its first argument")
+    options: dict[str, tuple[Any, Any]] = {}
+    for p in params[1:]:
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty:
+            raise TypeError(f"model {name!r}: option {p.name!r} must be keyword-only with a default")
+        if not _allowed_types(hints.get(p.name)):
+            raise TypeError(f"model {name!r}: option {p.name!r} has unsupported type {hints.get(p.name)!r}")
+        options[p.name] = (hints[p.name], p.default)
+    _MODELS[name] = fn
+    _PARAMS[name] = options
+    return fn
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_MODELS)
+
+
+def _require_known(name: str) -> None:
+    if name not in _MODELS:
+        raise AblateError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
+
+
+def model_params(name: str) -> dict[str, tuple[Any, Any]]:
+    """`{option: (annotation, default)}` of model `name`'s keyword-only options."""
+    _require_known(name)
+    return dict(_PARAMS[name])
+
+
+def _accepted(name: str) -> str:
+    return ", ".join(_PARAMS[name]) or "none"
+
+
+def _type_label(annotation: Any) -> str:
+    words = [_TYPE_WORDS.get(t, "none") for t in _allowed_types(annotation)]
+    return " or ".join(words)
+
+
+def _check_value(name: str, key: str, value: Any, annotation: Any) -> Any:
+    """Return `value` (ints widened for float options) or raise if its type is wrong."""
+    for allowed in _allowed_types(annotation):
+        if allowed is type(None) and value is None:
+            return value
+        if allowed is bool and isinstance(value, bool):
+            return value
+        # bool is a subclass of int, but True is never a meaningful channel count.
+        if allowed is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if allowed is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if allowed is str and isinstance(value, str):
+            return value
+    raise AblateError(f"model {name!r}: {key} must be {_type_label(annotation)}, "
+                      f"got {value!r} ({type(value).__name__})")
+
+
+def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Build model `name` with `num_classes` output channels; kwargs are its options."""
+    _require_known(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise AblateError(f"model {name!r}: num_classes must be an integer >= 1, got {num_classes!r}")
+    params = _PARAMS[name]
+    checked = {}
+    for key, value in kwargs.items():
+        if key not in params:
+            raise AblateError(f"model {name!r} has no argument {key!r}; accepted: {_accepted(name)}")
+        checked[key] = _check_value(name, key, value, params[key][0])
+    return _MODELS[name](num_classes, **checked)
+
+
+def _parse_value(key: str, text: str, annotation: Any) -> Any:
+    allowed = _allowed_types(annotation)
+    if type(None) in allowed and text.strip().lower() in _NONE:
+        return None
+    for t in allowed:
+        if t is str:
+            return text
+        if t is bool:
+            if text.strip().lower() in _TRUE:
+                return True
+            if text.strip().lower() in _FALSE:
+                return False
+            continue
+        try:
+            return t(text)
+        except ValueError:
+            continue
+    expected = " or ".join(
+        "true/false (or 1/0, yes/no)" if t is bool else _TYPE_WORDS.get(t, "none") for t in allowed)
+    raise AblateError(f"--model-arg {key}: expected {expected}, got {text!r}")
+
+
+def parse_model_args(name: str, pairs: list[str]) -> dict[str, Any]:
+    """Turn ["base_channels=16", "freeze_encoder=false"] into typed options for `name`."""
+    _require_known(name)
+    params = _PARAMS[name]
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise AblateError(f"--model-arg {pair!r}: expected key=value")
+        if key not in params:
+            raise AblateError(f"--model-arg {key}: model {name!r} has no such argument; "
+                              f"accepted: {_accepted(name)}")
+        if key in parsed:
+            raise AblateError(f"--model-arg {key}: given more than once")
+        parsed[key] = _parse_value(key, text, params[key][0])
+    return parsed

@@ -1,0 +1,130 @@
+"""Run record stage: the JSON that every other part (grid, tuner, analysis, report) reads,
+written atomically beside the best checkpoint."""
+from __future__ import annotations
+
+import functools
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torchvision
+
+from ablate import _io
+from ablate.config import TrainConfig
+
+RECORD_FILE = "run.json"
+CHECKPOINT_FILE = "best.pt"
+METRIC_KEYS = ("loss", "pixel_acc", "miou", "mean_acc", "mdice", "class_iou", "class_acc")
+
+
+def build(*, config: TrainConfig, dataset, metrics: dict, curves: list[dict], best_epoch: int | None,
+          stopped_epoch: int, status: str, failure_reason: str | None, precision: str, device: torch.device,
+          weights_source: str | None, seconds: float, images_per_second: float) -> dict:
+    return {
+        "run_id": config.run_id,
+        "config": config.to_dict(),
+        "dataset": dataset.summary(),
+        "metrics": {split: {k: m[k] for k in METRIC_KEYS} for split, m in metrics.items()},
+        "curves": curves,
+        "best_epoch": best_epoch,
+        "stopped_epoch": stopped_epoch,
+        "timing": {"seconds": seconds, "images_per_second": images_per_second},
+        "environment": environment(device, precision),
+        "weights": weights_source,
+        "status": status,
+        "failure_reason": failure_reason,
+        "traceback": None,
+    }
+
+
+def failed(config: TrainConfig, *, reason: str, tb: str | None) -> dict:
+    """The record of a run that crashed before it could produce metrics."""
+    return {
+        "run_id": config.run_id, "config": config.to_dict(), "dataset": None, "metrics": {}, "curves": [],
+        "best_epoch": None, "stopped_epoch": 0, "timing": {"seconds": 0.0, "images_per_second": 0.0},
+        "environment": None, "weights": None, "status": "failed", "failure_reason": reason, "traceback": tb,
+    }
+
+
+def write(out_dir: str | Path, record: dict, state: dict | None) -> Path:
+    """Checkpoint first, record last: a run.json on disk means the run is complete."""
+    out = Path(out_dir)
+    if state is not None:
+        _io.torch_save(out / CHECKPOINT_FILE, {
+            "model_state": state, "config": record["config"], "num_classes": record["dataset"]["num_classes"],
+            "class_names": record["dataset"]["class_names"], "image_size": record["dataset"]["image_size"],
+        })
+    return _io.write_json(out / RECORD_FILE, record)
+
+
+def read(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / RECORD_FILE).read_text())
+
+
+def summary(record: dict) -> dict:
+    """The flat, scalar view of a record: one row of runs.csv / Optuna user attributes."""
+    cfg, metrics = record["config"], record.get("metrics") or {}
+    row = {
+        "run_id": record["run_id"], "model": cfg["model"], "seed": cfg["seed"],
+        "scheduler": cfg["scheduler"], "augment": cfg["augment"], "weighted_loss": cfg["weighted_loss"],
+        "status": record["status"], "failure_reason": record.get("failure_reason"),
+        "best_epoch": record.get("best_epoch"), "stopped_epoch": record.get("stopped_epoch"),
+        "seconds": record["timing"]["seconds"], "images_per_second": record["timing"]["images_per_second"],
+        "precision": (record.get("environment") or {}).get("precision"),
+    }
+    for split in ("val", "test"):
+        for key in ("loss", "pixel_acc", "miou", "mean_acc", "mdice"):
+            row[f"{split}_{key}"] = (metrics.get(split) or {}).get(key)
+    return row
+
+
+def describe(record: dict) -> str:
+    lines = [f"run {record['run_id']}: {record['status']}"
+             + (f" ({record['failure_reason']})" if record.get("failure_reason") else "")]
+    for split, m in (record.get("metrics") or {}).items():
+        lines.append(f"  {split}: mIoU {_fmt(m['miou'])}  pixel acc {_fmt(m['pixel_acc'])}  "
+                     f"mean acc {_fmt(m['mean_acc'])}  loss {_fmt(m['loss'])}")
+    t = record["timing"]
+    lines.append(f"  best epoch {record.get('best_epoch')}, stopped at {record.get('stopped_epoch')}; "
+                 f"{t['seconds']:.1f}s, {t['images_per_second']:.1f} img/s")
+    return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or x != x else f"{x:.4f}"
+
+
+def environment(device: torch.device, precision: str) -> dict:
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = _cpu_name()
+    return {
+        "python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "platform": platform.platform(), "device": str(device), "device_name": device_name,
+        "threads": torch.get_num_threads(), "precision": precision, "git_sha": git_sha(),
+    }
+
+
+@functools.cache
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+@functools.cache
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

@@ -1,0 +1,328 @@
+"""Data stage, embedded dataset: a deterministic synthetic segmentation set in VOC layout.
+
+Each image is a textured, unevenly lit background with soft-edged distractor patches,
+overlapped by hard-edged textured objects. A class is recognisable from local cues
+(hue, texture, shape, size) but not trivially: some objects take a foreign hue, distractors
+borrow class textures and hues, and pixel noise hides fine detail. Masks follow VOC: class
+indices, a 255 void band on every boundary between two objects or an object and the
+background, saved as palette PNGs. All geometry lives in unit coordinates, so a scene
+rendered at 64 px is the 128 px scene at half resolution.
+
+The loader (`ablate.data`) reads the written layout and looks for `classes.txt` in the
+VOC year folder (`<out>/VOC2007/classes.txt`, written here) or in its parent.
+"""
+from __future__ import annotations
+
+import colorsys
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ablate.errors import AblateError
+
+# Bump whenever the generated pixels, masks or layout change: caches key on it.
+GENERATOR_VERSION = "1"
+
+SYNTH_CLASSES: tuple[str, ...] = ("background", "disc", "square", "stripe", "blob", "speck")
+NATIVE_SIZE = 128
+# A small train split on purpose: with few images, augmentation has something to fix.
+SPLIT_SIZES: dict[str, int] = {"train": 160, "val": 48, "test": 48}
+VOID = 255
+
+# Object styles, indexed by class - 1. Hues are in [0, 1); the rare style is last.
+_STYLES = ("disc", "square", "stripe", "blob", "speck")
+_HUES = (0.0, 0.62, 0.33, 0.12, 0.94)  # speck sits next to disc: size tells them apart
+_FOREIGN_HUE_P = 0.35  # chance an object ignores its class hue: texture/shape must decide
+_OBJECTS_PER_IMAGE = (6, 10)  # inclusive range of large objects per image
+_SPECKS_PER_IMAGE = (0, 6)  # inclusive range of rare-class objects (only when it exists)
+
+
+def class_names(num_classes: int) -> list[str]:
+    """Human-readable names: the built-in names first, then `class_<k>`."""
+    _check_num_classes(num_classes)
+    return [SYNTH_CLASSES[k] if k < len(SYNTH_CLASSES) else f"class_{k}" for k in range(num_classes)]
+
+
+def voc_palette(n: int = 256) -> list[int]:
+    """The standard PASCAL VOC colour map as a flat [r, g, b, ...] list (index 255 = (224, 224, 192))."""
+    palette = []
+    for index in range(n):
+        r = g = b = 0
+        c = index
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def generate_split(
+    split: str,
+    *,
+    n: int | None = None,
+    size: int = NATIVE_SIZE,
+    num_classes: int = 6,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 [N, H, W, 3] and masks uint8 [N, H, W] (0..K-1, 255 void) of one split.
+
+    Image i depends only on (seed, split, i, size, num_classes): splits are independent
+    streams, and a smaller `n` yields a prefix of a larger one.
+    """
+    if split not in SPLIT_SIZES:
+        raise AblateError(f"unknown split {split!r}; expected one of {', '.join(SPLIT_SIZES)}")
+    _check_num_classes(num_classes)
+    if size < 16:
+        raise AblateError(f"synthetic image size must be at least 16 px, got {size}")
+    n = SPLIT_SIZES[split] if n is None else n
+    if n < 0:
+        raise AblateError(f"number of images must be >= 0, got {n}")
+    split_key = zlib.crc32(split.encode("utf-8"))
+    images = np.empty((n, size, size, 3), np.uint8)
+    masks = np.empty((n, size, size), np.uint8)
+    for i in range(n):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_key, i)))
+        images[i], masks[i] = _render(rng, size, num_classes)
+    return images, masks
+
+
+def write_voc(
+    out_dir: str | os.PathLike, *, num_classes: int = 6, seed: int = 0, size: int = NATIVE_SIZE
+) -> Path:
+    """Write all splits as `out_dir/VOC2007/{JPEGImages,SegmentationClass,ImageSets/Segmentation}`.
+
+    Also writes `VOC2007/classes.txt` (one name per line). Refuses a non-empty `out_dir`;
+    everything is written to a temporary sibling folder first and renamed into place, so
+    an interrupted run leaves nothing half-written. Returns the `VOC2007` folder.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise AblateError(f"{out_dir} already exists and is not empty; choose a new folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        year = tmp / "VOC2007"
+        jpeg_dir, mask_dir = year / "JPEGImages", year / "SegmentationClass"
+        sets_dir = year / "ImageSets" / "Segmentation"
+        for folder in (jpeg_dir, mask_dir, sets_dir):
+            folder.mkdir(parents=True)
+        palette = voc_palette(256)
+        for split in SPLIT_SIZES:
+            images, masks = generate_split(split, size=size, num_classes=num_classes, seed=seed)
+            ids = [f"{split}_{i:04d}" for i in range(len(images))]
+            for image_id, image, mask in zip(ids, images, masks):
+                Image.fromarray(image, "RGB").save(jpeg_dir / f"{image_id}.jpg", quality=95, subsampling=0)
+                png = Image.fromarray(mask, "L").convert("P")
+                png.putpalette(palette)
+                png.save(mask_dir / f"{image_id}.png")
+            (sets_dir / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+        (year / "classes.txt").write_text("\n".join(class_names(num_classes)) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir / "VOC2007"
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if not 2 <= num_classes <= 255:
+        raise AblateError(f"num_classes must be between 2 and 255 (255 is void), got {num_classes}")
+
+
+def _render(rng: np.random.Generator, size: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image (float work, uint8 out) and its mask with the void band."""
+    image = _background(rng, size)
+    instances = np.zeros((size, size), np.int32)  # 0 = background, j = j-th object drawn
+    classes = [0]
+    for j, (cls, style) in enumerate(_scene(rng, num_classes), start=1):
+        hue = _class_hue(cls) if rng.random() > _FOREIGN_HUE_P else rng.random()
+        if style == "speck":
+            hue = _class_hue(cls)  # the rare class keeps its colour; its size is what's hard
+        rgb = _object_colour(rng, hue, style)
+        window, mask, texture = _shape(rng, style, size)
+        contrast = rng.uniform(0.35, 0.8)
+        shade = rgb * (1.0 - contrast / 2 + contrast * texture[..., None])
+        image[window][mask] = shade[mask]
+        instances[window][mask] = j
+        classes.append(cls)
+
+    # Uneven lighting and sensor noise, applied over everything.
+    yy, xx = _unit_grid(size, slice(0, size), slice(0, size))
+    gx, gy = rng.uniform(-0.2, 0.2, 2)
+    image *= (1.0 + gx * (xx - 0.5) + gy * (yy - 0.5))[..., None]
+    image += rng.normal(0.0, rng.uniform(8.0, 16.0), image.shape)
+    mask = np.asarray(classes, np.uint8)[instances]
+    mask[_boundary_band(instances, width=max(1, round(2 * size / NATIVE_SIZE)))] = VOID
+    return np.clip(image, 0, 255).round().astype(np.uint8), mask
+
+
+def _scene(rng: np.random.Generator, num_classes: int) -> list[tuple[int, str]]:
+    """(class, style) per object in painter's order; specks mostly end up on top."""
+    rare = 5 if num_classes > 5 else None
+    common = [k for k in range(1, num_classes) if k != rare]
+    objects = [(int(k), _style(int(k))) for k in rng.choice(common, rng.integers(*_OBJECTS_PER_IMAGE, endpoint=True))]
+    specks = [(rare, "speck")] * (int(rng.integers(*_SPECKS_PER_IMAGE, endpoint=True)) if rare else 0)
+    rng.shuffle(objects)
+    below = int(rng.binomial(len(specks), 0.2))  # a few specks get (partly) covered
+    order = specks[:below] + objects
+    rng.shuffle(order)
+    return order + specks[below:]
+
+
+def _style(cls: int) -> str:
+    # Classes beyond the built-in five reuse the four common styles with their own hue.
+    return _STYLES[cls - 1] if cls <= len(_STYLES) else _STYLES[(cls - 1) % 4]
+
+
+def _class_hue(cls: int) -> float:
+    if cls <= len(_HUES):
+        return _HUES[cls - 1]
+    return (0.5 + cls * 0.618034) % 1.0
+
+
+def _object_colour(rng: np.random.Generator, hue: float, style: str) -> np.ndarray:
+    hue = (hue + rng.uniform(-0.04, 0.04)) % 1.0
+    sat = rng.uniform(0.45, 0.9)
+    val = rng.uniform(0.6, 1.0) if style == "speck" else rng.uniform(0.45, 0.9)
+    return np.asarray(colorsys.hsv_to_rgb(hue, sat, val)) * 255.0
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Muted low-frequency colour noise, fine grain, and soft distractor patches."""
+    base = np.asarray(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.3, 0.7))) * 255
+    image = base * (0.75 + 0.5 * _value_noise(rng, size, size, cells=int(rng.integers(2, 6)), channels=3))
+    image += 25.0 * (_value_noise(rng, size, size, cells=max(2, size // 6), channels=1) - 0.5)
+    yy, xx = _unit_grid(size, slice(0, size), slice(0, size))
+    for _ in range(int(rng.integers(1, 4))):
+        # A soft-edged ellipse textured like an object class, but blended, not pasted:
+        # hue and texture alone are not enough, the crisp edge and contrast matter too.
+        cy, cx = rng.uniform(0.0, 1.0, 2)
+        a, b = rng.uniform(0.1, 0.3), rng.uniform(0.1, 0.3)
+        theta = rng.uniform(0, np.pi)
+        u, v = _rotate(xx - cx, yy - cy, theta)
+        alpha = rng.uniform(0.25, 0.55) * np.exp(-((u / a) ** 2 + (v / b) ** 2) * 2.0)
+        style = _STYLES[int(rng.integers(0, 4))]
+        hue = _HUES[int(rng.integers(0, 5))] if rng.random() < 0.5 else rng.random()
+        colour = np.asarray(colorsys.hsv_to_rgb(hue, rng.uniform(0.2, 0.6), rng.uniform(0.4, 0.8))) * 255
+        texture = _texture(rng, style, u, v, a)
+        patch = colour * (0.7 + 0.6 * texture[..., None])
+        image = image * (1 - alpha[..., None]) + patch * alpha[..., None]
+    for _ in range(int(rng.integers(0, 5))):
+        # Soft speck look-alikes: only the crisp edge marks the real rare class.
+        cy, cx = rng.uniform(0.0, 1.0, 2)
+        radius = rng.uniform(0.03, 0.06)
+        alpha = rng.uniform(0.4, 0.8) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (radius / 1.5) ** 2))
+        hue = _HUES[int(rng.integers(0, 5))] if rng.random() < 0.5 else rng.random()
+        colour = np.asarray(colorsys.hsv_to_rgb(hue, rng.uniform(0.4, 0.9), rng.uniform(0.6, 1.0))) * 255
+        image = image * (1 - alpha[..., None]) + colour * alpha[..., None]
+    return image
+
+
+def _shape(rng: np.random.Generator, style: str, size: int) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+    """Pixel window, boolean mask within it, and texture in [0, 1] of one object."""
+    theta = rng.uniform(0, np.pi)
+    if style == "disc":
+        a = rng.uniform(0.07, 0.2)
+        axes, extent = (a, a * rng.uniform(0.75, 1.0)), a
+    elif style == "square":
+        a = rng.uniform(0.07, 0.18)
+        axes, extent = (a, a * rng.uniform(0.7, 1.0)), a * np.sqrt(2)
+    elif style == "stripe":
+        a = rng.uniform(0.15, 0.4)
+        axes, extent = (a, rng.uniform(0.035, 0.07)), a * 1.02
+    elif style == "blob":
+        a = rng.uniform(0.08, 0.2)
+        harmonics = [(k, rng.uniform(0, 0.18), rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)]
+        axes, extent = (a, a), a * (1 + sum(h[1] for h in harmonics))
+    else:  # speck
+        a = rng.uniform(0.04, 0.06)
+        axes, extent = (a, a), a
+    # Centres may sit partly outside the frame: objects get cut by the border, as in photos.
+    cy, cx = rng.uniform(0.05, 0.95, 2)
+    window = (_span(cy, extent, size), _span(cx, extent, size))
+    yy, xx = _unit_grid(size, *window)
+    u, v = _rotate(xx - cx, yy - cy, theta)
+    a, b = axes
+    if style in ("disc", "speck"):
+        mask = (u / a) ** 2 + (v / b) ** 2 <= 1.0
+    elif style in ("square", "stripe"):
+        mask = (np.abs(u) <= a) & (np.abs(v) <= b)
+    else:
+        phi = np.arctan2(v, u)
+        radius = a * (1 + sum(amp * np.cos(k * phi + phase) for k, amp, phase in harmonics))
+        mask = np.hypot(u, v) <= radius
+    return window, mask, _texture(rng, style, u, v, a)
+
+
+def _texture(rng: np.random.Generator, style: str, u: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
+    """Per-style texture in [0, 1] in the object's own (rotated) coordinates."""
+    if style == "disc":  # concentric rings
+        return 0.5 + 0.5 * np.cos(2 * np.pi * np.hypot(u, v) / rng.uniform(0.05, 0.08) + rng.uniform(0, 2 * np.pi))
+    if style == "square":  # checkerboard
+        cell = rng.uniform(0.035, 0.06)
+        return ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float64)
+    if style == "stripe":  # bars across the long axis
+        return 0.5 + 0.5 * np.cos(2 * np.pi * u / rng.uniform(0.05, 0.08) + rng.uniform(0, 2 * np.pi))
+    if style == "blob":  # mottled
+        return _value_noise(rng, *u.shape, cells=max(2, round(scale / 0.02)), channels=1)[..., 0]
+    return np.clip(1.0 - np.hypot(u, v) / scale, 0.0, 1.0)  # speck: bright centre
+
+
+def _value_noise(rng: np.random.Generator, h: int, w: int, *, cells: int, channels: int) -> np.ndarray:
+    """Smooth noise in [0, 1], shape [h, w, channels]: a random lattice, smoothstep-interpolated."""
+    lattice = rng.random((cells + 1, cells + 1, channels))
+    ys = (np.arange(h) + 0.5) * cells / h
+    xs = (np.arange(w) + 0.5) * cells / w
+    y0, x0 = np.minimum(ys.astype(int), cells - 1), np.minimum(xs.astype(int), cells - 1)
+    fy, fx = ys - y0, xs - x0
+    fy, fx = (fy * fy * (3 - 2 * fy))[:, None, None], (fx * fx * (3 - 2 * fx))[None, :, None]
+    top = lattice[y0][:, x0] * (1 - fx) + lattice[y0][:, x0 + 1] * fx
+    bottom = lattice[y0 + 1][:, x0] * (1 - fx) + lattice[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _boundary_band(instances: np.ndarray, *, width: int) -> np.ndarray:
+    """A band `width` px wide straddling every boundary between two instances.
+
+    A pixel is void when a pixel of another instance lies within `width // 2` px before
+    it or `width - width // 2` px after it (per axis), so an odd width stays one-sided
+    and every pair of 4-adjacent pixels from different instances has a void member.
+    """
+    before, after = width // 2, width - width // 2
+    padded = np.pad(instances, ((before, after), (before, after)), mode="edge")
+    h, w = instances.shape
+    band = np.zeros((h, w), bool)
+    for dy in range(width + 1):
+        for dx in range(width + 1):
+            band |= padded[dy : dy + h, dx : dx + w] != instances
+    return band
+
+
+def _unit_grid(size: int, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates in [0, 1] of a window, as broadcastable column/row vectors."""
+    yy = (np.arange(rows.start, rows.stop) + 0.5)[:, None] / size
+    xx = (np.arange(cols.start, cols.stop) + 0.5)[None, :] / size
+    return yy, xx
+
+
+def _span(centre: float, extent: float, size: int) -> slice:
+    lo = int(np.clip(np.floor((centre - extent) * size), 0, size - 1))
+    hi = int(np.clip(np.ceil((centre + extent) * size) + 1, lo + 1, size))
+    return slice(lo, hi)
+
+
+def _rotate(dx: np.ndarray, dy: np.ndarray, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    c, s = np.cos(theta), np.sin(theta)
+    return c * dx + s * dy, -s * dx + c * dy

@@ -1,0 +1,278 @@
+"""Tests for the model stage: every registered model, the registry, and override parsing."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from ablate.errors import AblateError
+from ablate.models import _registry, create_model, list_models, model_params, parse_model_args, register_model
+from ablate.models.resnet18 import CACHE_FILE, RANDOM_INIT
+
+NUM_CLASSES = 3
+# Narrower variants where a model offers a width knob, to keep the suite fast on 2 cores.
+FAST_ARGS = {"unet": {"base_channels": 8}}
+
+
+@pytest.fixture(autouse=True)
+def empty_hub_cache(tmp_path, monkeypatch):
+    """Point torch.hub at an empty folder so no test depends on (or writes to) the real cache."""
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
+    return hub
+
+
+def _images(n: int, h: int, w: int) -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.rand(n, 3, h, w)
+
+
+def test_list_models_is_sorted_and_complete():
+    assert list_models() == ["baseline", "custom", "resnet18", "unet"]
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 128)])
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward(name, size):
+    model = create_model(name, NUM_CLASSES, **FAST_ARGS.get(name, {})).train()
+    logits = model(_images(2, *size))
+    assert logits.shape == (2, NUM_CLASSES, *size)
+    assert torch.isfinite(logits).all()
+    nn.functional.cross_entropy(logits, torch.randint(0, NUM_CLASSES, (2, *size))).backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    missing = [n for n, p in trainable if p.grad is None]
+    assert not missing, f"no gradient reached {missing}"
+    assert all(torch.isfinite(p.grad).all() for _, p in trainable)
+    assert model.classifier.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_output_matches_any_input_size(name):
+    # The decoders restore each mirrored stage's exact size, so odd sizes work too.
+    model = create_model(name, NUM_CLASSES, **FAST_ARGS.get(name, {})).eval()
+    with torch.no_grad():
+        assert model(_images(1, 33, 47)).shape == (1, NUM_CLASSES, 33, 47)
+
+
+TUNER_KERNELS = list(itertools.product((3, 5, 7, 9, 11), (3, 5, 7), (3, 5, 7)))
+EXTREME_KERNELS = [(1, 1, 1), (11, 11, 11), (1, 11, 1), (11, 1, 11)]
+
+
+@pytest.mark.parametrize("first,encoder,decoder", TUNER_KERNELS + EXTREME_KERNELS)
+def test_custom_kernel_sizes_keep_input_size(first, encoder, decoder):
+    model = create_model("custom", NUM_CLASSES, first_kernel=first, encoder_kernel=encoder,
+                         decoder_kernel=decoder).eval()
+    with torch.no_grad():
+        assert model(_images(1, 64, 64)).shape == (1, NUM_CLASSES, 64, 64)
+
+
+def test_custom_kernel_sizes_are_used():
+    model = create_model("custom", NUM_CLASSES, first_kernel=5, encoder_kernel=7, decoder_kernel=9)
+    convs = [m for m in model.modules() if type(m) is nn.Conv2d]
+    deconvs = [m for m in model.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [c.kernel_size[0] for c in convs] == [5, 7, 7, 7, 7, 7, 1]  # 1×1 classifier last
+    assert {d.kernel_size[0] for d in deconvs} == {9}
+
+
+@pytest.mark.parametrize("arg,value", [("first_kernel", 4), ("encoder_kernel", 0), ("decoder_kernel", -3)])
+def test_custom_rejects_even_or_nonpositive_kernels(arg, value):
+    with pytest.raises(AblateError, match=f"{arg} must be an odd integer >= 1, got {value}"):
+        create_model("custom", NUM_CLASSES, **{arg: value})
+
+
+def test_unet_rejects_zero_width():
+    with pytest.raises(AblateError, match="base_channels must be an integer >= 1, got 0"):
+        create_model("unet", NUM_CLASSES, base_channels=0)
+
+
+# --- resnet18: freezing and weights -------------------------------------------------
+
+def _encoder_bn_stats(model: nn.Module) -> list[torch.Tensor]:
+    return [t.clone() for m in model.encoder.modules() if isinstance(m, nn.BatchNorm2d)
+            for t in (m.running_mean, m.running_var)]
+
+
+def test_resnet18_frozen_encoder_stays_fixed_in_train_mode():
+    model = create_model("resnet18", NUM_CLASSES).train()
+    assert all(not p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.decoder.parameters())
+    assert not model.encoder.training and model.decoder.training
+    before = _encoder_bn_stats(model)
+    model(_images(2, 64, 64))
+    assert all(torch.equal(a, b) for a, b in zip(before, _encoder_bn_stats(model)))
+
+
+def test_resnet18_unfrozen_encoder_trains():
+    model = create_model("resnet18", NUM_CLASSES, freeze_encoder=False).train()
+    assert all(p.requires_grad for p in model.encoder.parameters())
+    before = _encoder_bn_stats(model)
+    model(_images(2, 64, 64))
+    assert not all(torch.equal(a, b) for a, b in zip(before, _encoder_bn_stats(model)))
+
+
+def _marked_state_dict() -> dict[str, torch.Tensor]:
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state["conv1.weight"].fill_(0.125)
+    state["layer4.1.bn2.running_mean"].fill_(-3.0)
+    return state
+
+
+def test_resnet18_loads_weights_file(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(_marked_state_dict(), path)
+    model = create_model("resnet18", NUM_CLASSES, weights=str(path))
+    assert model.weights_source == str(path)
+    assert torch.all(model.encoder[0][0].weight == 0.125)
+    assert torch.all(model.encoder[4][1].bn2.running_mean == -3.0)
+
+
+def test_resnet18_uses_local_cache_and_never_downloads(empty_hub_cache):
+    assert create_model("resnet18", NUM_CLASSES).weights_source == RANDOM_INIT
+    cached = empty_hub_cache / "checkpoints" / CACHE_FILE
+    cached.parent.mkdir(parents=True)
+    torch.save(_marked_state_dict(), cached)
+    model = create_model("resnet18", NUM_CLASSES)
+    assert model.weights_source == str(cached)
+    assert torch.all(model.encoder[0][0].weight == 0.125)
+
+
+def test_resnet18_missing_weights_file(tmp_path):
+    path = tmp_path / "nope.pth"
+    with pytest.raises(AblateError, match=f"weights file not found: {path}"):
+        create_model("resnet18", NUM_CLASSES, weights=str(path))
+
+
+@pytest.mark.parametrize("corrupt", ["wrong_shape", "wrong_keys", "not_a_dict", "not_torch"])
+def test_resnet18_rejects_foreign_weights(tmp_path, corrupt):
+    path = tmp_path / "bad.pth"
+    state = _marked_state_dict()
+    if corrupt == "wrong_shape":
+        state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+        torch.save(state, path)
+    elif corrupt == "wrong_keys":
+        torch.save({"encoder.weight": torch.zeros(1)}, path)
+    elif corrupt == "not_a_dict":
+        torch.save([torch.zeros(1)], path)
+    else:
+        path.write_text("not a checkpoint")
+    with pytest.raises(AblateError, match=f"{path} is not a torchvision ResNet-18 state_dict"):
+        create_model("resnet18", NUM_CLASSES, weights=str(path))
+
+
+def test_resnet18_accepts_a_different_fc_head(tmp_path):
+    state = _marked_state_dict()
+    state["fc.weight"], state["fc.bias"] = torch.zeros(10, 512), torch.zeros(10)
+    torch.save(state, tmp_path / "ft.pth")
+    model = create_model("resnet18", NUM_CLASSES, weights=str(tmp_path / "ft.pth"))
+    assert torch.all(model.encoder[0][0].weight == 0.125)
+
+
+# --- registry and create_model ------------------------------------------------------
+
+def test_model_params_come_from_the_signature():
+    assert model_params("unet") == {"base_channels": (int, 64)}
+    assert model_params("custom") == {"first_kernel": (int, 11), "encoder_kernel": (int, 3),
+                                      "decoder_kernel": (int, 3)}
+    assert model_params("resnet18") == {"freeze_encoder": (bool, True), "weights": (str | None, None)}
+    assert model_params("baseline") == {}
+
+
+def test_create_model_unknown_name():
+    with pytest.raises(AblateError) as err:
+        create_model("x", NUM_CLASSES)
+    assert str(err.value) == "unknown model 'x'; choose from: baseline, custom, resnet18, unet"
+
+
+def test_create_model_unknown_kwarg_lists_accepted():
+    with pytest.raises(AblateError, match="'foo'; accepted: first_kernel, encoder_kernel, decoder_kernel"):
+        create_model("custom", NUM_CLASSES, foo=1)
+    with pytest.raises(AblateError, match="'foo'; accepted: none"):
+        create_model("baseline", NUM_CLASSES, foo=1)
+
+
+@pytest.mark.parametrize("name,kwargs,needle", [
+    ("unet", {"base_channels": "16"}, "base_channels must be an integer, got '16'"),
+    ("unet", {"base_channels": True}, "base_channels must be an integer, got True"),
+    ("custom", {"first_kernel": 3.0}, "first_kernel must be an integer"),
+    ("resnet18", {"freeze_encoder": 1}, "freeze_encoder must be true/false"),
+    ("resnet18", {"weights": 5}, "weights must be a string or none"),
+])
+def test_create_model_wrong_type(name, kwargs, needle):
+    with pytest.raises(AblateError, match=needle):
+        create_model(name, NUM_CLASSES, **kwargs)
+
+
+@pytest.mark.parametrize("num_classes", [0, -1, 2.0, True])
+def test_create_model_bad_num_classes(num_classes):
+    with pytest.raises(AblateError, match="num_classes must be an integer >= 1"):
+        create_model("baseline", num_classes)
+
+
+def test_duplicate_registration_raises():
+    def unet(num_classes: int) -> nn.Module:
+        return nn.Identity()
+    with pytest.raises(ValueError, match="'unet' is already registered"):
+        register_model(unet)
+    assert list_models() == ["baseline", "custom", "resnet18", "unet"]
+
+
+def test_registering_a_model_makes_it_creatable(monkeypatch):
+    monkeypatch.setattr(_registry, "_MODELS", dict(_registry._MODELS))
+    monkeypatch.setattr(_registry, "_PARAMS", dict(_registry._PARAMS))
+
+    @register_model
+    def tiny(num_classes: int, *, width: int = 4) -> nn.Module:
+        return nn.Conv2d(3, num_classes, 1, bias=width > 0)
+
+    assert "tiny" in list_models()
+    assert model_params("tiny") == {"width": (int, 4)}
+    assert create_model("tiny", 2, **parse_model_args("tiny", ["width=0"])).bias is None
+
+
+def test_register_rejects_untyped_or_positional_options(monkeypatch):
+    monkeypatch.setattr(_registry, "_MODELS", dict(_registry._MODELS))
+
+    def positional(num_classes: int, width: int = 4) -> nn.Module:
+        return nn.Identity()
+
+    def untyped(num_classes: int, *, width=4) -> nn.Module:
+        return nn.Identity()
+
+    for fn in (positional, untyped):
+        with pytest.raises(TypeError, match="width"):
+            register_model(fn)
+
+
+# --- parse_model_args ---------------------------------------------------------------
+
+def test_parse_model_args_types_values():
+    assert parse_model_args("unet", ["base_channels=16"]) == {"base_channels": 16}
+    assert parse_model_args("resnet18", ["freeze_encoder=false", "weights=/p/x.pth"]) == {
+        "freeze_encoder": False, "weights": "/p/x.pth"}
+    assert parse_model_args("resnet18", ["weights=none"]) == {"weights": None}
+    assert parse_model_args("resnet18", ["weights=a=b.pth"]) == {"weights": "a=b.pth"}
+    assert parse_model_args("custom", []) == {}
+    for text, value in [("true", True), ("1", True), ("YES", True), ("False", False), ("0", False), ("no", False)]:
+        assert parse_model_args("resnet18", [f"freeze_encoder={text}"]) == {"freeze_encoder": value}
+
+
+@pytest.mark.parametrize("name,pairs,message", [
+    ("unet", ["base_channels"], "--model-arg 'base_channels': expected key=value"),
+    ("unet", ["=3"], "--model-arg '=3': expected key=value"),
+    ("unet", ["width=3"], "--model-arg width: model 'unet' has no such argument; accepted: base_channels"),
+    ("unet", ["base_channels=abc"], "--model-arg base_channels: expected an integer, got 'abc'"),
+    ("unet", ["base_channels=1.5"], "--model-arg base_channels: expected an integer, got '1.5'"),
+    ("resnet18", ["freeze_encoder=maybe"],
+     "--model-arg freeze_encoder: expected true/false (or 1/0, yes/no), got 'maybe'"),
+    ("unet", ["base_channels=8", "base_channels=16"], "--model-arg base_channels: given more than once"),
+    ("vgg", ["a=1"], "unknown model 'vgg'; choose from: baseline, custom, resnet18, unet"),
+])
+def test_parse_model_args_errors(name, pairs, message):
+    with pytest.raises(AblateError) as err:
+        parse_model_args(name, pairs)
+    assert str(err.value) == message

@@ -1,0 +1,162 @@
+"""Tests for the embedded synthetic dataset: determinism, VOC-style masks, imbalance, layout."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ablate.errors import AblateError
+from ablate.synthetic import (
+    SPLIT_SIZES,
+    SYNTH_CLASSES,
+    VOID,
+    class_names,
+    generate_split,
+    voc_palette,
+    write_voc,
+)
+
+SIZE = 64  # small renders keep the suite fast; geometry is resolution-independent
+
+
+@pytest.fixture(scope="module")
+def train_split() -> tuple[np.ndarray, np.ndarray]:
+    return generate_split("train", size=SIZE, seed=0)
+
+
+def test_same_seed_gives_identical_arrays():
+    a_images, a_masks = generate_split("val", n=6, size=SIZE, seed=3)
+    b_images, b_masks = generate_split("val", n=6, size=SIZE, seed=3)
+    np.testing.assert_array_equal(a_images, b_images)
+    np.testing.assert_array_equal(a_masks, b_masks)
+
+
+def test_different_seed_gives_different_arrays():
+    a_images, a_masks = generate_split("val", n=4, size=SIZE, seed=0)
+    b_images, b_masks = generate_split("val", n=4, size=SIZE, seed=1)
+    assert not np.array_equal(a_images, b_images)
+    assert not np.array_equal(a_masks, b_masks)
+
+
+def test_splits_are_different_streams():
+    images = {split: generate_split(split, n=4, size=SIZE)[0] for split in SPLIT_SIZES}
+    for first in SPLIT_SIZES:
+        for second in SPLIT_SIZES:
+            if first < second:
+                assert not np.array_equal(images[first], images[second]), (first, second)
+
+
+def test_smaller_n_is_a_prefix():
+    images, masks = generate_split("test", n=5, size=SIZE)
+    head_images, head_masks = generate_split("test", n=2, size=SIZE)
+    np.testing.assert_array_equal(images[:2], head_images)
+    np.testing.assert_array_equal(masks[:2], head_masks)
+
+
+def test_shapes_dtypes_and_values(train_split):
+    images, masks = train_split
+    assert images.shape == (SPLIT_SIZES["train"], SIZE, SIZE, 3) and images.dtype == np.uint8
+    assert masks.shape == (SPLIT_SIZES["train"], SIZE, SIZE) and masks.dtype == np.uint8
+    assert set(np.unique(masks)) <= set(range(len(SYNTH_CLASSES))) | {VOID}
+
+
+def test_void_band_separates_every_pair_of_different_labels(train_split):
+    _, masks = train_split
+    void_fraction = (masks == VOID).mean()
+    assert 0.005 < void_fraction < 0.15
+    # By construction no two 4-adjacent labelled pixels carry different classes.
+    for a, b in ((masks[:, 1:, :], masks[:, :-1, :]), (masks[:, :, 1:], masks[:, :, :-1])):
+        labelled = (a != VOID) & (b != VOID)
+        assert not np.any(labelled & (a != b))
+
+
+def test_void_band_scales_with_resolution():
+    fractions = [(generate_split("val", n=8, size=s)[1] == VOID).mean() for s in (64, 128)]
+    # 1 px wide at 64 px and 2 px wide at 128 px: about the same share of the image.
+    assert 0.7 < fractions[0] / fractions[1] < 1.4
+
+
+def test_class_imbalance(train_split):
+    _, masks = train_split
+    counts = np.bincount(masks[masks != VOID], minlength=len(SYNTH_CLASSES))
+    shares = counts / counts.sum()
+    assert shares.argmax() == 0 and shares[0] > 0.5
+    rare = SYNTH_CLASSES.index("speck")
+    assert 0 < shares[rare] < 0.03
+    assert shares[rare] == shares[1:].min()  # the rare class is the rarest object class
+
+
+@pytest.mark.parametrize("num_classes", [2, 4, 9])
+def test_other_class_counts(num_classes):
+    _, masks = generate_split("train", n=12, size=SIZE, num_classes=num_classes)
+    labels = set(np.unique(masks)) - {VOID}
+    assert labels <= set(range(num_classes)) and 0 in labels and len(labels) > 1
+    assert len(class_names(num_classes)) == num_classes
+
+
+def test_class_names():
+    assert class_names(6) == list(SYNTH_CLASSES)
+    assert class_names(3) == list(SYNTH_CLASSES[:3])
+    assert class_names(8)[6:] == ["class_6", "class_7"]
+    with pytest.raises(AblateError):
+        class_names(1)
+
+
+def test_voc_palette():
+    palette = voc_palette(256)
+    assert len(palette) == 768
+    assert palette[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]
+    assert palette[15 * 3 : 16 * 3] == [192, 128, 128]  # VOC "person"
+    assert palette[255 * 3 :] == [224, 224, 192]
+
+
+def test_unknown_split_is_an_error():
+    with pytest.raises(AblateError, match="split"):
+        generate_split("holdout")
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    return write_voc(tmp_path_factory.mktemp("synth") / "out", size=32, seed=5)
+
+
+def test_write_voc_layout_and_ids(voc_root):
+    assert voc_root.name == "VOC2007"
+    assert (voc_root / "classes.txt").read_text().split() == list(SYNTH_CLASSES)
+    jpegs = {p.stem for p in (voc_root / "JPEGImages").glob("*.jpg")}
+    pngs = {p.stem for p in (voc_root / "SegmentationClass").glob("*.png")}
+    listed = []
+    for split, n in SPLIT_SIZES.items():
+        ids = (voc_root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+        assert len(ids) == n
+        listed += ids
+    assert len(set(listed)) == len(listed)  # no image in two splits
+    assert set(listed) == jpegs == pngs
+    # Nothing but the dataset beside it: the temporary folder was renamed away.
+    assert [p.name for p in voc_root.parent.parent.iterdir()] == ["out"]
+
+
+def test_written_masks_are_voc_palette_pngs_equal_to_arrays(voc_root):
+    images, masks = generate_split("val", size=32, seed=5)
+    for i in (0, len(masks) - 1):
+        png = Image.open(voc_root / "SegmentationClass" / f"val_{i:04d}.png")
+        assert png.mode == "P"
+        assert png.getpalette()[:768] == voc_palette(256)
+        np.testing.assert_array_equal(np.asarray(png), masks[i])
+        jpeg = np.asarray(Image.open(voc_root / "JPEGImages" / f"val_{i:04d}.jpg").convert("RGB"))
+        assert jpeg.shape == images[i].shape
+        assert np.abs(jpeg.astype(int) - images[i]).mean() < 6  # lossy (4:4:4, q95), not wrong
+
+
+def test_write_voc_refuses_non_empty_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(AblateError, match="not empty"):
+        write_voc(tmp_path, size=32)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_write_voc_accepts_empty_existing_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    root = write_voc(tmp_path / "empty", size=16, num_classes=3)
+    assert root == tmp_path / "empty" / "VOC2007"
+    assert (root / "classes.txt").read_text().split() == list(SYNTH_CLASSES[:3])
