@@ -147,9 +147,9 @@ def _render(rng: np.random.Generator, size: int, num_classes: int) -> tuple[np.n
     instances = np.zeros((size, size), np.int32)  # 0 = background, j = j-th object drawn
     classes = [0]
     for j, (cls, style) in enumerate(_scene(rng, num_classes), start=1):
-        hue = _class_hue(cls) if rng.random() > _FOREIGN_HUE_P else rng.random()
-        if style == "speck":
-            hue = _class_hue(cls)  # the rare class keeps its colour; its size is what's hard
+        # The rare class keeps its hue: its small size is what makes it hard.
+        own_hue = style == "speck" or rng.random() > _FOREIGN_HUE_P
+        hue = _class_hue(cls) if own_hue else rng.random()
         rgb = _object_colour(rng, hue, style)
         window, mask, texture = _shape(rng, style, size)
         contrast = rng.uniform(0.35, 0.8)
@@ -174,7 +174,6 @@ def _scene(rng: np.random.Generator, num_classes: int) -> list[tuple[int, str]]:
     common = [k for k in range(1, num_classes) if k != rare]
     objects = [(int(k), _style(int(k))) for k in rng.choice(common, rng.integers(*_OBJECTS_PER_IMAGE, endpoint=True))]
     specks = [(rare, "speck")] * (int(rng.integers(*_SPECKS_PER_IMAGE, endpoint=True)) if rare else 0)
-    rng.shuffle(objects)
     below = int(rng.binomial(len(specks), 0.2))  # a few specks get (partly) covered
     order = specks[:below] + objects
     rng.shuffle(order)

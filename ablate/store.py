@@ -1,0 +1,79 @@
+"""Results store stage: where Optuna studies live (SQLite, a journal file, or any SQLAlchemy
+URL such as PostgreSQL), opened with heartbeats so dead workers' trials are reclaimed, and
+with credentials masked in everything printed or written."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
+from ablate.errors import AblateError
+
+HEARTBEAT_SECONDS = 30  # a RUNNING trial whose worker sent no heartbeat for GRACE_SECONDS is failed
+GRACE_SECONDS = 120
+
+
+def study_dir(results_dir: str | Path, study_name: str) -> Path:
+    return Path(results_dir) / study_name
+
+
+def default_storage(results_dir: str | Path, study_name: str, workers: int = 1) -> str:
+    """SQLite for one process, Optuna's journal file for several; an existing one is reused
+    so that a study keeps its storage when the worker count changes between reruns."""
+    folder = study_dir(results_dir, study_name)
+    sqlite, journal = folder / "optuna.db", folder / "optuna.journal"
+    if sqlite.exists():
+        return f"sqlite:///{sqlite}"
+    if journal.exists() or workers > 1:
+        return str(journal)
+    return f"sqlite:///{sqlite}"
+
+
+def is_journal(url: str) -> bool:
+    return "://" not in url
+
+
+def mask_url(url: str) -> str:
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the storage at `url`; unreachable servers are a clear error."""
+    if is_journal(url):
+        path = Path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+            engine_kwargs=_engine_kwargs(url),
+        )
+    except ImportError as exc:
+        raise AblateError(f"--storage {mask_url(url)}: missing database driver ({exc}); pip install 'psycopg[binary]'") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "cannot open"
+        parts = urlsplit(url)
+        where = f"{parts.hostname}:{parts.port or 'default port'}" if parts.hostname else mask_url(url)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AblateError(f"--storage {mask_url(url)}: cannot open storage at {where} ({mask_url(first_line)}); "
+                          "check that the server is running and the URL is right") from None
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("sqlite"):
+        # Wait for a lock instead of failing at once when two processes write.
+        return {"connect_args": {"timeout": 60}}
+    if url.startswith("postgresql"):
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    return {}
+
+
+def dashboard_command(url: str) -> str:
+    """The exact command that opens this storage in optuna-dashboard (password masked)."""
+    return f"optuna-dashboard {mask_url(url)}"

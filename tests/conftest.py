@@ -1,0 +1,63 @@
+"""Shared fixtures. Resources a laptop may lack (the shared rocks-voc data, PostgreSQL,
+Chromium) skip cleanly there, but CI sets ABLATE_REQUIRE_ALL=1 and a missing one fails."""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ROCKS_VOC = Path(os.environ.get("ABLATE_ROCKS_VOC", ROOT.parent / "shared" / "data" / "rocks-voc"))
+PG_ADMIN_URL = os.environ.get("ABLATE_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a user's machine; fail in CI, where every resource must be present."""
+    if os.environ.get("ABLATE_REQUIRE_ALL") == "1":
+        pytest.fail(f"required in CI (ABLATE_REQUIRE_ALL=1): {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def rocks_voc() -> Path:
+    if not (ROCKS_VOC / "VOC2007" / "JPEGImages").is_dir():
+        skip_or_fail(f"shared dataset not found at {ROCKS_VOC}")
+    return ROCKS_VOC
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    try:
+        import sqlalchemy
+        engine = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        conn = engine.connect()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server here"
+        skip_or_fail(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {type(exc).__name__}")
+    name = f"ablate_test_{uuid.uuid4().hex[:12]}"
+    conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.close()
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    skip_or_fail("Chromium not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One decode cache for the whole session, so tests share decoded datasets."""
+    return tmp_path_factory.mktemp("cache")
