@@ -41,11 +41,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
 
     def __post_init__(self) -> None:
-        h, w = self.image_size
-        _positive("--image-size", h)
-        _positive("--image-size", w)
-        if h % 32 or w % 32:
-            raise AblateError(f"--image-size must be divisible by 32, got {h}x{w}; try {_round32(h)}x{_round32(w)}")
+        check_image_size(self.image_size)
         _positive("--epochs", self.epochs)
         _positive("--batch-size", self.batch_size)
         if not self.lr > 0:
@@ -118,6 +114,15 @@ def parse_image_size(value: Any) -> tuple[int, int]:
     if len(sizes) != 2:
         raise AblateError(f"--image-size expects one or two integers, got {value!r}")
     return sizes[0], sizes[1]
+
+
+def check_image_size(size: tuple[int, int]) -> None:
+    """Every architecture downsamples by 32: the working size must be a positive multiple of 32."""
+    h, w = size
+    _positive("--image-size", h)
+    _positive("--image-size", w)
+    if h % 32 or w % 32:
+        raise AblateError(f"--image-size must be divisible by 32, got {h}x{w}; try {_round32(h)}x{_round32(w)}")
 
 
 def _positive(option: str, value: int) -> None:

@@ -19,6 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ablate import _io
+from ablate.config import check_image_size
 from ablate.errors import AblateError
 
 VOID = 255
@@ -249,6 +250,7 @@ def load_dataset(
 ) -> Dataset:
     """Load a dataset once into memory, from the on-disk cache when the files have not changed."""
     start = time.perf_counter()
+    check_image_size(image_size)
     if data == "synthetic":
         key_parts, source = _synthetic_key(), None
     else:

@@ -18,6 +18,16 @@ NUM_CLASSES = 3
 FAST_ARGS = {"unet": {"base_channels": 8}}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def plain_cpu_kernels():
+    """oneDNN compiles a kernel for each new conv shape; this suite meets dozens of shapes
+    once each, so the plain kernels halve its run time. Shapes and gradients don't change."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = enabled
+
+
 @pytest.fixture(autouse=True)
 def empty_hub_cache(tmp_path, monkeypatch):
     """Point torch.hub at an empty folder so no test depends on (or writes to) the real cache."""

@@ -1,0 +1,97 @@
+"""Prediction: load a run's best checkpoint, segment images at the trained size, upsample
+the logits to each image's own size, and draw image | colour mask | overlay with a legend."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+from ablate.errors import AblateError
+from ablate.models import create_model
+from ablate.record import CHECKPOINT_FILE
+from ablate.synthetic import voc_palette
+
+_PALETTE = np.array(voc_palette(256), dtype=np.uint8).reshape(256, 3)
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The trained model (eval mode) and the checkpoint's metadata (config, class names, size)."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise AblateError(f"--run {run_dir}: no {CHECKPOINT_FILE} there; give a folder written by `ablate train` or `ablate grid`")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign file
+        raise AblateError(f"{path}: cannot load checkpoint ({type(exc).__name__}); retrain the run") from None
+    config = ckpt["config"]
+    # Pretrained-weight paths only matter for initialisation; the checkpoint has every weight.
+    model_args = {k: v for k, v in config["model_args"].items() if k != "weights"}
+    model = create_model(config["model"], ckpt["num_classes"], **model_args)
+    model.load_state_dict(ckpt["model_state"])
+    return model.to(device).eval(), ckpt
+
+
+@torch.inference_mode()
+def predict_masks(model: torch.nn.Module, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 images [N,3,H,W] → labels [N,H,W]: resized to the trained `size` for the model,
+    logits upsampled (bilinear) back to H×W before the argmax."""
+    device = next(model.parameters()).device
+    h, w = images.shape[-2:]
+    x = images.to(device).float() / 255.0
+    if (h, w) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+    if logits.shape[-2:] != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return logits.argmax(1).to(torch.uint8).cpu()
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+    """Index mask → RGB with the PASCAL VOC palette."""
+    return _PALETTE[np.asarray(mask)]
+
+
+def side_by_side(image: np.ndarray, mask: np.ndarray, class_names: list[str]) -> Image.Image:
+    """image | colour mask | 50% overlay, and a legend of the classes present."""
+    colour = colorize(mask)
+    overlay = (0.5 * image + 0.5 * colour).astype(np.uint8)
+    h, w = mask.shape
+    present = [int(k) for k in np.unique(mask) if k < len(class_names)]
+    legend_h = 18 * len(present) + 8
+    canvas = Image.new("RGB", (3 * w + 16, h + legend_h), "white")
+    for i, panel in enumerate((image, colour, overlay)):
+        canvas.paste(Image.fromarray(panel), (i * (w + 8), 0))
+    draw = ImageDraw.Draw(canvas)
+    for row, k in enumerate(present):
+        y = h + 4 + 18 * row
+        draw.rectangle([4, y, 18, y + 14], fill=tuple(int(c) for c in _PALETTE[k]), outline="black")
+        draw.text((24, y + 1), class_names[k], fill="black")
+    return canvas
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except FileNotFoundError:
+        raise AblateError(f"--image {path}: file not found") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise AblateError(f"--image {path}: cannot read image ({exc})") from None
+
+
+def predict_file(run_dir: str | Path, image_path: str | Path, out: str | Path) -> list[str]:
+    """Segment one image file, write the side-by-side PNG to `out`, return the class names found."""
+    model, ckpt = load_run(run_dir)
+    image = read_image(image_path)
+    mask = predict_masks(model, torch.from_numpy(image).permute(2, 0, 1)[None], tuple(ckpt["image_size"]))[0].numpy()
+    names = ckpt["class_names"]
+    picture = side_by_side(image, mask, names)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(tmp)
+    tmp.replace(out)  # atomic: no half-written PNG
+    return [names[k] for k in np.unique(mask).tolist() if k < len(names)]
