@@ -46,12 +46,24 @@ def _load_resnet18(weights: str | None) -> tuple[torchvision.models.ResNet, str]
     # The fc head is discarded, so a body fine-tuned with another head is still accepted.
     body = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
     net.fc = nn.Identity()
-    try:
-        net.load_state_dict(body)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[1:2] or [""]
-        raise AblateError(f"{not_resnet} ({first[0].strip().rstrip('.')})") from exc
+    problem = _state_dict_mismatch(net.state_dict(), body)
+    if problem:
+        raise AblateError(f"{not_resnet} ({problem})")
+    net.load_state_dict(body)
     return net, str(path)
+
+
+def _state_dict_mismatch(expected: dict, given: dict) -> str:
+    """A short description of how `given` differs from `expected`, or '' if it fits."""
+    # Checkpoints older than BN's step counter lack it; BatchNorm fills it in on load.
+    missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in given if k not in expected]
+    wrong_shape = [k for k in expected if k in given
+                   and getattr(given[k], "shape", None) != expected[k].shape]
+    problems = [f"{len(keys)} {what}, e.g. {keys[0]!r}" for keys, what in (
+        (missing, "missing keys"), (unexpected, "unexpected keys"), (wrong_shape, "tensors of the wrong shape"))
+        if keys]
+    return "; ".join(problems)
 
 
 class ResNet18Seg(nn.Module):
