@@ -84,6 +84,20 @@ def cosine_lr(step: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
 
 
+class EarlyStopping:
+    """Stop once `patience` epochs in a row brought no new lowest val loss (0 disables)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience, self.best, self.stale = patience, math.inf, 0
+
+    def step(self, val_loss: float) -> bool:
+        if val_loss < self.best:
+            self.best, self.stale = val_loss, 0
+        else:
+            self.stale += 1
+        return bool(self.patience) and self.stale >= self.patience
+
+
 # --------------------------------------------------------------------------- loops
 def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
@@ -200,7 +214,7 @@ def fit(
 
     curves: list[dict] = []
     best = {"miou": -math.inf, "epoch": 0, "state": None, "val": None}
-    best_loss, stale, status, reason = math.inf, 0, "completed", None
+    stopper, status, reason = EarlyStopping(config.patience), "completed", None
     train_images, train_seconds = 0, 0.0
     try:
         for epoch in range(1, config.epochs + 1):
@@ -227,11 +241,7 @@ def fit(
                 raise _NonFinite(f"non-finite val loss at epoch {epoch}")
             if on_epoch is not None:
                 on_epoch(epoch, {**val, "epoch": epoch, "train_loss": stats["train_loss"]})
-            if val["loss"] < best_loss:
-                best_loss, stale = val["loss"], 0
-            else:
-                stale += 1
-            if config.patience and stale >= config.patience:
+            if stopper.step(val["loss"]):
                 break
     except Pruned as exc:
         status, reason = "pruned", str(exc) or f"pruned at epoch {len(curves)}"

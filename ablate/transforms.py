@@ -3,7 +3,8 @@ seeded generator so runs repeat.
 
 Flip, rotation and random resized crop are composed into one affine map per sample and
 applied to the whole batch with a single `grid_sample` (bilinear for images, nearest for
-masks, void fill for uncovered mask pixels). That is the same geometry as torchvision's
+masks; uncovered mask pixels become void, so the border-replicated image there is never
+scored). That is the same geometry as torchvision's
 RandomHorizontalFlip → RandomRotation → RandomResizedCrop chain (the crop only ever
 enlarges, so no antialiasing is lost), at a few percent of a training step instead of a
 per-sample Python loop. It runs on whatever device the batch is on.
@@ -34,7 +35,7 @@ def augment_batch(
     n, _, h, w = images.shape
     theta = sample_affine(n, h, w, generator, spec).to(images.device)
     grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
-    out_images = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out_images = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     # Shift labels by one so that zero padding marks "outside the source image" → void.
     shifted = F.grid_sample(masks[:, None].float() + 1, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
     out_masks = torch.where(shifted == 0, torch.full_like(shifted, VOID), shifted - 1)
