@@ -107,7 +107,7 @@ def detect_layout(path: Path) -> _Source:
         raise AblateError(f"--data: {path} is not a folder (give a dataset folder or 'synthetic')")
     voc = _voc_root(path)
     if voc is not None:
-        return _Source("voc", voc, _voc_pairs(voc), _classes_file(voc, path))
+        return _Source("voc", voc, _voc_pairs(voc), _classes_file(voc, voc.parent, path))
     if (path / "img_dir").is_dir() and (path / "ann_dir").is_dir():
         pairs = {s: _stem_pairs(path / "img_dir" / s, path / "ann_dir" / s) for s in SPLITS if (path / "img_dir" / s).is_dir()}
         return _Source("mmseg", path, pairs, _classes_file(path))
@@ -175,9 +175,8 @@ def _stem_pairs(image_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]
 
 def _classes_file(*roots: Path) -> Path | None:
     for root in roots:
-        for candidate in (root / "classes.txt", root.parent / "classes.txt"):
-            if candidate.is_file():
-                return candidate
+        if (root / "classes.txt").is_file():
+            return root / "classes.txt"
     return None
 
 
@@ -251,6 +250,12 @@ def load_dataset(
     """Load a dataset once into memory, from the on-disk cache when the files have not changed."""
     start = time.perf_counter()
     check_image_size(image_size)
+    # Checked here too, not only in TrainConfig: `ablate data info` calls this directly, and
+    # `num_classes or inferred` below would silently turn 0 into the inferred count.
+    if num_classes is not None and num_classes < 1:
+        raise AblateError(f"--num-classes must be a positive integer, got {num_classes!r}")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise AblateError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     if data == "synthetic":
         key_parts, source = _synthetic_key(), None
     else:
@@ -309,6 +314,11 @@ def _build(data, source, image_size, num_classes, ignore_index, val_fraction, fi
     splits = {name: splits[name] for name in SPLITS if name in splits}
 
     inferred = max(label for _, label in max_labels["train"]) + 1
+    if num_classes is None and inferred < 1:
+        raise AblateError(
+            f"--data: every training mask pixel of {data} is the ignore label {ignore_index}, so the number of "
+            f"classes cannot be inferred; check --ignore-index or pass --num-classes"
+        )
     k = num_classes or inferred
     for split_labels in max_labels.values():
         for path, label in split_labels:
