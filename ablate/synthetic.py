@@ -147,8 +147,7 @@ def _render(rng: np.random.Generator, size: int, num_classes: int) -> tuple[np.n
     instances = np.zeros((size, size), np.int32)  # 0 = background, j = j-th object drawn
     classes = [0]
     for j, (cls, style) in enumerate(_scene(rng, num_classes), start=1):
-        # The rare class keeps its hue: its small size is what makes it hard.
-        own_hue = style == "speck" or rng.random() > _FOREIGN_HUE_P
+        own_hue = rng.random() > _FOREIGN_HUE_P
         hue = _class_hue(cls) if own_hue else rng.random()
         rgb = _object_colour(rng, hue, style)
         window, mask, texture = _shape(rng, style, size)
@@ -218,11 +217,12 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         texture = _texture(rng, style, u, v, a)
         patch = colour * (0.7 + 0.6 * texture[..., None])
         image = image * (1 - alpha[..., None]) + patch * alpha[..., None]
-    for _ in range(int(rng.integers(0, 5))):
-        # Soft speck look-alikes: only the crisp edge marks the real rare class.
+    for _ in range(int(rng.integers(0, 7))):
+        # Speck look-alikes with a soft rim: only the crisp edge marks the real rare class.
         cy, cx = rng.uniform(0.0, 1.0, 2)
         radius = rng.uniform(0.03, 0.06)
-        alpha = rng.uniform(0.4, 0.8) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (radius / 1.5) ** 2))
+        rim = np.clip(2.0 * (1.0 - np.hypot(xx - cx, yy - cy) / radius), 0.0, 1.0)
+        alpha = rng.uniform(0.5, 0.9) * rim
         hue = _HUES[int(rng.integers(0, 5))] if rng.random() < 0.5 else rng.random()
         colour = np.asarray(colorsys.hsv_to_rgb(hue, rng.uniform(0.4, 0.9), rng.uniform(0.6, 1.0))) * 255
         image = image * (1 - alpha[..., None]) + colour * alpha[..., None]

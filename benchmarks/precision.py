@@ -22,22 +22,26 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=2, help="average over seeds 0..N-1 (runs differ by chance too)")
     parser.add_argument("--cache-dir", default="results/.cache")
     args = parser.parse_args(argv)
     size = (args.image_size, args.image_size)
     dataset = load_dataset(args.data, image_size=size, cache_dir=args.cache_dir)
-    print(f"{args.data}, {size[0]} px, {args.epochs} epochs (no early stopping), batch {args.batch_size}, seed {args.seed}")
+    print(f"{args.data}, {size[0]} px, {args.epochs} epochs (no early stopping), batch {args.batch_size}, mean over {args.seeds} seed(s)")
     print(f"{'model':10} {'fp32 mIoU':>10} {'bf16 mIoU':>10} {'|gap|':>7} {'fp32 img/s':>11} {'bf16 img/s':>11} {'speed-up':>9}")
     worst = 0.0
     for model in args.models.split(","):
         result = {}
         for precision in ("fp32", "bf16"):
-            config = TrainConfig(model=model, model_args=MODEL_ARGS.get(model, {}), data=args.data, image_size=size,
-                                 epochs=args.epochs, batch_size=args.batch_size, patience=0, seed=args.seed,
-                                 precision=precision, device="cpu")
-            record = fit(config, dataset, quiet=True)
-            result[precision] = (record["metrics"]["val"]["miou"], record["timing"]["images_per_second"])
+            mious, speeds = [], []
+            for seed in range(args.seeds):
+                config = TrainConfig(model=model, model_args=MODEL_ARGS.get(model, {}), data=args.data, image_size=size,
+                                     epochs=args.epochs, batch_size=args.batch_size, patience=0, seed=seed,
+                                     precision=precision, device="cpu")
+                record = fit(config, dataset, quiet=True)
+                mious.append(record["metrics"]["val"]["miou"])
+                speeds.append(record["timing"]["images_per_second"])
+            result[precision] = (sum(mious) / len(mious), sum(speeds) / len(speeds))
         gap = abs(result["fp32"][0] - result["bf16"][0])
         worst = max(worst, gap)
         print(f"{model:10} {result['fp32'][0]:10.4f} {result['bf16'][0]:10.4f} {gap:7.4f} {result['fp32'][1]:11.1f} "
