@@ -26,7 +26,7 @@ from PIL import Image
 from ablate.errors import AblateError
 
 # Bump whenever the generated pixels, masks or layout change: caches key on it.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 SYNTH_CLASSES: tuple[str, ...] = ("background", "disc", "square", "stripe", "blob", "speck")
 NATIVE_SIZE = 128
@@ -36,10 +36,10 @@ VOID = 255
 
 # Object styles, indexed by class - 1. Hues are in [0, 1); the rare style is last.
 _STYLES = ("disc", "square", "stripe", "blob", "speck")
-_HUES = (0.0, 0.62, 0.33, 0.12, 0.94)  # speck sits next to disc: size tells them apart
+_HUES = (0.0, 0.62, 0.33, 0.12, 0.94)  # speck sits next to disc: size and edge tell them apart
 _FOREIGN_HUE_P = 0.35  # chance an object ignores its class hue: texture/shape must decide
 _OBJECTS_PER_IMAGE = (6, 10)  # inclusive range of large objects per image
-_SPECKS_PER_IMAGE = (0, 6)  # inclusive range of rare-class objects (only when it exists)
+_SPECKS_PER_IMAGE = (0, 4)  # inclusive range of rare-class objects (only when it exists)
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -84,6 +84,8 @@ def generate_split(
     n = SPLIT_SIZES[split] if n is None else n
     if n < 0:
         raise AblateError(f"number of images must be >= 0, got {n}")
+    if seed < 0:
+        raise AblateError(f"seed must be >= 0, got {seed}")
     split_key = zlib.crc32(split.encode("utf-8"))
     images = np.empty((n, size, size, 3), np.uint8)
     masks = np.empty((n, size, size), np.uint8)
@@ -107,6 +109,7 @@ def write_voc(
         raise AblateError(f"{out_dir} already exists and is not empty; choose a new folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is not
     try:
         year = tmp / "VOC2007"
         jpeg_dir, mask_dir = year / "JPEGImages", year / "SegmentationClass"
@@ -168,10 +171,15 @@ def _render(rng: np.random.Generator, size: int, num_classes: int) -> tuple[np.n
 
 
 def _scene(rng: np.random.Generator, num_classes: int) -> list[tuple[int, str]]:
-    """(class, style) per object in painter's order; specks mostly end up on top."""
+    """(class, style) per object in painter's order; specks mostly end up on top.
+
+    Class 5 is the rare speck; with fewer than six classes there is none, and classes
+    beyond six are common ones.
+    """
     rare = 5 if num_classes > 5 else None
     common = [k for k in range(1, num_classes) if k != rare]
-    objects = [(int(k), _style(int(k))) for k in rng.choice(common, rng.integers(*_OBJECTS_PER_IMAGE, endpoint=True))]
+    picks = rng.choice(common, rng.integers(*_OBJECTS_PER_IMAGE, endpoint=True))
+    objects = [(int(k), _style(int(k))) for k in picks]
     specks = [(rare, "speck")] * (int(rng.integers(*_SPECKS_PER_IMAGE, endpoint=True)) if rare else 0)
     below = int(rng.binomial(len(specks), 0.2))  # a few specks get (partly) covered
     order = specks[:below] + objects
@@ -229,7 +237,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image
 
 
-def _shape(rng: np.random.Generator, style: str, size: int) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+def _shape(
+    rng: np.random.Generator, style: str, size: int
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
     """Pixel window, boolean mask within it, and texture in [0, 1] of one object."""
     theta = rng.uniform(0, np.pi)
     if style == "disc":
@@ -248,7 +258,7 @@ def _shape(rng: np.random.Generator, style: str, size: int) -> tuple[tuple[slice
     else:  # speck
         a = rng.uniform(0.04, 0.06)
         axes, extent = (a, a), a
-    # Centres may sit partly outside the frame: objects get cut by the border, as in photos.
+    # Objects near the edge get cut by the frame, as in photos.
     cy, cx = rng.uniform(0.05, 0.95, 2)
     window = (_span(cy, extent, size), _span(cx, extent, size))
     yy, xx = _unit_grid(size, *window)
@@ -268,12 +278,14 @@ def _shape(rng: np.random.Generator, style: str, size: int) -> tuple[tuple[slice
 def _texture(rng: np.random.Generator, style: str, u: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
     """Per-style texture in [0, 1] in the object's own (rotated) coordinates."""
     if style == "disc":  # concentric rings
-        return 0.5 + 0.5 * np.cos(2 * np.pi * np.hypot(u, v) / rng.uniform(0.05, 0.08) + rng.uniform(0, 2 * np.pi))
+        period, phase = rng.uniform(0.05, 0.08), rng.uniform(0, 2 * np.pi)
+        return 0.5 + 0.5 * np.cos(2 * np.pi * np.hypot(u, v) / period + phase)
     if style == "square":  # checkerboard
         cell = rng.uniform(0.035, 0.06)
         return ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float64)
     if style == "stripe":  # bars across the long axis
-        return 0.5 + 0.5 * np.cos(2 * np.pi * u / rng.uniform(0.05, 0.08) + rng.uniform(0, 2 * np.pi))
+        period, phase = rng.uniform(0.05, 0.08), rng.uniform(0, 2 * np.pi)
+        return 0.5 + 0.5 * np.cos(2 * np.pi * u / period + phase)
     if style == "blob":  # mottled
         return _value_noise(rng, *u.shape, cells=max(2, round(scale / 0.02)), channels=1)[..., 0]
     return np.clip(1.0 - np.hypot(u, v) / scale, 0.0, 1.0)  # speck: bright centre

@@ -110,9 +110,13 @@ def test_voc_palette():
     assert palette[255 * 3 :] == [224, 224, 192]
 
 
-def test_unknown_split_is_an_error():
+def test_bad_arguments_are_one_line_errors():
     with pytest.raises(AblateError, match="split"):
         generate_split("holdout")
+    with pytest.raises(AblateError, match="seed"):
+        generate_split("train", n=1, seed=-1)
+    with pytest.raises(AblateError, match="num_classes"):
+        generate_split("train", n=1, num_classes=256)
 
 
 @pytest.fixture(scope="module")
