@@ -1,0 +1,566 @@
+"""Analysis stage: turn a study's run tables and records into statistics — per-cell bootstrap
+intervals over seeds, paired tests against the all-toggles-off cell, 2^k factorial effects,
+architecture ranking, cost Pareto front, and the tuner's expected-best-vs-budget curve.
+
+Every function here returns DataFrames or plain data; `ablate.report` only draws them.
+
+Vocabulary: a *run* is one training (one seed); a *cell* is a model × toggle setting, i.e.
+the runs that differ only in their seed (the grid's per-seed rows are aggregated into cells).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ablate import _io
+from ablate.config import TOGGLES
+from ablate.errors import AblateError
+
+RESAMPLES = 2000  # bootstrap resamples; the CI's Monte-Carlo error is ~0.5% of its width
+LEVEL = 0.95
+SEED = 0  # every bootstrap starts from this seed, so results do not depend on call order
+NO_INTERVAL = "n=1, no interval"
+EXACT_PERMUTATION_MAX_N = 16  # 2^16 sign patterns; above this the p-value is Monte-Carlo
+TRACEBACK_LINES = 12
+IMPORTANCE_EVALUATOR = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, target quantile 0.1; deterministic)"
+METRICS = ("val_miou", "test_miou", "val_pixel_acc", "test_pixel_acc")
+METRIC_LABELS = {"val_miou": "val mIoU", "test_miou": "test mIoU", "val_pixel_acc": "val pixel acc",
+                 "test_pixel_acc": "test pixel acc", "seconds": "seconds", "images_per_second": "images/s"}
+TOGGLE_LABELS = {"scheduler": "cosine scheduler", "augment": "augmentation", "weighted_loss": "weighted loss"}
+
+
+# --------------------------------------------------------------------------- loading
+@dataclass
+class Study:
+    """Everything a study folder holds, read once."""
+    name: str
+    folder: Path
+    kind: str  # "grid" | "tune"
+    meta: dict  # study.json
+    table: pd.DataFrame  # runs.csv (grid) or trials.csv (tune), as written
+    records: dict[str, dict] = field(default_factory=dict)  # run folder name -> run record
+
+    @property
+    def dataset(self) -> dict:
+        if self.meta.get("dataset"):
+            return self.meta["dataset"]
+        return next((r["dataset"] for r in self.records.values() if r.get("dataset")), {})
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(n) for n in self.dataset.get("class_names", [])]
+
+
+def load_study(results_dir: str | Path, study_name: str) -> Study:
+    folder = Path(results_dir) / study_name
+    meta_path = folder / "study.json"
+    if not meta_path.is_file():
+        found = sorted(p.parent.name for p in Path(results_dir).glob("*/study.json"))
+        hint = f"studies there: {', '.join(found)}" if found else "run `ablate grid` or `ablate tune` first"
+        raise AblateError(f"--study-name {study_name}: no {meta_path}; {hint}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AblateError(f"{meta_path}: cannot read study description ({exc})") from None
+    kind = meta.get("kind") or ("tune" if (folder / "trials.csv").is_file() else "grid")
+    records = {}
+    for path in sorted((folder / "runs").glob("*/run.json")):
+        try:
+            records[path.parent.name] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a record being written right now; the next report picks it up
+    table_path = folder / ("trials.csv" if kind == "tune" else "runs.csv")
+    if table_path.is_file():
+        table = pd.read_csv(table_path)
+    elif kind == "grid" and records:
+        from ablate.record import summary
+
+        table = pd.DataFrame([{"cell_id": key, **summary(r)} for key, r in records.items()])
+    else:
+        table = pd.DataFrame()
+    return Study(name=study_name, folder=folder, kind=kind, meta=meta, table=table, records=records)
+
+
+def _as_bool(col: pd.Series) -> pd.Series:
+    return col.astype(str).str.strip().str.lower().isin(("true", "1", "1.0", "yes"))
+
+
+def _canonical_args(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+        return "{}"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value, sort_keys=True)
+
+
+def finished_runs(study: Study) -> pd.DataFrame:
+    """Completed grid runs (or COMPLETE trials) with `arch`, `cell` and the toggles normalised."""
+    t = study.table
+    if t.empty:
+        return t
+    if study.kind == "tune":
+        out = t[trial_states(t) == "COMPLETE"].copy()
+        out["key"] = out["number"].astype(int).astype(str)
+        return out
+    out = t[t["status"].astype(str) == "completed"].copy()
+    out = out[pd.to_numeric(out["val_miou"], errors="coerce").notna()]
+    return with_cells(out)
+
+
+def with_cells(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add `arch` (model, plus its args when one model appears with several), `cell` (a label
+    for model × toggles) and `key` (the run folder name); toggles become real booleans."""
+    out = runs.copy()
+    for t in TOGGLES:
+        out[t] = _as_bool(out[t]) if t in out else False
+    args = out["model_args"].map(_canonical_args) if "model_args" in out else pd.Series("{}", index=out.index)
+    out["model_args"] = args
+    variants = out.groupby("model")["model_args"].transform("nunique")
+    out["arch"] = [m if v <= 1 or a == "{}" else f"{m} {a}" for m, a, v in zip(out["model"], args, variants)]
+    out["cell"] = [cell_label(arch, row) for arch, row in zip(out["arch"], out[list(TOGGLES)].to_dict("records"))]
+    out["key"] = (out["cell_id"] if "cell_id" in out else out["run_id"]).astype(str)
+    for col in (*METRICS, "seconds", "images_per_second"):
+        out[col] = pd.to_numeric(out[col], errors="coerce") if col in out else np.nan
+    return out
+
+
+def cell_label(arch: str, toggles: dict[str, bool]) -> str:
+    on = [t for t in TOGGLES if toggles.get(t)]
+    return f"{arch} · {'+'.join(on) if on else 'no toggles'}"
+
+
+def primary_metric(runs: pd.DataFrame) -> str:
+    """Test mIoU where the dataset has a test split, else val mIoU."""
+    return "test_miou" if "test_miou" in runs and runs["test_miou"].notna().any() else "val_miou"
+
+
+def varying_toggles(runs: pd.DataFrame) -> list[str]:
+    return [t for t in TOGGLES if t in runs and runs[t].nunique() == 2]
+
+
+# --------------------------------------------------------------------------- statistics
+def bootstrap_ci(values, *, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = SEED) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of the mean (resampling the values, i.e. seeds); None for n < 2."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def sign_flip_p(diffs, *, seed: int = SEED) -> tuple[float, str]:
+    """Two-sided paired permutation test of mean(diffs) = 0: the share of sign patterns whose
+    |mean| is at least the observed one. Exact (all 2^n patterns) up to n = 16."""
+    d = np.asarray(diffs, dtype=float)
+    n = len(d)
+    if n == 0:
+        return float("nan"), "no pairs"
+    if n <= EXACT_PERMUTATION_MAX_N:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
+        method = f"exact sign-flip, {len(signs)} patterns"
+    else:
+        signs = np.random.default_rng(seed).choice((1.0, -1.0), size=(100_000, n))
+        method = "sign-flip, 100000 random patterns"
+    observed = abs(d.mean())
+    stats = np.abs(signs @ d) / n
+    return float(np.mean(stats >= observed - 1e-12)), method
+
+
+def _interval(values) -> dict:
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    ci = bootstrap_ci(v)
+    return {
+        "n": len(v), "mean": float(v.mean()) if len(v) else np.nan,
+        "std": float(v.std(ddof=1)) if len(v) > 1 else np.nan,
+        "ci_low": ci[0] if ci else np.nan, "ci_high": ci[1] if ci else np.nan,
+        "interval": f"{LEVEL:.0%} bootstrap over seeds" if ci else (NO_INTERVAL if len(v) == 1 else "no values"),
+    }
+
+
+def cell_stats(runs: pd.DataFrame, *, metrics=(*METRICS, "seconds", "images_per_second")) -> pd.DataFrame:
+    """Tidy per-cell statistics: one row per (cell, metric) with n, mean, std and bootstrap CI."""
+    rows = []
+    for (arch, cell), g in runs.groupby(["arch", "cell"], sort=False):
+        for metric in metrics:
+            if metric not in g or g[metric].isna().all():
+                continue
+            rows.append({"arch": arch, "cell": cell, **{t: bool(g[t].iloc[0]) for t in TOGGLES},
+                         "metric": metric, "seeds": " ".join(str(s) for s in sorted(g["seed"])),
+                         **_interval(g[metric])})
+    return pd.DataFrame(rows)
+
+
+def _baseline_cell(arch_runs: pd.DataFrame) -> str | None:
+    """The cell with every varying toggle off (toggles fixed by the study stay as they are)."""
+    toggles = varying_toggles(arch_runs)
+    off = arch_runs[~arch_runs[toggles].any(axis=1)] if toggles else arch_runs.iloc[:0]
+    return off["cell"].iloc[0] if not off.empty else None
+
+
+def paired_comparisons(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) -> pd.DataFrame:
+    """Each cell against its architecture's baseline cell (every varying toggle off), paired
+    by seed over the seeds present in both: per-seed differences, mean, bootstrap CI and an
+    exact sign-flip permutation p-value."""
+    rows = []
+    for arch, a in runs.groupby("arch", sort=False):
+        base = _baseline_cell(a)
+        if base is None:
+            continue
+        for cell, g in a.groupby("cell", sort=False):
+            if cell == base:
+                continue
+            for metric in metrics:
+                if metric not in g or g[metric].isna().all():
+                    continue
+                y = g.groupby("seed")[metric].mean()
+                y0 = a[a["cell"] == base].groupby("seed")[metric].mean()
+                seeds = sorted(set(y.dropna().index) & set(y0.dropna().index))
+                diffs = np.array([y[s] - y0[s] for s in seeds], dtype=float)
+                stats = _interval(diffs)
+                p, method = sign_flip_p(diffs)
+                rows.append({
+                    "arch": arch, "cell": cell, "baseline": base, "metric": metric, "n_pairs": len(seeds),
+                    "seeds": " ".join(map(str, seeds)), "diffs": " ".join(f"{d:+.4f}" for d in diffs),
+                    "mean_diff": stats["mean"], "ci_low": stats["ci_low"], "ci_high": stats["ci_high"],
+                    "interval": stats["interval"], "excludes_zero": _excludes_zero(stats),
+                    "p_value": p, "p_method": method,
+                })
+    return pd.DataFrame(rows)
+
+
+def _excludes_zero(stats: dict) -> bool:
+    return bool(stats["ci_low"] > 0 or stats["ci_high"] < 0)  # False for NaN (no interval)
+
+
+def factorial_effects(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) -> pd.DataFrame:
+    """Main effects and two-way interactions of the toggles, per architecture.
+
+    With the toggles coded s = ±1 and y the per-seed cell values of a full 2^k design:
+      main effect of A   = mean(y | A on) − mean(y | A off), averaged over the other toggles
+                         = (2 / 2^k) Σ_cells s_A · y
+      interaction of A,B = ½ [(effect of A with B on) − (effect of A with B off)]
+                         = (2 / 2^k) Σ_cells s_A s_B · y   (the classical Yates / Box–Hunter–Hunter
+                           convention: a pure A·B synergy δ on the (on, on) cell gives δ/2).
+    Each effect is computed per seed (seeds present in every cell), and its CI bootstraps
+    those seeds — the same as resampling seeds and recomputing the effect from cell means,
+    because the estimator is linear in the cell means.
+    """
+    rows = []
+    for arch, a in runs.groupby("arch", sort=False):
+        toggles = varying_toggles(a)
+        if not toggles:
+            continue
+        levels = list(itertools.product((False, True), repeat=len(toggles)))
+        for metric in metrics:
+            if metric not in a or a[metric].isna().all():
+                continue
+            base = {"arch": arch, "metric": metric}
+            per_cell = {lv: a[(a[toggles] == list(lv)).all(axis=1)].groupby("seed")[metric].mean().dropna()
+                        for lv in levels}
+            missing = [cell_label(arch, dict(zip(toggles, lv))) for lv, s in per_cell.items() if s.empty]
+            seeds = sorted(set.intersection(*(set(s.index) for s in per_cell.values())))
+            if missing or not seeds:
+                note = f"incomplete design: no finished run in {', '.join(missing)}" if missing else "no seed common to all cells"
+                rows.append({**base, "effect": "+".join(toggles), "kind": "main", "factors": " ".join(toggles),
+                             "n_seeds": 0, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+                             "interval": note, "excludes_zero": False, "seeds": "", "per_seed": ""})
+                continue
+            y = np.array([[per_cell[lv][s] for lv in levels] for s in seeds])  # seeds × cells
+            signs = np.array([[1.0 if on else -1.0 for on in lv] for lv in levels])  # cells × toggles
+            effects = [((t,), signs[:, i]) for i, t in enumerate(toggles)]
+            effects += [((toggles[i], toggles[j]), signs[:, i] * signs[:, j])
+                        for i, j in itertools.combinations(range(len(toggles)), 2)]
+            for factors, contrast in effects:
+                per_seed = y @ contrast * 2 / len(levels)
+                stats = _interval(per_seed)
+                rows.append({**base, "effect": " × ".join(factors), "kind": "main" if len(factors) == 1 else "interaction",
+                             "factors": " ".join(factors), "n_seeds": len(seeds), "estimate": stats["mean"],
+                             "ci_low": stats["ci_low"], "ci_high": stats["ci_high"], "interval": stats["interval"],
+                             "excludes_zero": _excludes_zero(stats), "seeds": " ".join(map(str, seeds)),
+                             "per_seed": " ".join(f"{e:+.4f}" for e in per_seed)})
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["verdict"] = [verdict(r) for r in out.to_dict("records")]
+    return out
+
+
+def verdict(effect: dict) -> str:
+    """One plain-language sentence for an effects row."""
+    metric = METRIC_LABELS.get(effect["metric"], effect["metric"])
+    arch, n = effect["arch"], effect["n_seeds"]
+    seeds = f"{n} seed{'s' if n != 1 else ''}"
+    if not n:
+        return f"{arch}: no estimate ({effect['interval']})"
+    est, lo, hi = effect["estimate"], effect["ci_low"], effect["ci_high"]
+    if effect["kind"] == "main":
+        name = TOGGLE_LABELS.get(effect["factors"], effect["factors"])
+        if np.isnan(lo):
+            return f"{name} changes {metric} on {arch} by {est:+.3f} ({seeds}: {NO_INTERVAL}, so no verdict)"
+        if effect["excludes_zero"]:
+            word = "raises" if est > 0 else "lowers"
+            return f"{name} {word} {metric} on {arch} by {abs(est):.3f} [{lo:+.3f}, {hi:+.3f}], {seeds}"
+        return f"{name}: no clear effect on {metric} on {arch} ({est:+.3f} [{lo:+.3f}, {hi:+.3f}] contains 0), {seeds}"
+    a, b = (TOGGLE_LABELS.get(f, f) for f in effect["factors"].split())
+    if np.isnan(lo):
+        return f"{a} × {b} interaction on {arch}: {est:+.3f} ({seeds}: {NO_INTERVAL}, so no verdict)"
+    if effect["excludes_zero"]:
+        how = "helps more (or hurts less)" if est > 0 else "helps less (or hurts more)"
+        return (f"{a} × {b} interaction on {arch}: {est:+.3f} [{lo:+.3f}, {hi:+.3f}], {seeds} — "
+                f"{a} {how} when {b} is on")
+    return f"{a} × {b}: no clear interaction on {arch} ({est:+.3f} [{lo:+.3f}, {hi:+.3f}] contains 0), {seeds}"
+
+
+def compare_architectures(runs: pd.DataFrame, *, select_by: str = "val_miou", metric: str | None = None) -> pd.DataFrame:
+    """Each architecture at its best cell (highest mean `select_by`), scored on `metric` (test
+    mIoU by default, so the selection and the score use different data). Rank r means r−1
+    architectures are clearly better (their CI lies wholly above this one's); overlapping
+    CIs share a rank. With n=1 the point value stands in for the interval."""
+    metric = metric or primary_metric(runs)
+    rows = []
+    for arch, a in runs.groupby("arch", sort=False):
+        best = a.groupby("cell")[select_by].mean().idxmax()
+        rows.append({"arch": arch, "best_cell": best, "selected_by": select_by, "metric": metric,
+                     **_interval(a.loc[a["cell"] == best, metric])})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    lo = out["ci_low"].fillna(out["mean"]).to_numpy()
+    hi = out["ci_high"].fillna(out["mean"]).to_numpy()
+    out["rank"] = [1 + int(np.sum(lo > hi[i])) for i in range(len(out))]
+    out["tied_with"] = [", ".join(out["arch"][j] for j in range(len(out)) if j != i and lo[j] <= hi[i] and lo[i] <= hi[j])
+                        for i in range(len(out))]
+    return out.sort_values(["rank", "mean"], ascending=[True, False], ignore_index=True)
+
+
+def pareto_front(cost, quality) -> np.ndarray:
+    """True where no other point is at least as cheap and at least as good, and better in one."""
+    c, q = np.asarray(cost, dtype=float), np.asarray(quality, dtype=float)
+    dominated = ((c[None, :] <= c[:, None]) & (q[None, :] >= q[:, None])
+                 & ((c[None, :] < c[:, None]) | (q[None, :] > q[:, None])))
+    return ~dominated.any(axis=1)
+
+
+def cost_table(runs: pd.DataFrame, *, quality: str | None = None) -> pd.DataFrame:
+    """Per cell: mean seconds per run, mean training images/s, mean quality (with CI), and
+    whether the cell is on the quality-vs-seconds Pareto front."""
+    quality = quality or primary_metric(runs)
+    rows = []
+    for (arch, cell), g in runs.groupby(["arch", "cell"], sort=False):
+        q = _interval(g[quality])
+        rows.append({"arch": arch, "cell": cell, "n": q["n"], "seconds": g["seconds"].mean(),
+                     "images_per_second": g["images_per_second"].mean(), "metric": quality,
+                     "quality": q["mean"], "ci_low": q["ci_low"], "ci_high": q["ci_high"]})
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out["pareto"] = pareto_front(out["seconds"], out["quality"])
+    return out
+
+
+# --------------------------------------------------------------------------- records
+def learning_curves(study: Study, runs: pd.DataFrame) -> pd.DataFrame:
+    """Long table of per-epoch curves: one row per (run, epoch), with the run's best and stop epochs."""
+    rows = []
+    for r in runs.itertuples():
+        rec = study.records.get(r.key)
+        if not rec:
+            continue
+        epochs = rec["config"].get("epochs")
+        for c in rec.get("curves") or []:
+            rows.append({"arch": getattr(r, "arch", ""), "cell": getattr(r, "cell", f"trial {r.key}"),
+                         "seed": rec["config"].get("seed"), "key": r.key, "best_epoch": rec.get("best_epoch"),
+                         "stopped_epoch": rec.get("stopped_epoch"), "max_epochs": epochs,
+                         **{k: c.get(k) for k in ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_acc", "lr")}})
+    return pd.DataFrame(rows)
+
+
+def class_iou_table(study: Study, runs: pd.DataFrame, *, split: str | None = None) -> pd.DataFrame:
+    """Cells × classes: per-class IoU averaged over seeds (classes absent from the split are NaN)."""
+    split = split or primary_metric(runs).split("_")[0]
+    names = study.class_names
+    rows = {}
+    for cell, g in runs.groupby("cell", sort=False):
+        ious = [study.records[k]["metrics"].get(split, {}).get("class_iou") for k in g["key"] if k in study.records]
+        ious = [[np.nan if x is None else x for x in v] for v in ious if v]
+        if ious:
+            rows[cell] = np.nanmean(np.array(ious, dtype=float), axis=0) if len(ious) > 1 else np.array(ious[0], dtype=float)
+    if not rows:
+        return pd.DataFrame()
+    k = max(len(v) for v in rows.values())
+    columns = [names[i] if i < len(names) else f"class {i}" for i in range(k)]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+
+
+def failures(study: Study) -> pd.DataFrame:
+    """Failed runs or trials: key, label, reason and the last lines of the traceback."""
+    t = study.table
+    if t.empty:
+        return pd.DataFrame(columns=["key", "label", "reason", "traceback"])
+    if study.kind == "tune":
+        bad = t[trial_states(t) == "FAIL"]
+        keys = bad["number"].astype(int).astype(str)
+        labels = [f"trial {k}" for k in keys]
+    else:
+        # "retry": failed, and the grid will try it again on its next run
+        bad = with_cells(t[t["status"].astype(str).isin(("failed", "retry"))]) if "status" in t else t.iloc[:0]
+        keys = bad["key"] if not bad.empty else pd.Series(dtype=str)
+        labels = [f"{c} · seed {s}" + (" (will be retried)" if st == "retry" else "")
+                  for c, s, st in zip(bad.get("cell", []), bad.get("seed", []), bad.get("status", []))]
+    rows = []
+    for key, label in zip(keys, labels):
+        rec = study.records.get(key, {})
+        tb = rec.get("traceback") or ""
+        reason = rec.get("failure_reason")
+        if reason is None and "failure_reason" in bad:
+            reason = bad.loc[keys == key, "failure_reason"].iloc[0]
+        rows.append({"key": key, "label": label, "reason": "" if pd.isna(reason) else str(reason),
+                     "traceback": "\n".join(tb.rstrip().splitlines()[-TRACEBACK_LINES:])})
+    return pd.DataFrame(rows, columns=["key", "label", "reason", "traceback"])
+
+
+def overview(study: Study) -> dict:
+    """Dataset, hardware, seeds, run counts and total compute, as plain data."""
+    t = study.table
+    if study.kind == "tune":
+        counts = trial_states(t).value_counts().to_dict() if not t.empty else {}
+        seeds = sorted({r["config"]["seed"] for r in study.records.values() if r.get("config")})
+    else:
+        counts = t["status"].astype(str).value_counts().to_dict() if "status" in t else {}
+        seeds = sorted(pd.to_numeric(t["seed"], errors="coerce").dropna().astype(int).unique().tolist()) if "seed" in t else []
+    hardware: dict[tuple, int] = {}
+    for rec in study.records.values():
+        env = rec.get("environment") or {}
+        if env:
+            key = tuple(env.get(k) for k in ("device_name", "device", "threads", "precision", "torch", "python"))
+            hardware[key] = hardware.get(key, 0) + 1
+    seconds = pd.to_numeric(t["seconds"], errors="coerce").sum() if "seconds" in t else 0.0
+    return {
+        "kind": study.kind, "storage": study.meta.get("storage"), "dataset": study.dataset,
+        "hardware": [dict(zip(("device_name", "device", "threads", "precision", "torch", "python"), k), runs=n)
+                     for k, n in hardware.items()],
+        "seeds": seeds, "counts": {str(k): int(v) for k, v in counts.items()}, "total_seconds": float(seconds),
+    }
+
+
+# --------------------------------------------------------------------------- tune
+def trial_states(trials: pd.DataFrame) -> pd.Series:
+    return trials["state"].astype(str).str.split(".").str[-1].str.upper()
+
+
+def best_so_far(trials: pd.DataFrame, *, value: str = "val_miou") -> pd.DataFrame:
+    """Trials in order with their value and the best COMPLETE value reached by then (maximised)."""
+    t = trials.assign(state=trial_states(trials)).sort_values("number")
+    v = pd.to_numeric(t[value], errors="coerce").where(t["state"] == "COMPLETE")
+    return pd.DataFrame({"number": t["number"].astype(int).to_numpy(), "state": t["state"].to_numpy(),
+                         "value": v.to_numpy(), "best_so_far": v.cummax().ffill().to_numpy()})
+
+
+def expected_max(values, n_max: int | None = None) -> pd.DataFrame:
+    """Dodge et al. (2019) expected best value among n trials drawn (with replacement) from the
+    observed ones: with v_(1) ≤ … ≤ v_(N), E[max_n] = Σ_i v_(i) [(i/N)^n − ((i−1)/N)^n].
+    Also the standard deviation of that maximum, from E[max_n²]."""
+    v = np.sort(np.asarray(values, dtype=float)[~np.isnan(np.asarray(values, dtype=float))])
+    big_n = len(v)
+    if big_n == 0:
+        return pd.DataFrame(columns=["n", "expected_max", "std"])
+    i = np.arange(1, big_n + 1)
+    rows = []
+    for n in range(1, (n_max or big_n) + 1):
+        w = (i / big_n) ** n - ((i - 1) / big_n) ** n
+        mean = float(w @ v)
+        rows.append({"n": n, "expected_max": mean, "std": float(np.sqrt(max(w @ v**2 - mean**2, 0.0)))})
+    return pd.DataFrame(rows)
+
+
+def param_importances(optuna_study) -> pd.DataFrame:
+    """Hyperparameter importances for val mIoU by PED-ANOVA (no randomness; fANOVA would need
+    scikit-learn). Empty when there are too few complete trials."""
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    try:
+        imp = get_param_importances(optuna_study, evaluator=PedAnovaImportanceEvaluator())
+    except (ValueError, RuntimeError, ZeroDivisionError):
+        return pd.DataFrame(columns=["param", "importance"])
+    return pd.DataFrame({"param": list(imp), "importance": list(imp.values())})
+
+
+# --------------------------------------------------------------------------- gallery
+@dataclass
+class Gallery:
+    class_names: list[str]
+    image_ids: list[str]
+    images: list[np.ndarray]  # H×W×3 uint8
+    truths: list[np.ndarray]  # H×W uint8, 255 = void
+    predictions: list[tuple[str, list[np.ndarray]]]  # (label, one mask per image)
+    notes: list[str] = field(default_factory=list)
+
+
+def best_runs(study: Study, runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(label, run key) of the runs shown in the gallery: per architecture the best-val run of
+    its best cell (grid), or the best trial (tune)."""
+    if runs.empty:
+        return []
+    if study.kind == "tune":
+        best = runs.loc[pd.to_numeric(runs["val_miou"], errors="coerce").idxmax()]
+        return [(f"best trial {best['key']}", best["key"])]
+    out = []
+    for arch, a in runs.groupby("arch", sort=False):
+        cell = a.groupby("cell")["val_miou"].mean().idxmax()
+        run = a[a["cell"] == cell].sort_values("val_miou", ascending=False).iloc[0]
+        out.append((f"{cell} (seed {run['seed']})", run["key"]))
+    return out
+
+
+def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = 4, cache_dir: str | Path | None = None) -> Gallery:
+    """A few fixed val images (evenly spaced over the split), their ground truth, and the
+    prediction of each run from `best_runs`."""
+    from ablate.data import load_dataset
+    from ablate.predict import load_run, predict_masks
+
+    empty = Gallery(study.class_names, [], [], [], [])
+    chosen = [(label, key) for label, key in best_runs(study, runs) if key in study.records]
+    if not chosen:
+        empty.notes.append("no run record to predict with")
+        return empty
+    cfg = study.records[chosen[0][1]]["config"]
+    try:
+        ds = load_dataset(cfg["data"], image_size=tuple(cfg["image_size"]), num_classes=cfg["num_classes"],
+                          ignore_index=cfg["ignore_index"], val_fraction=cfg["val_fraction"],
+                          cache_dir=cache_dir if cache_dir is not None else study.folder.parent / ".cache")
+    except AblateError as exc:
+        empty.notes.append(f"the dataset could not be loaded: {exc}")
+        return empty
+    val = ds.splits["val"]
+    idx = sorted(set(np.linspace(0, len(val) - 1, min(n_images, len(val))).round().astype(int).tolist()))
+    images = val.images[idx]
+    out = Gallery(study.class_names or ds.class_names, [val.ids[i] for i in idx],
+                  [im.permute(1, 2, 0).numpy() for im in images], [m.numpy() for m in val.masks[idx]], [])
+    for label, key in chosen:
+        try:
+            model, ckpt = load_run(study.folder / "runs" / key)
+        except AblateError as exc:
+            out.notes.append(f"{label}: {exc}")
+            continue
+        masks = predict_masks(model, images, tuple(ckpt["image_size"]))
+        out.predictions.append((label, [m.numpy() for m in masks]))
+    return out
+
+
+# --------------------------------------------------------------------------- tables on disk
+def write_tables(study: Study, runs: pd.DataFrame) -> list[Path]:
+    """effects.csv and comparisons.csv beside the grid's runs.csv."""
+    if study.kind != "grid" or runs.empty:
+        return []
+    return [_io.write_csv(study.folder / "effects.csv", factorial_effects(runs)),
+            _io.write_csv(study.folder / "comparisons.csv", paired_comparisons(runs))]

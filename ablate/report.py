@@ -1,0 +1,583 @@
+"""Report stage: draw what `ablate.analysis` computed as plotly figures and write one
+self-contained HTML file (plotly.js inline, images as data URIs) that opens from file:// or
+an e-mail attachment with no network. Every user-provided string is HTML-escaped here."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ablate import __version__, _io, analysis
+from ablate.analysis import METRIC_LABELS, Study
+from ablate.errors import AblateError
+
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+GALLERY_IMAGES = 4
+
+
+def esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def write_report(*, results_dir: str | Path, study_names: list[str], out: str | Path | None = None,
+                 storage: str | None = None) -> Path:
+    """Analyse each study, write effects.csv / comparisons.csv beside grid tables, and write
+    the HTML report (default: <results_dir>/<first study>/report.html). `storage` overrides
+    the Optuna storage URL recorded in a tune study's study.json (e.g. one with a password)."""
+    if not study_names:
+        raise AblateError("no study given; pass --study-name NAME")
+    studies = [analysis.load_study(results_dir, name) for name in study_names]
+    page = _Page(Path(results_dir))
+    bodies = []
+    for study in studies:
+        runs = analysis.finished_runs(study)
+        if runs.empty and not _has_pruned(study):
+            what = "trials" if study.kind == "tune" else "cells"
+            raise AblateError(f"study {study.name} has no finished {what} yet in {study.folder}; "
+                              f"wait for `ablate {study.kind}` to finish one, then rerun `ablate report`")
+        analysis.write_tables(study, runs)
+        bodies.append(_tune_study(page, study, runs, storage) if study.kind == "tune" else _grid_study(page, study, runs))
+    out = Path(out) if out is not None else studies[0].folder / "report.html"
+    return _io.write_text(out, _document(studies, bodies))
+
+
+def _has_pruned(study: Study) -> bool:
+    return study.kind == "tune" and not study.table.empty and (analysis.trial_states(study.table) == "PRUNED").any()
+
+
+# --------------------------------------------------------------------------- page pieces
+class _Page:
+    """Numbers figures and sections so div ids are stable from one report to the next."""
+
+    def __init__(self, results_dir: Path):
+        self.results_dir = results_dir
+        self.figures = 0
+
+    def figure(self, fig: go.Figure, *, height: int = 420) -> str:
+        self.figures += 1
+        fig.update_layout(height=height, margin=dict(l=60, r=30, t=50, b=50), template="plotly_white")
+        return fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{self.figures}",
+                           default_height=f"{height}px", default_width="100%",
+                           config={"displaylogo": False, "responsive": True})
+
+
+def _section(anchor: str, title: str, explanation: str, body: str) -> str:
+    return (f'<section id="{esc(anchor)}"><h3>{esc(title)}</h3>'
+            f'<p class="explain">{explanation}</p>{body}</section>')
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{esc(text)}</p>'
+
+
+def _num(x, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _with_ci(mean, lo, hi, n=None, digits: int = 3) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if isinstance(lo, float) and math.isnan(lo):
+        return f"{mean:.{digits}f} <small>({esc(analysis.NO_INTERVAL) if n == 1 else 'no interval'})</small>"
+    return f"{mean:.{digits}f} <small>[{lo:.{digits}f}, {hi:.{digits}f}]</small>"
+
+
+def _table(headers: list[str], rows: list[list[tuple[str, object]]], *, sortable: bool = True) -> str:
+    """rows of (cell html, sort value); the headers are plain text."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f'<td data-v="{esc(v)}">{cell}</td>' for cell, v in row) + "</tr>" for row in rows)
+    cls = ' class="sortable"' if sortable else ""
+    hint = '<p class="hint">Click a column header to sort.</p>' if sortable else ""
+    return f"{hint}<div class='scroll'><table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def _duration(seconds: float) -> str:
+    return str(dt.timedelta(seconds=round(seconds)))
+
+
+def _png_uri(array: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+# --------------------------------------------------------------------------- overview
+def _overview(study: Study) -> str:
+    ov = analysis.overview(study)
+    ds = ov["dataset"]
+    names = [str(n) for n in ds.get("class_names", [])]
+    freq = ds.get("class_frequency") or []
+    sizes = ", ".join(f"{esc(k)} {esc(v)}" for k, v in (ds.get("sizes") or {}).items())
+    size = "×".join(map(str, ds.get("image_size", []))) or "?"
+    classes = ", ".join(f"{esc(n)} ({freq[i]:.1%})" if i < len(freq) and freq[i] is not None else esc(n)
+                        for i, n in enumerate(names))
+    hardware = "".join(
+        f"<li>{esc(h['device_name'])} ({esc(h['device'])}, {esc(h['threads'])} threads, {esc(h['precision'])}; "
+        f"torch {esc(h['torch'])}, Python {esc(h['python'])}) — {h['runs']} run{'s' if h['runs'] != 1 else ''}</li>"
+        for h in ov["hardware"]) or "<li>unknown (no run record yet)</li>"
+    counts = ", ".join(f"{n} {esc(state)}" for state, n in sorted(ov["counts"].items())) or "none"
+    unit = "trials" if study.kind == "tune" else "runs (cells × seeds)"
+    items = [
+        ("Dataset", f"{esc(ds.get('name', '?'))} [{esc(ds.get('layout', '?'))}], working size {esc(size)} px; "
+                    f"images per split: {sizes or '?'}"),
+        ("Classes", f"{len(names)} — {classes} <small>(share of non-void train pixels)</small>"),
+        ("Hardware", f"<ul>{hardware}</ul>"),
+        ("Seeds", esc(" ".join(map(str, ov["seeds"]))) or "–"),
+        (unit.capitalize(), counts),
+        ("Total compute", f"{_duration(ov['total_seconds'])} (sum of run wall times)"),
+        ("Storage", f"<code>{esc(ov['storage'] or '–')}</code>"),
+        ("Folder", f"<code>{esc(study.folder)}</code>"),
+    ]
+    return "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
+
+
+# --------------------------------------------------------------------------- grid
+def _grid_study(page: _Page, study: Study, runs: pd.DataFrame) -> str:
+    metric = analysis.primary_metric(runs)
+    label = METRIC_LABELS[metric]
+    stats = analysis.cell_stats(runs)
+    comps = analysis.paired_comparisons(runs)
+    effects = analysis.factorial_effects(runs)
+    ranking = analysis.compare_architectures(runs)
+    cost = analysis.cost_table(runs)
+    sid = _anchor(study.name)
+    parts = [
+        _section(f"{sid}-overview", "1. Overview", "What was trained, on what data and hardware, and how much of it finished.",
+                 _overview(study)),
+        _section(f"{sid}-table", "2. Grid table",
+                 f"One row per cell (architecture × toggles), averaged over seeds: mean and 95% bootstrap interval "
+                 f"[low, high] over seeds, ordered by {esc(label)}. Δ is the paired difference to the same "
+                 f"architecture's cell with every toggle off.",
+                 _grid_table(stats, comps, metric) + _ranking(page, ranking)),
+        _section(f"{sid}-effects", "3. Toggle effects",
+                 f"What switching a toggle on changes in {esc(label)}, averaged over the other toggles (main effect), and "
+                 "how much one toggle's effect depends on another (interaction); bars are 95% bootstrap intervals over "
+                 "seeds, and an effect counts only when its interval excludes 0.",
+                 _effects(page, effects, comps, metric)),
+        _section(f"{sid}-curves", "4. Learning curves",
+                 "Per-epoch training and validation loss and validation mIoU of every run; pick an architecture with "
+                 "the buttons. ★ marks the epoch whose checkpoint was kept (best val mIoU), ✕ where early stopping ended "
+                 "the run.", _curves(page, analysis.learning_curves(study, runs))),
+        _section(f"{sid}-classes", "5. Per-class IoU",
+                 f"IoU of each class ({esc(metric.split('_')[0])} split) per cell, averaged over seeds: which classes each "
+                 "setting actually segments. Blank: class absent from the split.",
+                 _heatmap(page, analysis.class_iou_table(study, runs))),
+        _section(f"{sid}-gallery", "6. Prediction gallery",
+                 "A few fixed validation images, their ground truth, and the prediction of each architecture's best cell "
+                 "(best cell by mean val mIoU; its best seed).", _gallery(page, study, runs)),
+        _section(f"{sid}-cost", "7. Quality vs cost",
+                 f"Mean wall time per run against {esc(label)}; the line joins the Pareto front — cells that no other cell "
+                 "beats on both time and quality. Wall times include evaluation and vary with the machine's load.",
+                 _pareto(page, cost)),
+        _section(f"{sid}-failures", "8. Failures",
+                 "Runs that crashed or diverged, with the reason and the end of the traceback.", _failures(study)),
+    ]
+    return _study_block(study, parts)
+
+
+def _anchor(name: str) -> str:
+    return "s-" + "".join(c if c.isalnum() else "-" for c in name)
+
+
+def _study_block(study: Study, parts: list[str]) -> str:
+    return (f'<article class="study" id="{_anchor(study.name)}"><h2>{esc(study.kind)} study '
+            f'<code>{esc(study.name)}</code></h2>{"".join(parts)}</article>')
+
+
+def _grid_table(stats: pd.DataFrame, comps: pd.DataFrame, metric: str) -> str:
+    wide = {(r["cell"], r["metric"]): r for r in stats.to_dict("records")}
+    cells = list(dict.fromkeys(stats["cell"]))
+    cells.sort(key=lambda c: -wide.get((c, metric), {}).get("mean", -np.inf))
+    comp = {r["cell"]: r for r in comps[comps["metric"] == metric].to_dict("records")} if not comps.empty else {}
+    headers = ["cell", "seeds", "val mIoU", "test mIoU", "val pixel acc", "test pixel acc", "seconds / run", "images/s",
+               f"Δ {METRIC_LABELS[metric]} vs no toggles", "p (sign-flip)"]
+    rows = []
+    for cell in cells:
+        any_row = next(r for (c, _), r in wide.items() if c == cell)
+        row = [(esc(cell), cell), (esc(any_row["seeds"]), any_row["n"])]
+        for m in ("val_miou", "test_miou", "val_pixel_acc", "test_pixel_acc"):
+            r = wide.get((cell, m))
+            row.append((_with_ci(r["mean"], r["ci_low"], r["ci_high"], r["n"]), r["mean"]) if r else ("–", ""))
+        for m, digits in (("seconds", 1), ("images_per_second", 1)):
+            r = wide.get((cell, m))
+            row.append((_num(r["mean"], digits), r["mean"]) if r else ("–", ""))
+        c = comp.get(cell)
+        if c:
+            row.append((_with_ci(c["mean_diff"], c["ci_low"], c["ci_high"], c["n_pairs"]) + f" <small>({c['n_pairs']} pairs)</small>",
+                        c["mean_diff"]))
+            row.append((_num(c["p_value"], 3), c["p_value"]))
+        else:
+            row += [("baseline" if cell.endswith("no toggles") else "–", 0), ("–", "")]
+        rows.append(row)
+    n_min = int(stats["n"].min()) if not stats.empty else 0
+    caveat = ""
+    if n_min and n_min < 6:
+        caveat = _note(f"With {n_min} paired seeds the smallest possible two-sided sign-flip p-value is "
+                       f"{2 / 2 ** n_min:.3g}: p cannot reach 0.05 below 6 seeds, so read the intervals, "
+                       "and treat intervals from 2–3 seeds as optimistic.")
+    return _table(headers, rows) + caveat
+
+
+def _ranking(page: _Page, ranking: pd.DataFrame) -> str:
+    if ranking.empty:
+        return ""
+    label = METRIC_LABELS[ranking["metric"].iloc[0]]
+    rows = [[(str(r["rank"]), r["rank"]), (esc(r["arch"]), r["arch"]), (esc(r["best_cell"]), r["best_cell"]),
+             (_with_ci(r["mean"], r["ci_low"], r["ci_high"], r["n"]), r["mean"]), (esc(r["tied_with"] or "–"), r["tied_with"])]
+            for r in ranking.to_dict("records")]
+    fig = go.Figure(go.Scatter(
+        x=ranking["mean"], y=[esc(a) for a in ranking["arch"]], mode="markers", marker=dict(size=12),
+        error_x=dict(type="data", symmetric=False, array=(ranking["ci_high"] - ranking["mean"]).fillna(0),
+                     arrayminus=(ranking["mean"] - ranking["ci_low"]).fillna(0)),
+        text=[esc(c) for c in ranking["best_cell"]], hovertemplate="%{y}: %{x:.3f}<br>%{text}<extra></extra>"))
+    fig.update_layout(title=f"Architectures at their best cell: {label} with 95% CI", xaxis_title=label,
+                      yaxis=dict(autorange="reversed"))
+    return ("<h4>Architectures at their best cell</h4>"
+            f"<p class='explain'>Each architecture's best cell is chosen by mean val mIoU and scored on {esc(label)}; "
+            "architectures share a rank when their intervals overlap.</p>"
+            + _table(["rank", "architecture", "best cell", label, "overlaps with"], rows, sortable=False)
+            + (_note("With one seed there are no intervals: the ranking orders means only and cannot tell a real "
+                     "difference from seed noise.") if (ranking["n"] < 2).any() else "")
+            + page.figure(fig, height=120 + 50 * len(ranking)))
+
+
+def _effects(page: _Page, effects: pd.DataFrame, comps: pd.DataFrame, metric: str) -> str:
+    if effects.empty:
+        return _note("No toggle varies in this study, so there are no toggle effects to estimate.")
+    e = effects[effects["metric"] == metric]
+    shown = e[e["estimate"].notna()]
+    out = ""
+    if not shown.empty:
+        ys = [f"{esc(a)}: {esc(x)}" for a, x in zip(shown["arch"], shown["effect"])]
+        colour = np.where(shown["excludes_zero"], "#d62728", "#7f7f7f")
+        fig = go.Figure(go.Scatter(
+            x=shown["estimate"], y=ys, mode="markers", marker=dict(size=11, color=colour.tolist(),
+                                                                  symbol=np.where(shown["kind"] == "main", "circle", "diamond").tolist()),
+            # An explicit colour: error bars default to the marker's, which is a list here.
+            error_x=dict(type="data", symmetric=False, array=(shown["ci_high"] - shown["estimate"]).fillna(0),
+                         arrayminus=(shown["estimate"] - shown["ci_low"]).fillna(0), color="#444"),
+            text=[esc(v) for v in shown["verdict"]], hovertemplate="%{text}<extra></extra>"))
+        fig.add_vline(x=0, line_dash="dot", line_color="black")
+        fig.update_layout(title=f"Effects on {METRIC_LABELS[metric]} (red: 95% CI excludes 0; ◆ interactions)",
+                          xaxis_title=f"change in {METRIC_LABELS[metric]}", yaxis=dict(autorange="reversed"))
+        out += page.figure(fig, height=140 + 28 * len(shown))
+    out += "<h4>Verdicts</h4>"
+    for arch, g in e.groupby("arch", sort=False):
+        items = "".join(f"<li class='{'clear' if r['excludes_zero'] else ''}'>{esc(r['verdict'])}</li>" for r in g.to_dict("records"))
+        out += f"<p><b>{esc(arch)}</b></p><ul>{items}</ul>"
+    out += (f"<p class='explain'>Main effect = mean(on) − mean(off) over the other toggles; interaction A × B = ½ × "
+            "[(effect of A with B on) − (effect of A with B off)]. Both are computed per seed (seeds present in every "
+            f"cell of the architecture) and bootstrapped over seeds ({analysis.RESAMPLES} resamples). All rows, val and "
+            "test, are in effects.csv.</p>")
+    return out
+
+
+def _curves(page: _Page, curves: pd.DataFrame) -> str:
+    if curves.empty:
+        return _note("No per-epoch curves in the run records.")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss (solid: train, dashed: val)", "val mIoU"))
+    archs = list(dict.fromkeys(curves["arch"]))
+    owner: list[str] = []  # the architecture of each trace, for the buttons
+    for arch in archs:
+        a = curves[curves["arch"] == arch]
+        cells = list(dict.fromkeys(a["cell"]))
+        for ci, cell in enumerate(cells):
+            color = COLORS[ci % len(COLORS)]
+            for si, (key, r) in enumerate(a[a["cell"] == cell].groupby("key", sort=False)):
+                r = r.sort_values("epoch")
+                name, common = esc(f"{cell} (seed {r['seed'].iloc[0]})"), dict(legendgroup=esc(cell), line=dict(color=color))
+                fig.add_trace(go.Scatter(x=r["epoch"], y=r["train_loss"], name=esc(cell), showlegend=si == 0,
+                                         hovertext=name, **common), 1, 1)
+                fig.add_trace(go.Scatter(x=r["epoch"], y=r["val_loss"], name=name, showlegend=False,
+                                         line=dict(color=color, dash="dash"), legendgroup=esc(cell)), 1, 1)
+                fig.add_trace(go.Scatter(x=r["epoch"], y=r["val_miou"], name=name, showlegend=False, **common), 1, 2)
+                owner += [arch] * 3
+        best = a[a["epoch"] == a["best_epoch"]]
+        stop = a[(a["epoch"] == a["stopped_epoch"]) & (a["stopped_epoch"] < a["max_epochs"])]
+        fig.add_trace(go.Scatter(x=best["epoch"], y=best["val_miou"], mode="markers", name="best epoch (kept)",
+                                 marker=dict(symbol="star", size=13, color="gold", line=dict(width=1, color="black")),
+                                 legendgroup="marks", showlegend=True), 1, 2)
+        fig.add_trace(go.Scatter(x=stop["epoch"], y=stop["val_loss"], mode="markers", name="early stop",
+                                 marker=dict(symbol="x", size=11, color="black"), legendgroup="marks"), 1, 1)
+        owner += [arch] * 2
+    for i, trace in enumerate(fig.data):
+        trace.visible = owner[i] == archs[0]
+    buttons = [dict(label=esc(arch), method="update", args=[{"visible": [o == arch for o in owner]}]) for arch in archs]
+    fig.update_layout(updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=0, y=1.18,
+                                        xanchor="left", yanchor="bottom", showactive=True)],
+                      legend=dict(font=dict(size=10)), margin=dict(t=90))
+    fig.update_xaxes(title_text="epoch")
+    return page.figure(fig, height=480)
+
+
+def _heatmap(page: _Page, table: pd.DataFrame) -> str:
+    if table.empty:
+        return _note("No per-class IoU in the run records.")
+    z = table.to_numpy(dtype=float)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[esc(c) for c in table.columns], y=[esc(c) for c in table.index], zmin=0, zmax=1, colorscale="Viridis",
+        text=[[("" if math.isnan(v) else f"{v:.2f}") for v in row] for row in z], texttemplate="%{text}",
+        hovertemplate="%{y}<br>%{x}: %{z:.3f}<extra></extra>", colorbar=dict(title="IoU")))
+    fig.update_layout(yaxis=dict(autorange="reversed"), xaxis=dict(side="top"))
+    return page.figure(fig, height=120 + 26 * len(table))
+
+
+def _gallery(page: _Page, study: Study, runs: pd.DataFrame) -> str:
+    from ablate.predict import colorize
+
+    g = analysis.gallery(study, runs, n_images=GALLERY_IMAGES, cache_dir=page.results_dir / ".cache")
+    notes = "".join(_note(n) for n in g.notes)
+    if not g.images:
+        return notes or _note("No images to show.")
+    names = g.class_names
+    palette = colorize(np.arange(max(len(names), 1)))
+    legend = "".join(f'<span class="swatch"><i style="background:rgb{tuple(int(c) for c in palette[k])}"></i>{esc(n)}</span>'
+                     for k, n in enumerate(names))
+    legend += ('<span class="swatch"><i style="background:rgb' + str(tuple(int(c) for c in colorize(np.array(255))))
+               + '"></i>void (not scored)</span>')
+    head = "<th>image</th><th>ground truth</th>" + "".join(f"<th>{esc(label)}</th>" for label, _ in g.predictions)
+    rows = ""
+    for i, image_id in enumerate(g.image_ids):
+        truth = g.truths[i]
+        cells = [f'<img src="{_png_uri(g.images[i])}" alt="image"><div>{esc(image_id)}</div>',
+                 f'<img src="{_png_uri(colorize(truth))}" alt="ground truth"><div>{esc(_present(truth, names))}</div>']
+        for _, masks in g.predictions:
+            cells.append(f'<img src="{_png_uri(colorize(masks[i]))}" alt="prediction"><div>{esc(_present(masks[i], names))}</div>')
+        rows += "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+    return (f'<div class="legend">{legend}</div>{notes}<div class="scroll"><table class="gallery">'
+            f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
+
+
+def _present(mask: np.ndarray, names: list[str]) -> str:
+    return ", ".join(names[k] if k < len(names) else f"class {k}" for k in np.unique(mask).tolist() if k != 255)
+
+
+def _pareto(page: _Page, cost: pd.DataFrame) -> str:
+    if cost.empty:
+        return ""
+    label = METRIC_LABELS[cost["metric"].iloc[0]]
+    fig = go.Figure()
+    for i, (arch, g) in enumerate(cost.groupby("arch", sort=False)):
+        fig.add_trace(go.Scatter(
+            x=g["seconds"], y=g["quality"], mode="markers", name=esc(arch), marker=dict(size=10, color=COLORS[i % len(COLORS)]),
+            error_y=dict(type="data", symmetric=False, array=(g["ci_high"] - g["quality"]).fillna(0),
+                         arrayminus=(g["quality"] - g["ci_low"]).fillna(0)),
+            text=[esc(c) for c in g["cell"]], customdata=g["images_per_second"],
+            hovertemplate="%{text}<br>%{x:.1f} s, %{customdata:.0f} img/s<br>" + esc(label) + " %{y:.3f}<extra></extra>"))
+    front = cost[cost["pareto"]].sort_values("seconds")
+    fig.add_trace(go.Scatter(x=front["seconds"], y=front["quality"], mode="lines", name="Pareto front",
+                             line=dict(color="black", dash="dot", shape="hv")))
+    fig.update_layout(xaxis_title="seconds per run (mean over seeds)", yaxis_title=label)
+    rows = [[(esc(r["cell"]), r["cell"]), (_num(r["seconds"], 1), r["seconds"]), (_num(r["images_per_second"], 0), r["images_per_second"]),
+             (_with_ci(r["quality"], r["ci_low"], r["ci_high"], r["n"]), r["quality"])]
+            for r in front.to_dict("records")]
+    return page.figure(fig, height=460) + "<h4>Cells on the front</h4>" + _table(["cell", "seconds", "images/s", label], rows)
+
+
+def _failures(study: Study) -> str:
+    f = analysis.failures(study)
+    if f.empty:
+        return "<p>None.</p>"
+    rows = [[(esc(r["label"]), r["label"]), (esc(r["reason"]), r["reason"]),
+             (f"<pre>{esc(r['traceback'])}</pre>" if r["traceback"] else "–", "")] for r in f.to_dict("records")]
+    return _table(["run", "reason", "traceback (last lines)"], rows, sortable=False)
+
+
+# --------------------------------------------------------------------------- tune
+def _tune_study(page: _Page, study: Study, runs: pd.DataFrame, storage: str | None) -> str:
+    sid = _anchor(study.name)
+    ostudy, why = _open_optuna(study, storage)
+    space = study.meta.get("space") or study.meta.get("definition")
+    overview = _overview(study) + (f"<p>Search space:</p><pre>{esc(json.dumps(space, indent=1, default=str))}</pre>" if space else "")
+    parts = [
+        _section(f"{sid}-overview", "1. Overview", "What was searched, on what data and hardware, and how many trials finished.",
+                 overview),
+        _section(f"{sid}-trials", "2. Best trials",
+                 "The complete trials with the highest val mIoU (pruned trials stopped early and are not ranked).",
+                 _trials_table(study, runs)),
+        _section(f"{sid}-search", "3. Search",
+                 "How the search progressed, which hyperparameters mattered, and how many trials a search of this kind "
+                 "needs before its best result stops improving.", _tune_figures(page, study, ostudy, why)),
+        _section(f"{sid}-gallery", "4. Prediction gallery",
+                 "A few fixed validation images, their ground truth, and the best trial's prediction.",
+                 _gallery(page, study, runs) if not runs.empty else _note("No complete trial yet.")),
+        _section(f"{sid}-failures", "5. Failures", "Trials that crashed or diverged, with the reason.", _failures(study)),
+    ]
+    return _study_block(study, parts)
+
+
+def _trials_table(study: Study, runs: pd.DataFrame) -> str:
+    if runs.empty:
+        return _note("No complete trial yet.")
+    top = runs.assign(_v=pd.to_numeric(runs["val_miou"], errors="coerce")).sort_values("_v", ascending=False).head(15)
+    params = [c for c in top.columns if c.startswith("params_")]
+    headers = ["trial", "val mIoU", "test mIoU", "epochs", "seconds", *(p[len("params_"):] for p in params)]
+    rows = []
+    for r in top.to_dict("records"):
+        row = [(esc(r["number"]), r["number"]), (_num(r.get("val_miou")), r.get("val_miou")),
+               (_num(r.get("test_miou")), r.get("test_miou")), (esc(r.get("epochs", "–")), r.get("epochs")),
+               (_num(r.get("seconds"), 1), r.get("seconds"))]
+        row += [(esc(_short(r[p])), r[p]) for p in params]
+        rows.append(row)
+    return _table(headers, rows)
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _open_optuna(study: Study, storage: str | None):
+    """The Optuna study behind a tune study, or (None, why not)."""
+    import optuna
+
+    from ablate import store
+
+    candidates = [storage] if storage else [study.meta.get("storage"), store.default_storage(study.folder.parent, study.name)]
+    why = "no storage recorded in study.json; pass --storage"
+    for url in dict.fromkeys(u for u in candidates if u):
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else (url if store.is_journal(url) else None)
+        if path is not None and not Path(path).is_file():
+            why = f"storage {store.mask_url(url)} does not exist here; pass --storage"
+            continue  # opening would create an empty one
+        try:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+                ostudy = optuna.load_study(study_name=study.meta.get("study_name", study.name), storage=store.open_storage(url))
+            return ostudy, ""
+        except AblateError as exc:
+            why = str(exc)
+        except KeyError:
+            why = f"no study {study.meta.get('study_name', study.name)!r} in {store.mask_url(url)}"
+    return None, why
+
+
+def _tune_figures(page: _Page, study: Study, ostudy, why: str) -> str:
+    out = ""
+    trials = study.table
+    history = analysis.best_so_far(trials)
+    fig = go.Figure()
+    done = history[history["state"] == "COMPLETE"]
+    pruned = trials[analysis.trial_states(trials) == "PRUNED"]
+    fig.add_trace(go.Scatter(x=done["number"], y=done["value"], mode="markers", name="complete trial"))
+    fig.add_trace(go.Scatter(x=pruned["number"], y=pd.to_numeric(pruned["val_miou"], errors="coerce"), mode="markers",
+                             marker=dict(symbol="x", color="#999"), name="pruned trial (val mIoU when stopped)"))
+    fig.add_trace(go.Scatter(x=history["number"], y=history["best_so_far"], mode="lines", line_shape="hv", name="best so far"))
+    fig.update_layout(xaxis_title="trial number", yaxis_title="val mIoU")
+    out += ("<h4>Optimization history</h4><p class='explain'>Every trial's val mIoU in the order the trials ran, and the "
+            "best complete trial so far.</p>" + page.figure(fig, height=380))
+
+    curve = analysis.expected_max(done["value"])
+    if not curve.empty:
+        fig = go.Figure()
+        upper, lower = curve["expected_max"] + curve["std"], curve["expected_max"] - curve["std"]
+        fig.add_trace(go.Scatter(x=list(curve["n"]) + list(curve["n"])[::-1], y=list(upper) + list(lower)[::-1],
+                                 fill="toself", line=dict(width=0), fillcolor="rgba(31,119,180,0.2)", name="± 1 std"))
+        fig.add_trace(go.Scatter(x=curve["n"], y=curve["expected_max"], mode="lines+markers", name="expected best"))
+        fig.update_layout(title="Expected best val mIoU vs number of trials", xaxis_title="trials (budget)",
+                          yaxis_title="expected best val mIoU")
+        out += ("<h4>Expected best vs budget</h4><p class='explain'>Dodge et al. (2019), “Show Your Work”: the expected "
+                f"best val mIoU of a search with n trials, from the {len(done)} complete trials observed "
+                "(E[max of n] = Σ v<sub>(i)</sub> [(i/N)<sup>n</sup> − ((i−1)/N)<sup>n</sup>]); a curve still rising at "
+                "the right edge means more trials would likely help.</p>" + page.figure(fig, height=380))
+
+    if ostudy is None:
+        return out + _note(f"Optuna figures skipped: {why}")
+    import optuna.visualization as ov
+
+    imp = analysis.param_importances(ostudy)
+    out += f"<h4>Parameter importances</h4><p class='explain'>Evaluator: {esc(analysis.IMPORTANCE_EVALUATOR)}.</p>"
+    if imp.empty:
+        out += _note("Too few complete trials to estimate importances.")
+    else:
+        fig = go.Figure(go.Bar(x=imp["importance"], y=[esc(p) for p in imp["param"]], orientation="h"))
+        fig.update_layout(xaxis_title="importance for val mIoU (sums to 1)", yaxis=dict(autorange="reversed"))
+        out += page.figure(fig, height=120 + 30 * len(imp))
+    params = set().union(*(t.params for t in ostudy.trials)) if ostudy.trials else set()
+    plots = [("Intermediate values", "Val mIoU after each epoch of every trial; pruned trials stop early.",
+              ov.plot_intermediate_values, {}),
+             ("Parallel coordinates", "Each line is a trial, coloured by val mIoU: which parameter values the good "
+              "trials share.", ov.plot_parallel_coordinate, {})]
+    if {"lr", "batch_size"} <= params:
+        plots.append(("Learning rate × batch size", "Val mIoU interpolated over the two parameters (Optuna contour).",
+                      ov.plot_contour, {"params": ["lr", "batch_size"]}))
+    for title, explanation, plot, kwargs in plots:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                fig = plot(ostudy, **kwargs)
+            except (ValueError, RuntimeError) as exc:
+                out += f"<h4>{esc(title)}</h4>" + _note(f"not drawn: {exc}")
+                continue
+        out += f"<h4>{esc(title)}</h4><p class='explain'>{esc(explanation)}</p>" + page.figure(fig, height=420)
+    return out
+
+
+# --------------------------------------------------------------------------- document
+def _document(studies: list[Study], bodies: list[str]) -> str:
+    from plotly.offline import get_plotlyjs
+
+    names = ", ".join(s.name for s in studies)
+    toc = "".join(f'<li><a href="#{_anchor(s.name)}">{esc(s.kind)} study {esc(s.name)}</a></li>' for s in studies)
+    stamp = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>ablate report: {esc(names)}</title>
+<style>{_CSS}</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head><body>
+<header><h1>ablate report: {esc(names)}</h1>
+<p class="explain">Which training choices help, on which architecture, and by how much — with every number averaged
+over seeds and given a 95% bootstrap confidence interval [low, high]. An effect is only called real when its
+interval excludes 0; with few seeds, intervals are wide, and that is the honest answer. Written {esc(stamp)} by
+ablate {esc(__version__)}.</p><nav><ul>{toc}</ul></nav></header>
+<main>{"".join(bodies)}</main>
+<script>{_SORT_JS}</script>
+</body></html>
+"""
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1280px;padding:0 24px 48px;
+color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-top:24px} h2{border-bottom:2px solid #444;padding-bottom:4px;margin-top:40px}
+h3{margin-top:32px;margin-bottom:4px} h4{margin-bottom:4px}
+.explain{color:#555;margin-top:2px} .note{background:#fff6d8;border-left:4px solid #e0b000;padding:6px 10px}
+.hint{color:#888;font-size:.85em;margin:2px 0}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px} dt{font-weight:600} dd{margin:0} dd ul{margin:0;padding-left:18px}
+.scroll{overflow-x:auto} table{border-collapse:collapse;font-size:.9em;margin:8px 0}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top} th{background:#f3f3f3}
+table.sortable th{cursor:pointer} table.sortable th:hover{background:#e6e6e6}
+td small{color:#666} pre{background:#f7f7f7;padding:6px;font-size:.8em;white-space:pre-wrap;max-width:720px}
+li.clear{font-weight:600}
+.legend{display:flex;flex-wrap:wrap;gap:10px;margin:8px 0} .swatch{display:inline-flex;align-items:center;gap:4px}
+.swatch i{display:inline-block;width:14px;height:14px;border:1px solid #333}
+table.gallery img{width:144px;height:auto;image-rendering:pixelated;display:block}
+table.gallery td div{font-size:.8em;color:#444;max-width:144px}
+"""
+
+_SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach(function (th) {
+  th.addEventListener('click', function () {
+    var body = th.closest('table').tBodies[0], i = th.cellIndex, asc = th.dataset.asc !== '1';
+    th.dataset.asc = asc ? '1' : '0';
+    Array.from(body.rows).sort(function (a, b) {
+      var x = a.cells[i].dataset.v, y = b.cells[i].dataset.v, nx = parseFloat(x), ny = parseFloat(y);
+      var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : String(x).localeCompare(String(y));
+      return asc ? c : -c;
+    }).forEach(function (r) { body.appendChild(r); });
+  });
+});
+"""

@@ -1,0 +1,197 @@
+"""The report on a real, small results folder: runs trained by the engine, tables written in
+the grid's and tuner's formats, rendered to HTML, checked as text, through the CLI and in
+headless Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from ablate import record as records
+from ablate.cli import main
+from ablate.config import TrainConfig
+from ablate.engine import Pruned, fit
+from ablate.report import write_report
+
+EVIL = "<script>alert(1)</script>"
+# 2 models × weighted_loss off/on × 2 seeds; tiny, so the module builds in well under a minute.
+BASE = dict(data="synthetic", image_size=(32, 32), epochs=2, batch_size=32, precision="fp32", device="cpu", patience=1)
+MODELS = {"baseline": {}, "unet": {"base_channels": 8}}
+
+
+def _write_study(folder: Path, kind: str, dataset: dict, **extra) -> None:
+    summary = {**dataset, "class_names": [dataset["class_names"][0], EVIL, *dataset["class_names"][2:]]}
+    meta = {"kind": kind, "study_name": folder.name, "dataset": summary, **extra}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "study.json").write_text(json.dumps(meta))
+
+
+def _build_grid(folder: Path, cache_dir: Path) -> dict:
+    rows, dataset = [], None
+    for model, args in MODELS.items():
+        for weighted in (False, True):
+            for seed in (0, 1):
+                config = TrainConfig(model=model, model_args=args, weighted_loss=weighted, seed=seed, **BASE)
+                rec = fit(config, out_dir=folder / "runs" / config.run_id, quiet=True, cache_dir=cache_dir)
+                dataset = rec["dataset"]
+                rows.append({"cell_id": config.run_id, **records.summary(rec), "model_args": json.dumps(args)})
+    # One crashed run, as the grid records it.
+    bad = TrainConfig(model="unet", model_args=MODELS["unet"], lr=1e3, seed=2, **BASE)
+    rec = records.failed(bad, reason="non-finite loss at epoch 1 step 1",
+                         tb="Traceback (most recent call last):\n  File \"engine.py\", line 1\nFloatingPointError: " + EVIL)
+    records.write(folder / "runs" / bad.run_id, rec, None)
+    rows.append({"cell_id": bad.run_id, **records.summary(rec), "model_args": json.dumps(MODELS["unet"])})
+    pd.DataFrame(rows).to_csv(folder / "runs.csv", index=False)
+    _write_study(folder, "grid", dataset, storage=f"sqlite:///{folder / 'optuna.db'}",
+                 definition={"models": list(MODELS), "toggles": ["weighted_loss"], "seeds": [0, 1]})
+    return dataset
+
+
+def _build_tune(folder: Path, cache_dir: Path, dataset: dict) -> None:
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    folder.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=folder.name, storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    rows = []
+    for _ in range(4):
+        trial = study.ask()
+        lr, batch = trial.suggest_float("lr", 1e-3, 3e-2, log=True), trial.suggest_categorical("batch_size", [16, 32])
+        config = TrainConfig(model="unet", model_args=MODELS["unet"], lr=lr, seed=0, **{**BASE, "batch_size": batch})
+
+        def report(epoch, m, trial=trial):
+            trial.report(m["miou"], epoch)
+            if trial.number == 3:  # one pruned trial, as the tuner's pruner would leave it
+                raise Pruned(f"pruned at epoch {epoch}")
+
+        rec = fit(config, out_dir=folder / "runs" / str(trial.number), quiet=True, cache_dir=cache_dir, on_epoch=report)
+        val = rec["metrics"]["val"]["miou"]
+        state = optuna.trial.TrialState.PRUNED if rec["status"] == "pruned" else optuna.trial.TrialState.COMPLETE
+        study.tell(trial, val if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+        rows.append({"number": trial.number, "state": state.name, "params_lr": lr, "params_batch_size": batch,
+                     "val_miou": val, "test_miou": (rec["metrics"].get("test") or {}).get("miou"),
+                     "epochs": rec["stopped_epoch"], "seconds": rec["timing"]["seconds"]})
+    pd.DataFrame(rows).to_csv(folder / "trials.csv", index=False)
+    _write_study(folder, "tune", dataset, storage=storage, space={"lr": [1e-3, 3e-2], "batch_size": [16, 32]})
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, cache_dir) -> Path:
+    root = tmp_path_factory.mktemp("results")
+    (root / ".cache").symlink_to(cache_dir)  # the report's gallery decodes the dataset once per session
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the shared 2-core box: one thread is the fastest for these tiny nets
+    try:
+        dataset = _build_grid(root / "grid", cache_dir)
+        _build_tune(root / "tune", cache_dir, dataset)
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report_html(results) -> Path:
+    return write_report(results_dir=results, study_names=["grid", "tune"], out=results / "report.html")
+
+
+def _figure_count(text: str) -> int:
+    return len(re.findall(r'class="plotly-graph-div"', text))
+
+
+def test_report_is_self_contained_and_escaped(report_html):
+    text = report_html.read_text()
+    from plotly.offline import get_plotlyjs
+
+    assert text.count(get_plotlyjs()[:200]) == 1  # plotly.js inline, exactly once
+    assert not re.search(r'<script[^>]+src=|<link[^>]+href=["\']?http', text)  # nothing fetched
+    assert EVIL not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    for heading in ("Overview", "Grid table", "Toggle effects", "Learning curves", "Per-class IoU", "Prediction gallery",
+                    "Quality vs cost", "Failures", "Best trials", "Optimization history", "Expected best vs budget",
+                    "Parameter importances",
+                    "Intermediate values", "Parallel coordinates", "Learning rate × batch size"):
+        assert f"{heading}</h" in text, heading
+    assert "weighted loss" in text and "PED-ANOVA" in text
+    # Gallery: 4 val images × (2 architectures' best cells + the best trial).
+    assert text.count('alt="prediction"') == 4 * 3
+    assert "non-finite loss at epoch 1 step 1" in text and "Figures skipped" not in text
+    # grid: ranking, effects, curves, class IoU, Pareto; tune: history, expected best, importances,
+    # intermediate values, parallel coordinates, contour.
+    assert _figure_count(text) == 11
+
+
+def test_tables_written_beside_runs(results, report_html):
+    effects = pd.read_csv(results / "grid" / "effects.csv")
+    main_effects = effects[(effects["kind"] == "main") & (effects["metric"] == "test_miou")]
+    assert sorted(main_effects["arch"]) == ["baseline", "unet"]
+    assert set(main_effects["effect"]) == {"weighted_loss"} and (main_effects["n_seeds"] == 2).all()
+    comps = pd.read_csv(results / "grid" / "comparisons.csv")
+    assert set(comps["baseline"]) == {"baseline · no toggles", "unet · no toggles"}
+    assert (comps["n_pairs"] == 2).all() and (comps["p_value"] >= 0.5).all()  # 2 pairs: p ≥ 2/4
+
+
+def test_cli_default_study_prints_path_and_size(results):
+    # Without --study-name the most recently updated study is reported, into its own folder.
+    os.utime(results / "grid" / "runs.csv", (2e9, 2e9))
+    result = CliRunner().invoke(main, ["report", "--results-dir", str(results)])
+    assert result.exit_code == 0, result.output
+    out = results / "grid" / "report.html"
+    assert result.output.strip() == f"report: {out} ({out.stat().st_size / 1e6:.1f} MB)"
+    assert out.stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("table", ["nothing finished", "missing study", "empty results"])
+def test_cli_errors_are_one_line(tmp_path, table):
+    folder = tmp_path / "s"
+    if table != "empty results":
+        folder.mkdir()
+        pd.DataFrame([{"cell_id": "a", "model": "unet", "seed": 0, "status": "failed", "val_miou": None}]).to_csv(
+            folder / "runs.csv", index=False)
+        (folder / "study.json").write_text(json.dumps({"kind": "grid", "study_name": "s"}))
+    args = ["report", "--results-dir", str(tmp_path)] + (["--study-name", "nope"] if table == "missing study" else [])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    want = {"nothing finished": "no finished cells", "missing study": "nope", "empty results": "no study"}[table]
+    assert want in result.output
+
+
+def _chromium(binary: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
+    return subprocess.run(
+        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr",
+         "--v=0", "--virtual-time-budget=15000", *args],
+        capture_output=True, text=True, timeout=180)
+
+
+def test_report_renders_in_chromium(chromium, report_html, tmp_path):
+    url = report_html.resolve().as_uri()
+    dom = _chromium(chromium, tmp_path, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # The report logs nothing: any console line is an error or a warning (e.g. an uncaught exception).
+    console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    expected = _figure_count(report_html.read_text())
+    # plotly adds js-plotly-plot to a figure's div once it is drawn (the inline plotly.js source
+    # also contains the name, hence the element pattern).
+    rendered = re.findall(r'<div id="fig-\d+" class="[^"]*\bjs-plotly-plot\b', dom.stdout)
+    assert len(rendered) == expected, (len(rendered), expected)
+    assert len(re.findall(r'<svg class="main-svg"', dom.stdout)) >= expected
+
+    png = tmp_path / "report.png"
+    shot = _chromium(chromium, tmp_path, f"--screenshot={png}", "--window-size=1400,3000", "--hide-scrollbars", url)
+    assert png.is_file(), shot.stderr[-2000:]
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=float)
+    assert pixels.shape == (3000, 1400)
+    assert pixels.std() > 10  # not a blank page
