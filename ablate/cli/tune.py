@@ -1,0 +1,207 @@
+"""`ablate tune`: an Optuna search (TPE + pruning) over one model's hyperparameters, resumable."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from ablate.cli._options import data_options, execution_options, results_dir_option, toggle_options
+from ablate.errors import AblateError
+from ablate.tune import DEFAULT_EPOCHS, DEFAULT_N_TRIALS, PRUNERS, SAMPLERS
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@click.command()
+@click.option("--model", default=None, help="baseline | custom | resnet18 | unet  [default: custom]")
+@click.option("--study", "study_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Study TOML with a [tune] table (settings and search-space bounds); flags win over it.")
+@click.option("--study-name", default=None, help="Optuna study name and results folder  [default: tune-<model>]")
+@click.option("--n-trials", type=int, default=None,
+              help=f"COMPLETE+PRUNED trials the study ends with (a rerun continues up to it)  [default: {DEFAULT_N_TRIALS}]")
+@click.option("--timeout", type=float, default=None, help="Start no new trial after this many seconds.")
+@click.option("--pruner", type=click.Choice(PRUNERS), default=None,
+              help="Pruning on per-epoch val mIoU  [default: hyperband]")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help="[default: tpe (multivariate)]")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Worker processes on this machine, sharing the storage and the CPU cores.")
+@click.option("--storage", default=None,
+              help="Optuna storage URL (postgresql://user:pw@host/db for many machines) or a journal file "
+                   "[default: results/<study>/optuna.db; optuna.journal for --workers > 1].")
+@data_options()
+@click.option("--epochs", type=int, default=None,
+              help=f"Max epochs per trial (Hyperband's max resource)  [default: {DEFAULT_EPOCHS}]")
+@click.option("--patience", type=int, default=None, help="Early stopping on val loss; 0 disables  [default: 3]")
+@click.option("--seed", type=int, default=None, help="Training seed of every trial and sampler seed  [default: 0]")
+@toggle_options
+@click.option("--tune-toggles", is_flag=True, default=None,
+              help="Search scheduler/augment/weighted_loss too (else they are fixed by their flags).")
+@click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
+              help="Fix a model argument, repeatable (removes it from the search space).")
+@execution_options
+@results_dir_option
+@click.option("--export", "export_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write a grid study file (TOML) that reruns the best configuration with 3 seeds.")
+@click.option("--keep-checkpoints", is_flag=True, help="Keep every trial's best.pt (default: only the best trial's).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved search space and settings; run and write nothing.")
+@click.pass_context
+def tune(ctx: click.Context, study_file: Path | None, workers: int, storage: str | None, results_dir: Path,
+         export_path: Path | None, keep_checkpoints: bool, dry_run: bool, **flags: Any):
+    """Search hyperparameters of one model with Optuna: TPE, Hyperband pruning on val mIoU.
+
+    Every trial trains through the same engine as `ablate train`; its run record goes to
+    results/<study>/runs/<trial>/. Rerunning the same command continues the study until it
+    holds --n-trials finished (complete or pruned) trials. Review it with the printed
+    `optuna-dashboard` command.
+    """
+    from ablate import store
+    from ablate import tune as tuning
+
+    spec = _spec(ctx, flags, study_file=study_file, workers=workers, storage=storage, results_dir=results_dir,
+                 keep_checkpoints=keep_checkpoints)
+    if dry_run:
+        _print_plan(spec)
+        return
+    try:
+        study = tuning.tune(spec, echo=lambda line: click.echo(line))
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: the running trial is marked FAIL; rerun the same command to continue "
+                   f"(storage {store.mask_url(spec.storage)})", err=True)
+        sys.exit(130)
+    _print_summary(spec, study)
+    _write_report(spec)
+    if export_path is not None:
+        path = tuning.export_grid_study(spec, study, export_path)
+        click.echo(f"exported: {path}  (run it: ablate grid --study {path})")
+
+
+def _spec(ctx: click.Context, flags: dict[str, Any], *, study_file: Path | None, workers: int, storage: str | None,
+          results_dir: Path, keep_checkpoints: bool):
+    """Resolve flags over the study file over the defaults, and validate it all."""
+    from ablate import store
+    from ablate import tune as tuning
+    from ablate.config import TOGGLES, TrainConfig, parse_image_size
+    from ablate.models import list_models, parse_model_args
+
+    settings, overrides = tuning.read_study_file(study_file) if study_file else ({}, {})
+    defaults = {"model": "custom", "n_trials": tuning.DEFAULT_N_TRIALS, "epochs": tuning.DEFAULT_EPOCHS,
+                "image_size": tuning.DEFAULT_IMAGE_SIZE, "pruner": "hyperband", "sampler": "tpe", "patience": 3,
+                "seed": 0, "tune_toggles": False}
+
+    def value(key: str) -> Any:
+        """The flag when given on the command line, else the study file, else the default."""
+        if key in flags and _given(ctx, key):
+            return flags[key]
+        if key in settings:
+            return settings[key]
+        return flags[key] if flags.get(key) is not None else defaults.get(key)
+
+    model = _typed(value("model"), str, "model")
+    if model not in list_models():
+        raise AblateError(f"unknown model {model!r}; choose from: {', '.join(list_models())}")
+    n_trials = _typed(value("n_trials"), int, "n-trials")
+    if n_trials < 1:
+        raise AblateError(f"--n-trials must be >= 1, got {n_trials}")
+    study_name = _typed(value("study_name") or f"tune-{model}", str, "study-name")
+    if not _NAME_RE.match(study_name):
+        raise AblateError(f"--study-name must be letters, digits, '.', '_' or '-' (it names a folder), got {study_name!r}")
+    tune_toggles = _typed(value("tune_toggles"), bool, "tune-toggles")
+    timeout = value("timeout")
+    if timeout is not None:
+        timeout = float(_typed(timeout, (int, float), "timeout"))
+
+    model_args = parse_model_args(model, list(flags["model_arg"]))
+    space = tuning.default_space(model, tune_toggles=tune_toggles)
+    where = f"{study_file}: [tune]" if study_file else "[tune]"
+    space, fixed = tuning.apply_overrides(model, space, overrides, where=where)
+    # --model-arg and toggle flags given on the command line win over the study file.
+    toggles = {t: flags[t] for t in TOGGLES if t not in space and (_given(ctx, t) or t not in fixed)}
+    for key in (*model_args, *toggles):
+        space.pop(key, None)
+        fixed.pop(key, None)
+    optional = {key: value(key) for key in ("num_classes", "val_fraction")}
+    for key, v in optional.items():
+        if v is not None:
+            _typed(v, (int, float) if key == "val_fraction" else int, key.replace("_", "-"))
+    base = TrainConfig(
+        model=model, model_args=model_args, data=_typed(value("data"), str, "data"),
+        image_size=parse_image_size(value("image_size")), **optional,
+        ignore_index=_typed(value("ignore_index"), int, "ignore-index"), epochs=_typed(value("epochs"), int, "epochs"),
+        patience=_typed(value("patience"), int, "patience"), seed=_typed(value("seed"), int, "seed"),
+        precision=flags["precision"], device=flags["device"], compile=flags["compile"], **toggles,
+    )
+    base = tuning.config_for(base, fixed)
+    if workers < 1:
+        raise AblateError(f"--workers must be >= 1, got {workers}")
+    url = storage or store.default_storage(results_dir, study_name, workers)
+    spec = tuning.TuneSpec(
+        study_name=study_name, storage=url, results_dir=Path(results_dir), space=space, base=base, n_trials=n_trials,
+        timeout=timeout, pruner=value("pruner"), sampler=value("sampler"), workers=workers,
+        cache_dir=Path(results_dir) / ".cache", keep_checkpoints=keep_checkpoints,
+    )
+    tuning.validate(spec)
+    return spec
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+_TYPE_WORDS = {str: "a string", int: "an integer", bool: "true or false"}
+
+
+def _typed(v: Any, types: type | tuple, option: str) -> Any:
+    """Type-check a setting that may come from the study file (flags are typed by click)."""
+    allowed = types if isinstance(types, tuple) else (types,)
+    if not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed):
+        raise AblateError(f"--{option} (or its study-file key): expected {_TYPE_WORDS.get(types, 'a number')}, got {v!r}")
+    return v
+
+
+def _print_plan(spec) -> None:
+    from ablate import store
+
+    click.echo(f"study {spec.study_name}: {spec.base.model}, {spec.n_trials} trials of at most {spec.base.epochs} epochs, "
+               f"sampler {spec.sampler}, pruner {spec.pruner}, {spec.workers} worker{'s' * (spec.workers > 1)}")
+    click.echo(f"storage: {store.mask_url(spec.storage)}")
+    click.echo("search space:")
+    for name, param in spec.space.items():
+        d = param.describe()
+        text = f"log-uniform [{d['low']:g}, {d['high']:g}]" if d["type"] == "log-uniform" else f"one of {d['choices']}"
+        click.echo(f"  {name:<15} {text}")
+    fixed = {k: v for k, v in spec.base.to_dict().items() if k not in spec.space}
+    click.echo("fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
+
+
+def _print_summary(spec, study) -> None:
+    from ablate import store
+    from ablate import tune as tuning
+
+    c = tuning.counts(study)
+    click.echo(f"\nstudy {spec.study_name}: {c['finished']} finished trials ({c['COMPLETE']} complete, "
+               f"{c['PRUNED']} pruned), {c['FAIL']} failed; storage {store.mask_url(spec.storage)}")
+    best = tuning.best_trial(study)
+    if best is None:
+        click.echo("no complete trial yet: no best value")
+    else:
+        click.echo(f"best val mIoU: {best.value:.4f} (trial {best.number})")
+        click.echo("best params: " + "  ".join(f"{k}={v}" for k, v in best.params.items()))
+        click.echo(f"best run record: {Path(best.user_attrs.get('run_dir', '')) / 'run.json'}")
+    click.echo(f"trials: {spec.folder / 'trials.csv'}")
+    click.echo(f"dashboard: {store.dashboard_command(spec.storage)}")
+
+
+def _write_report(spec) -> None:
+    try:
+        from ablate.report import write_report
+
+        path = write_report(results_dir=spec.results_dir, study_names=[spec.study_name])
+        click.echo(f"report: {path}")
+    except Exception as exc:  # noqa: BLE001 - the tune's results stand without the report
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(f"warning: no report written ({type(exc).__name__}{': ' + first if first else ''}); "
+                   f"try `ablate report --study-name {spec.study_name}`", err=True)
