@@ -9,6 +9,9 @@ the runs that differ only in their seed (the grid's per-seed rows are aggregated
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -483,13 +486,29 @@ def expected_max(values, n_max: int | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@contextlib.contextmanager
+def quiet_optuna():
+    """Optuna logs advice ("too few trials", "unique value length...") that is noise in a report."""
+    import optuna
+
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
 def param_importances(optuna_study) -> pd.DataFrame:
     """Hyperparameter importances for val mIoU by PED-ANOVA (no randomness; fANOVA would need
     scikit-learn). Empty when there are too few complete trials."""
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
     try:
-        imp = get_param_importances(optuna_study, evaluator=PedAnovaImportanceEvaluator())
+        with quiet_optuna():
+            imp = get_param_importances(optuna_study, evaluator=PedAnovaImportanceEvaluator())
     except (ValueError, RuntimeError, ZeroDivisionError):
         return pd.DataFrame(columns=["param", "importance"])
     return pd.DataFrame({"param": list(imp), "importance": list(imp.values())})

@@ -514,8 +514,7 @@ def _tune_figures(page: _Page, study: Study, ostudy, why: str) -> str:
         plots.append(("Learning rate × batch size", "Val mIoU interpolated over the two parameters (Optuna contour).",
                       ov.plot_contour, {"params": ["lr", "batch_size"]}))
     for title, explanation, plot, kwargs in plots:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with analysis.quiet_optuna():
             try:
                 fig = plot(ostudy, **kwargs)
             except (ValueError, RuntimeError) as exc:

@@ -4,7 +4,9 @@ with credentials masked in everything printed or written."""
 from __future__ import annotations
 
 import os
+import random
 import re
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -54,10 +56,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-            engine_kwargs=_engine_kwargs(url),
-        )
+        return _open_rdb(url)
     except ImportError as exc:
         raise AblateError(f"--storage {mask_url(url)}: missing database driver ({exc}); pip install 'psycopg[binary]'") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "cannot open"
@@ -66,6 +65,24 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AblateError(f"--storage {mask_url(url)}: cannot open storage at {where} ({mask_url(first_line)}); "
                           "check that the server is running and the URL is right") from None
+
+
+def _open_rdb(url: str, attempts: int = 6) -> RDBStorage:
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                engine_kwargs=_engine_kwargs(url),
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Several workers opening a fresh database at once all create Optuna's tables; the
+            # losers of that race see "duplicate key"/"already exists" and simply try again.
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+    raise AssertionError("unreachable")
 
 
 def _engine_kwargs(url: str) -> dict:
