@@ -1,0 +1,295 @@
+"""`ablate grid` and `ablate status`: the ablation grid as a resumable, exactly-once Optuna study."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from ablate.cli._options import data_options, execution_options, results_dir_option
+from ablate.errors import AblateError
+
+# flag parameter -> study key or [train] key it overrides
+_OVERRIDES = {
+    "study_name": "name", "models": "models", "toggles": "toggles", "seeds": "seeds", "model_arg": "model_arg",
+    "data": "data", "image_size": "image_size", "num_classes": "num_classes", "ignore_index": "ignore_index",
+    "val_fraction": "val_fraction", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+    "weight_decay": "weight_decay", "patience": "patience", "device": "device", "precision": "precision",
+    "compile": "compile", "storage": "storage", "workers": "workers", "max_retries": "max_retries",
+}
+
+
+@click.command()
+@click.option("--study", "study_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Study definition (TOML) [default: studies/quick.toml, else the built-in quick study].")
+@click.option("--study-name", default=None, help="Optuna study name and results folder [default: from the study file].")
+@click.option("--models", default=None, metavar="A,B", help="Architectures: baseline, custom, resnet18, unet.")
+@click.option("--toggles", default=None, metavar="A,B",
+              help="Toggles switched on/off (2^k settings; the others stay off); 'none' for none.")
+@click.option("--seeds", default=None, metavar="N|A,B,C", help="A count (seeds 0..N-1) or a list of seeds.")
+@click.option("--model-arg", "model_arg", multiple=True, metavar="[MODEL.]KEY=VALUE",
+              help="Model argument, repeatable (unet.base_channels=16; without MODEL: every model that has KEY).")
+@data_options(default_data=None)
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--weight-decay", type=float, default=None)
+@click.option("--patience", type=int, default=None, help="Early stopping on val loss; 0 disables.")
+@execution_options
+@click.option("--storage", default=None,
+              help="Optuna storage URL (postgresql://user:pw@host/db for many machines) or a journal file path "
+                   "[default: results/<study>/optuna.db; optuna.journal for --workers > 1].")
+@click.option("--workers", default=None, metavar="N", help="Worker processes on this machine [default: 1].")
+@click.option("--max-retries", default=None, metavar="N", help="Runs again a failed cell up to N times [default: 1].")
+@results_dir_option
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Decoded-dataset cache [default: <results-dir>/.cache].")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write results/<study>/report.html when the grid is done.")
+@click.option("--dry-run", is_flag=True, help="List the cells and how many are done; run and write nothing.")
+@click.option("--tables-only", is_flag=True, help="Rebuild runs.csv and summary.csv from the storage; train nothing.")
+@click.pass_context
+def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_dir: Path | None, report: bool,
+         dry_run: bool, tables_only: bool, **flags):
+    """Run the ablation grid: every architecture x every on/off setting of the toggles x seeds.
+
+    Rerunning the same command runs only what is missing; several processes or machines
+    sharing one --storage split the cells, and no cell runs twice.
+    """
+    import optuna
+
+    from ablate import grid as grids
+    from ablate import store
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    overrides = {_OVERRIDES[name]: value for name, value in flags.items()
+                 if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    study = grids.load_study(study_file, overrides)
+    url = study.storage or store.default_storage(results_dir, study.name, study.workers)
+    if tables_only:
+        gs = _open_existing(url, study.name)
+        runs, summary = grids.write_tables(gs, results_dir)
+        click.echo(f"wrote {runs} and {summary}")
+        return
+
+    grids.check_models(study)
+    if study.train.device == "cuda":
+        from ablate.engine import resolve_device
+
+        resolve_device("cuda")
+    fingerprint = grids.dataset_fingerprint(study.train.data)
+    cells = grids.expand(study, fingerprint)
+    definition = grids.definition(study, fingerprint)
+    exists = _storage_exists(url)
+    gs = grids.GridStorage(url, study.name) if exists else None
+    attrs = gs.study_attrs() if gs else None
+    if attrs:
+        grids.check_same_grid(study.name, attrs, definition, url)
+    if dry_run:
+        _print_dry_run(study, cells, gs.trials() if attrs else [], url, exists)
+        return
+
+    from ablate.data import load_dataset
+
+    cache_dir = cache_dir or results_dir / ".cache"
+    dataset = load_dataset(study.train.data, image_size=study.train.image_size, num_classes=study.train.num_classes,
+                           ignore_index=study.train.ignore_index, val_fraction=study.train.val_fraction,
+                           cache_dir=cache_dir)
+    gs = gs or grids.GridStorage(url, study.name)
+    attrs = gs.prepare(study, cells, definition)
+    folder = store.study_dir(results_dir, study.name)
+    grids.write_study_json(results_dir, study, url, attrs, dataset.summary())
+    briefs = [c.brief() for c in cells]
+    start = grids.progress(briefs, gs.trials(), study.max_retries)
+    click.echo(f"study {study.name}: {_shape(study, cells)}, {start.completed} done, {start.pending} to run; "
+               f"{_plural(study.workers, 'worker')}; storage {store.mask_url(url)}")
+    click.echo(dataset.describe())
+
+    printer = _CellPrinter(gs, briefs, results_dir, study.max_retries, initial=start.completed + start.failed)
+    try:
+        crashed = grids.run_workers(study, cells, url, results_dir=results_dir, cache_dir=cache_dir, dataset=dataset,
+                                    on_result=printer, progress=printer.tty and study.workers == 1)
+    except KeyboardInterrupt:
+        printer.close()
+        _quietly(lambda: grids.write_tables(gs, results_dir))
+        click.echo("\ninterrupted: the running cell is marked 'interrupted' and runs again next time; "
+                   "rerun the same command to continue", err=True)
+        sys.exit(130)
+    printer.close()
+    grids.write_tables(gs, results_dir)
+    final = grids.progress(briefs, gs.trials(), study.max_retries)
+    _print_table(folder / "summary.csv")
+    click.echo(f"\nresults: {folder}/ (runs.csv, summary.csv, study.json, runs/<cell_id>/)")
+    click.echo(f"dashboard: {store.dashboard_command(url)}")
+    if report:
+        _write_report(results_dir, study.name)
+    problems = []
+    if final.failed_cells:
+        problems.append(f"{len(final.failed_cells)} cell(s) failed: "
+                        + "; ".join(f"{label} ({reason})" for label, reason in final.failed_cells))
+    if crashed:
+        problems.append(f"{len(crashed)} worker process(es) crashed (exit codes {', '.join(map(str, crashed))}); "
+                        "rerun to finish their cells")
+    if final.pending or final.running:
+        problems.append(f"{final.pending + final.running} cell(s) not done; rerun the same command")
+    if problems:
+        click.echo("error: " + "; ".join(problems), err=True)
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--study-name", default=None, help="Grid study to show [default: the default study's name].")
+@click.option("--storage", default=None, help="Optuna storage URL or journal file [default: results/<study>/optuna.*].")
+@results_dir_option
+def status(study_name: str | None, storage: str | None, results_dir: Path) -> None:
+    """Show a grid study's progress: done / running / failed / pending and compute time."""
+    from ablate import grid as grids
+    from ablate import store
+
+    name = study_name or grids.load_study().name
+    url = storage or store.default_storage(results_dir, name)
+    gs = _open_existing(url, name)
+    attrs = gs.study_attrs() or {}
+    p = grids.progress(attrs.get("cells") or [], gs.trials())
+    click.echo(f"study {name} ({store.mask_url(url)}): {p.cells} cells")
+    click.echo(f"  done {p.completed}, running {p.running}, failed {p.failed}, pending {p.pending}")
+    click.echo(f"  elapsed compute {_duration(p.compute_seconds)}")
+    for label, reason in p.failed_cells:
+        click.echo(f"  failed: {label}: {reason}")
+
+
+# --------------------------------------------------------------------------- helpers
+def _storage_exists(url: str) -> bool:
+    from ablate import store
+
+    if store.is_journal(url):
+        return Path(url).is_file()
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):]).is_file()
+    return True  # a server: opening it is how we learn whether it is reachable
+
+
+def _open_existing(url: str, name: str):
+    from ablate import grid as grids
+    from ablate import store
+
+    if not _storage_exists(url):
+        raise AblateError(f"no grid study {name!r}: {store.mask_url(url)} does not exist; run `ablate grid` first "
+                          "(or pass --storage / --results-dir)")
+    gs = grids.GridStorage(url, name)
+    attrs = gs.study_attrs()
+    if attrs is None:
+        names = ", ".join(s.study_name for s in gs.storage.get_all_studies()) or "none"
+        raise AblateError(f"no study {name!r} in {store.mask_url(url)} (studies there: {names})")
+    if attrs.get("kind") != grids.KIND:
+        raise AblateError(f"study {name!r} in {store.mask_url(url)} is not a grid study")
+    return gs
+
+
+class _CellPrinter:
+    """A tqdm bar over cells on a terminal, else one line per finished cell; refreshes the
+    tables after every cell."""
+
+    def __init__(self, gs, briefs: list[dict], results_dir: Path, max_retries: int, initial: int):
+        from tqdm import tqdm
+
+        self.gs, self.briefs, self.results_dir, self.max_retries = gs, briefs, results_dir, max_retries
+        self.tty = sys.stdout.isatty()
+        self.bar = tqdm(total=len(briefs), initial=initial, unit="cell", desc="grid", file=sys.stdout,
+                        disable=not self.tty, dynamic_ncols=True)
+
+    def __call__(self, result) -> None:
+        from ablate import grid as grids
+
+        p = grids.progress(self.briefs, self.gs.trials(), self.max_retries)
+        done = p.completed + p.failed
+        if result.status == "completed":
+            what = f"val mIoU {_num(result.val_miou)} test {_num(result.test_miou)}"
+        else:
+            what = f"FAILED ({result.failure_reason})"
+        line = f"[{done}/{len(self.briefs)}] {result.label}: {what} ({result.seconds:.0f}s)"
+        if self.tty:
+            self.bar.n = done
+            self.bar.refresh()
+            self.bar.write(line)
+        else:
+            click.echo(line)
+        _quietly(lambda: grids.write_tables(self.gs, self.results_dir))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _print_dry_run(study, cells, trials, url: str, exists: bool) -> None:
+    from ablate import grid as grids
+    from ablate import store
+
+    briefs = [c.brief() for c in cells]
+    states = grids.cell_states(briefs, trials, study.max_retries)
+    p = grids.progress(briefs, trials, study.max_retries)
+    click.echo(f"study {study.name}: {_shape(study, cells)}; {p.completed} done, {p.pending} pending"
+               + (f", {p.running} running" if p.running else "") + (f", {p.failed} failed" if p.failed else ""))
+    click.echo(f"storage: {store.mask_url(url)}" + ("" if exists else " (not created yet)"))
+    width = max(len(c.toggles) for c in cells)
+    click.echo(f"{'cell_id':<12}  {'model':<8}  {'toggles':<{width}}  {'seed':>4}  status")
+    for cell in cells:
+        status = states[cell.cell_id].status
+        click.echo(f"{cell.cell_id:<12}  {cell.config.model:<8}  {cell.toggles:<{width}}  {cell.config.seed:>4}  "
+                   f"{'pending' if status == 'retry' else status}")
+
+
+def _print_table(summary_csv: Path) -> None:
+    import pandas as pd
+
+    table = pd.read_csv(summary_csv)
+    if table.empty:
+        click.echo("\nno completed cells")
+        return
+    width = max(7, table["toggles"].str.len().max())
+    click.echo(f"\n{'model':<8}  {'toggles':<{width}}  {'n':>2}  {'val mIoU':<15}  test mIoU")
+    for _, row in table.iterrows():
+        click.echo(f"{row['model']:<8}  {row['toggles']:<{width}}  {int(row['n']):>2}  "
+                   f"{_mean_std(row['val_miou_mean'], row['val_miou_std']):<15}  "
+                   f"{_mean_std(row['test_miou_mean'], row['test_miou_std'])}")
+
+
+def _shape(study, cells) -> str:
+    return (f"{len(cells)} cells ({_plural(len(study.models), 'model')} x {_plural(2 ** len(study.toggles), 'toggle setting')}"
+            f" x {_plural(len(study.seeds), 'seed')})")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _mean_std(mean, std) -> str:
+    return _num(mean) + ("" if std != std else f" ± {std:.3f}")
+
+
+def _num(x) -> str:
+    return "n/a" if x is None or x != x else f"{x:.3f}"
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _write_report(results_dir: Path, study_name: str) -> None:
+    try:
+        from ablate.report import write_report
+
+        path = write_report(results_dir=results_dir, study_names=[study_name])
+        click.echo(f"report: {path}")
+    except Exception as exc:  # noqa: BLE001 - the grid's results stand without the report
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(f"warning: no report written ({type(exc).__name__}{': ' + first if first else ''}); "
+                   f"try `ablate report --study-name {study_name}`", err=True)
+
+
+def _quietly(fn) -> None:
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - a table refresh must not stop the grid; the final one reports
+        click.echo(f"warning: tables not refreshed ({type(exc).__name__}: {exc})", err=True)

@@ -1,0 +1,927 @@
+"""Grid stage: the ablation grid as an Optuna study.
+
+A typed study definition (a TOML file, overridden by flags) expands into cells, model x
+toggle setting x seed, each identified by a hash of its full training configuration. Workers
+on one or many machines claim cells through the Optuna storage under a study-wide lock, so
+every cell runs exactly once; runs.csv and summary.csv are rebuilt from the storage.
+
+Exactly once: a trial is only ever created inside `GridStorage.claim`, while holding a lock
+that every process sharing the storage respects (an flock beside a SQLite/journal file, a
+PostgreSQL advisory lock, a MySQL named lock), and only for a cell whose fresh read shows no
+RUNNING or COMPLETE trial. So a cell has at most one live trial at any time and none after it
+completed. A RUNNING trial leaves that state only through its owner or through a reclaim
+(also under the lock) once its worker is provably dead or silent for the grace period.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import itertools
+import json
+import math
+import os
+import queue
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import tomllib
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from ablate import _io, store
+from ablate.config import TOGGLES, TrainConfig, parse_image_size, stable_hash
+from ablate.errors import AblateError
+
+KIND = "grid"
+DEFAULT_STUDY_FILE = Path("studies") / "quick.toml"
+CELL_FIELDS = ("model", "model_args", "seed", *TOGGLES)  # set per cell, never in [train]
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in CELL_FIELDS)
+STUDY_KEYS = ("name", "description", "models", "model_args", "toggles", "seeds", "train",
+              "max_retries", "workers", "storage")
+INTERRUPTED = "interrupted"  # Ctrl-C: rerun without counting against --max-retries
+WORKER_LOST = "worker lost"  # killed worker: likewise
+_HEARTBEAT = "ablate:heartbeat"  # trial system attr, refreshed while a cell runs
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# The built-in quick study: what studies/quick.toml says, for when that file is not around.
+QUICK_STUDY: dict[str, Any] = {
+    "name": "quick",
+    "description": "All four architectures x all 8 toggle settings on the embedded synthetic dataset (CPU-sized).",
+    "models": ["baseline", "custom", "resnet18", "unet"],
+    "toggles": list(TOGGLES),
+    "seeds": 1,
+    "model_args": {"unet": {"base_channels": 8}},
+    "train": {"data": "synthetic", "image_size": 64, "epochs": 6, "batch_size": 16, "lr": 1e-3, "patience": 3},
+}
+
+
+# --------------------------------------------------------------------------- definition
+@dataclass(frozen=True)
+class GridStudy:
+    """One ablation study: its cells (models x toggle settings x seeds, every other training
+    option fixed) and how to run them."""
+    name: str = "quick"  # Optuna study name; results go to <results-dir>/<name>/
+    models: tuple[str, ...] = ("baseline", "custom", "resnet18", "unet")  # architectures compared
+    model_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model constructor options
+    toggles: tuple[str, ...] = TOGGLES  # toggles switched on/off (2^k settings); the others stay off
+    seeds: tuple[int, ...] = (0,)  # every setting runs once per seed
+    train: TrainConfig = field(default_factory=TrainConfig)  # options shared by every cell
+    max_retries: int = 1  # a failed cell runs again up to this many times (this run or a later one)
+    workers: int = 1  # worker processes on this machine
+    storage: str | None = None  # Optuna storage URL; None: a file under <results-dir>/<name>/
+    description: str = ""  # free text for the report
+
+
+@dataclass(frozen=True)
+class Cell:
+    cell_id: str  # hash of the canonical config, data path replaced by the dataset fingerprint
+    config: TrainConfig
+
+    @property
+    def toggles(self) -> str:
+        return toggle_label(self.config.to_dict())
+
+    @property
+    def label(self) -> str:
+        return f"{self.config.model} {self.toggles} seed {self.config.seed}"
+
+    def brief(self) -> dict[str, Any]:
+        """What the storage keeps about a cell (enough for tables and status)."""
+        c = self.config
+        return {"cell_id": self.cell_id, "run_id": c.run_id, "model": c.model, "model_args": dict(c.model_args),
+                "toggles": self.toggles, **{t: getattr(c, t) for t in TOGGLES}, "seed": c.seed}
+
+
+def toggle_label(row: dict[str, Any]) -> str:
+    """'scheduler+augment', or 'none' when every toggle is off."""
+    return "+".join(t for t in TOGGLES if row.get(t)) or "none"
+
+
+def default_study_file() -> Path | None:
+    """studies/quick.toml under the working directory, else beside the package."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (root / DEFAULT_STUDY_FILE).is_file():
+            return root / DEFAULT_STUDY_FILE
+    return None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AblateError(f"--study {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AblateError(f"--study {path}: cannot read it ({exc})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        at = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
+        if at:
+            raise AblateError(f"{path}: line {at[1]}, column {at[2]}: {msg[:at.start()]}") from None
+        end = re.search(r"\s*\(at end of document\)$", msg)
+        if end:
+            lines = text.split("\n")
+            raise AblateError(f"{path}: line {len(lines)}, column {len(lines[-1]) + 1}: {msg[:end.start()]} "
+                              "(at the end of the file)") from None
+        raise AblateError(f"{path}: {msg}") from None
+
+
+def load_study(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> GridStudy:
+    """The study in `path` (default: studies/quick.toml, else the built-in quick study), with
+    `overrides` (flags: study key or [train] key -> value) on top. Everything is validated."""
+    if path is None:
+        found = default_study_file()
+        raw, where = (read_toml(found), str(found)) if found else (QUICK_STUDY, "built-in quick study")
+    else:
+        raw, where = read_toml(Path(path)), str(path)
+    return build_study(raw, where=where, overrides=overrides or {},
+                       default_name=Path(path).stem if path is not None else "quick")
+
+
+def build_study(raw: dict[str, Any], *, where: str, overrides: dict[str, Any], default_name: str = "quick") -> GridStudy:
+    from ablate.models import list_models
+
+    _reject_unknown(raw, STUDY_KEYS, where, prefix="")
+    train_raw = _table(raw.get("train", {}), f"{where}: train")
+    _reject_unknown(train_raw, TRAIN_KEYS, where, prefix="train.",
+                    hint="; model, model args, toggles and seeds are set at the top level")
+    args_raw = _table(raw.get("model_args", {}), f"{where}: model_args")
+
+    def pick(key: str, flag: str, source: dict = raw, prefix: str = "") -> tuple[Any, str]:
+        if overrides.get(key) is not None:
+            return overrides[key], f"--{flag}"
+        return source.get(key), f"{where}: {prefix}{key}"
+
+    value, label = pick("name", "study-name")
+    name = _string(value if value is not None else default_name, label)
+    if not _NAME_RE.match(name):
+        raise AblateError(f"{label} must be letters, digits, '.', '_' or '-' (it names a folder), got {name!r}")
+    value, label = pick("models", "models")
+    models = _choices(value if value is not None else list_models(), label, list_models(), "model")
+    value, label = pick("toggles", "toggles")
+    toggles = _choices(value if value is not None else list(TOGGLES), label, TOGGLES, "toggle", allow_none=True)
+    toggles = tuple(t for t in TOGGLES if t in toggles)  # canonical order: flag order never matters
+    value, label = pick("seeds", "seeds")
+    seeds = parse_seeds(value if value is not None else 1, label)
+    value, label = pick("max_retries", "max-retries")
+    max_retries = _integer(value if value is not None else 1, label, minimum=0)
+    value, label = pick("workers", "workers")
+    workers = _integer(value if value is not None else 1, label, minimum=1)
+    value, label = pick("storage", "storage")
+    storage = _string(value, label) if value is not None else None
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise AblateError(f"{where}: description must be a string, got {description!r}")
+
+    model_args = {m: _model_args(m, _table(args_raw.get(m, {}), f"{where}: model_args.{m}"), f"{where}: model_args.{m}")
+                  for m in args_raw if _known_model(m, f"{where}: model_args", list_models())}
+    for text in overrides.get("model_arg") or ():
+        _apply_model_arg(model_args, text, models)
+    model_args = {m: a for m, a in model_args.items() if m in models and a}
+
+    train_values = {}
+    for key in TRAIN_KEYS:
+        value, label = pick(key, key.replace("_", "-"), train_raw, "train.")
+        if value is not None:
+            train_values[key] = _train_value(key, value, label)
+    try:
+        train = TrainConfig(**train_values)
+    except AblateError as exc:  # TrainConfig names the flag; say so when the value came from the file
+        flag = re.match(r"--([a-z-]+) (.*)", str(exc))
+        if not flag or flag[1].replace("-", "_") in overrides:
+            raise
+        raise AblateError(f"{where}: train.{flag[1].replace('-', '_')} {flag[2]}") from None
+    return GridStudy(name=name, models=models, model_args=model_args, toggles=toggles, seeds=seeds, train=train,
+                     max_retries=max_retries, workers=workers, storage=storage, description=description)
+
+
+def parse_seeds(value: Any, label: str) -> tuple[int, ...]:
+    """3 -> (0, 1, 2); [0, 5, 7] or '0,5,7' -> (0, 5, 7)."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            raise AblateError(f"{label} expects a count or a comma-separated list of integers, got {value!r}") from None
+        value = numbers[0] if len(numbers) == 1 and "," not in value else numbers
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise AblateError(f"{label}: a seed count must be >= 1, got {value}")
+        return tuple(range(value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        if any(s < 0 for s in value):
+            raise AblateError(f"{label}: seeds must be >= 0, got {value}")
+        if len(set(value)) != len(value):
+            raise AblateError(f"{label}: seeds repeat in {value}")
+        return tuple(value)
+    raise AblateError(f"{label} expects a count or a list of integers, got {value!r}")
+
+
+def _reject_unknown(table: dict, accepted: tuple[str, ...], where: str, *, prefix: str, hint: str = "") -> None:
+    for key in table:
+        if key not in accepted:
+            raise AblateError(f"{where}: unknown key '{prefix}{key}'; accepted: {', '.join(accepted)}{hint}")
+
+
+def _table(value: Any, label: str) -> dict:
+    if not isinstance(value, dict):
+        raise AblateError(f"{label} must be a table, got {value!r}")
+    return value
+
+
+def _string(value: Any, label: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise AblateError(f"{label} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _integer(value: Any, label: str, *, minimum: int) -> int:
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise AblateError(f"{label} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _choices(value: Any, label: str, known: typing.Sequence[str], what: str, allow_none: bool = False) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [] if allow_none and value.strip().lower() == "none" else [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AblateError(f"{label} must be a list of names, got {value!r}")
+    if not value and not allow_none:
+        raise AblateError(f"{label}: give at least one {what}; choose from: {', '.join(known)}")
+    for v in value:
+        if v not in known:
+            raise AblateError(f"{label}: unknown {what} {v!r}; choose from: {', '.join(known)}")
+    if len(set(value)) != len(value):
+        raise AblateError(f"{label}: {what}s repeat in {value}")
+    return tuple(value)
+
+
+def _known_model(name: str, label: str, known: list[str]) -> bool:
+    if name not in known:
+        raise AblateError(f"{label}: unknown model {name!r}; choose from: {', '.join(known)}")
+    return True
+
+
+def _model_args(model: str, table: dict, label: str) -> dict[str, Any]:
+    from ablate.models import parse_model_args
+
+    def text(v: Any) -> str:
+        if isinstance(v, (dict, list)):
+            raise AblateError(f"{label}: expected a number, string or boolean, got {v!r}")
+        return str(v).lower() if isinstance(v, bool) else str(v)
+    try:
+        return parse_model_args(model, [f"{k}={text(v)}" for k, v in table.items()])
+    except AblateError as exc:
+        raise AblateError(f"{label}: {exc}") from None
+
+
+def _apply_model_arg(model_args: dict[str, dict], text: str, models: tuple[str, ...]) -> None:
+    """--model-arg unet.base_channels=8 (one model) or base_channels=8 (every model that has it)."""
+    from ablate.models import list_models, model_params, parse_model_args
+
+    key = text.partition("=")[0].strip()
+    head, dot, rest = key.partition(".")
+    if dot and head in list_models():
+        targets, pair = [head], text.strip()[len(head) + 1:]
+    else:
+        targets = [m for m in models if key in model_params(m)]
+        pair = text
+        if not targets:
+            raise AblateError(f"--model-arg {text!r}: no model in the grid ({', '.join(models)}) has an argument "
+                              f"{key!r}; write MODEL.KEY=VALUE")
+    for model in targets:
+        model_args.setdefault(model, {}).update(parse_model_args(model, [pair]))
+
+
+def _train_value(key: str, value: Any, label: str) -> Any:
+    """Type-check one [train] value against TrainConfig's annotation."""
+    hint = typing.get_type_hints(TrainConfig)[key]
+    if key == "image_size":
+        return parse_image_size(value)
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if isinstance(value, bool) and bool not in allowed:
+        raise AblateError(f"{label} must be {_type_words(allowed)}, got {value!r}")
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tuple(t for t in allowed if t is not type(None))):
+        raise AblateError(f"{label} must be {_type_words(allowed)}, got {value!r}")
+    return value
+
+
+def _type_words(types_: tuple) -> str:
+    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return " or ".join(words[t] for t in types_ if t in words)
+
+
+# --------------------------------------------------------------------------- cells
+def dataset_fingerprint(data: str) -> str:
+    """The fingerprint `load_dataset` gives `data`, without decoding anything (files are only
+    stat-ed), so cell ids are known before any work and independent of where data is mounted."""
+    from ablate import data as data_stage
+
+    key = data_stage._synthetic_key() if data == "synthetic" else data_stage._file_key(data_stage.detect_layout(Path(data)))
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cell_id(config: TrainConfig, fingerprint: str) -> str:
+    return stable_hash({**config.identity(), "data": fingerprint})
+
+
+def expand(study: GridStudy, fingerprint: str) -> list[Cell]:
+    """Every cell of the grid, seed-major, then toggle setting, then model."""
+    cells = []
+    for seed in study.seeds:
+        for setting in itertools.product((False, True), repeat=len(study.toggles)):
+            on = dict(zip(study.toggles, setting))
+            for model in study.models:
+                config = study.train.replace(model=model, model_args=dict(study.model_args.get(model, {})), seed=seed,
+                                             **{t: on.get(t, False) for t in TOGGLES})
+                cells.append(Cell(cell_id(config, fingerprint), config))
+    return cells
+
+
+def definition(study: GridStudy, fingerprint: str) -> dict[str, Any]:
+    """What makes two grids the same grid. Seeds are replicates, not part of it (asking for
+    more seeds extends a study), and neither are operational settings such as the device."""
+    train = {k: v for k, v in study.train.identity().items() if k not in CELL_FIELDS}
+    train["data"] = fingerprint
+    return {"models": {m: study.model_args.get(m, {}) for m in sorted(study.models)},
+            "toggles": list(study.toggles), "train": train}
+
+
+def check_models(study: GridStudy) -> None:
+    """Build each model once so bad model arguments (e.g. a missing weights file) are input
+    errors now rather than failed cells later."""
+    from ablate.models import create_model
+
+    for model in study.models:
+        try:
+            create_model(model, 2, **study.model_args.get(model, {}))
+        except AblateError as exc:
+            raise AblateError(f"model {model}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- storage
+@dataclass(frozen=True)
+class CellState:
+    status: str  # completed | running | failed | retry | pending
+    trial: FrozenTrial | None  # the trial that speaks for the cell (complete, running or latest)
+    attempts: int  # trials so far
+    failures: int  # genuine failures (interrupted or lost workers excluded)
+
+
+def cell_states(cells: list[dict], trials: list[FrozenTrial], max_retries: int | None = None) -> dict[str, CellState]:
+    """Status of every cell from its trials; max_retries None: any genuine failure is 'failed'."""
+    by_cell: dict[str, list[FrozenTrial]] = {c["cell_id"]: [] for c in cells}
+    for t in trials:
+        if t.user_attrs.get("cell_id") in by_cell:
+            by_cell[t.user_attrs["cell_id"]].append(t)
+    states = {}
+    for cid, ts in by_cell.items():
+        failures = [t for t in ts if t.state == TrialState.FAIL and not _transient(failure_reason(t))]
+        complete = [t for t in ts if t.state == TrialState.COMPLETE]
+        running = [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        if complete:
+            status, trial = "completed", complete[0]
+        elif running:
+            status, trial = "running", running[0]
+        elif failures:
+            retry = max_retries is not None and len(failures) <= max_retries
+            status, trial = ("retry" if retry else "failed"), ts[-1]
+        else:
+            status, trial = "pending", ts[-1] if ts else None
+        states[cid] = CellState(status, trial, len(ts), len(failures))
+    return states
+
+
+def failure_reason(trial: FrozenTrial) -> str | None:
+    if trial.state != TrialState.FAIL:
+        return None
+    return trial.user_attrs.get("failure_reason") or f"{WORKER_LOST} (trial failed by the storage)"
+
+
+def _transient(reason: str | None) -> bool:
+    return bool(reason) and (reason == INTERRUPTED or reason.startswith(WORKER_LOST))
+
+
+def _node() -> str:
+    """This host and PID namespace: a PID means the same process only within one node."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        boot, pidns = "", 0
+    return f"{socket.gethostname()}/{boot}/{pidns}"
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return True  # unknown: let the heartbeat decide
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) is dead for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class GridStorage:
+    """An Optuna storage holding one grid study, and the study-wide lock under which cells
+    are claimed."""
+
+    def __init__(self, url: str, study_name: str):
+        self.url, self.study_name = url, study_name
+        self._dialect = "file" if store.is_journal(url) else url.split(":", 1)[0].split("+", 1)[0]
+        if self._dialect not in ("file", "sqlite", "postgresql", "mysql", "mariadb"):
+            raise AblateError(f"--storage {store.mask_url(url)}: a grid needs PostgreSQL, MySQL, SQLite or a journal "
+                              f"file (it has no cross-process lock for {self._dialect!r})")
+        with warnings.catch_warnings():  # open_storage turns on Optuna's "experimental" RDB heartbeats
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.storage = store.open_storage(url)
+        self.running = 0  # RUNNING trials seen at the last claim (other workers' cells)
+        self._seen: dict[int, tuple[Any, float]] = {}  # trial id -> (heartbeat, when it last changed)
+        self._node = _node()
+
+    # ---- the lock
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive across every process that uses this storage (for file storages: on one
+        machine; for PostgreSQL and MySQL: across machines)."""
+        if self._dialect in ("file", "sqlite"):
+            path = self.url.removeprefix("sqlite:///")
+            with _flock(f"{path}.grid-lock"):
+                yield
+            return
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha256(f"ablate-grid:{self.study_name}".encode()).digest()[:8], "big", signed=True)
+        if self._dialect == "postgresql":  # session-level: released by the server if this process dies
+            lock, unlock, args = "SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)", {"k": key}
+        else:
+            lock, unlock, args = "SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)", {"k": f"ablate-grid-{key}"}
+        with self.storage.engine.connect() as conn:
+            conn.execute(sqlalchemy.text(lock), args)
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text(unlock), args)
+                conn.commit()
+
+    # ---- the study
+    def study_id(self) -> int | None:
+        try:
+            return self.storage.get_study_id_from_name(self.study_name)
+        except KeyError:
+            return None
+
+    def study_attrs(self) -> dict[str, Any] | None:
+        sid = self.study_id()
+        return None if sid is None else self.storage.get_study_user_attrs(sid)
+
+    def trials(self) -> list[FrozenTrial]:
+        sid = self.study_id()
+        return [] if sid is None else self.storage.get_all_trials(sid, deepcopy=False)
+
+    def prepare(self, study: GridStudy, cells: list[Cell], grid: dict[str, Any]) -> dict[str, Any]:
+        """Create the study, or check that the existing one is this grid and add any new
+        seeds' cells to it; returns the study's attrs (its cells and seeds so far)."""
+        with self.lock():
+            sid = self.study_id()
+            if sid is None:
+                sid = self.storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], self.study_name)
+            attrs = self.storage.get_study_user_attrs(sid)
+            if attrs:
+                check_same_grid(self.study_name, attrs, grid, self.url)
+            elif self.storage.get_all_trials(sid, deepcopy=False):
+                raise AblateError(f"study {self.study_name!r} in {store.mask_url(self.url)} is not a grid study; "
+                                  "use another --study-name")
+            known = {c["cell_id"] for c in attrs.get("cells", [])}
+            new = {"kind": KIND, "grid": grid, "grid_hash": stable_hash(grid), "description": study.description,
+                   "seeds": sorted(set(attrs.get("seeds", [])) | set(study.seeds)),
+                   "cells": attrs.get("cells", []) + [c.brief() for c in cells if c.cell_id not in known]}
+            for key, value in new.items():
+                if attrs.get(key) != value:
+                    self.storage.set_study_user_attr(sid, key, value)
+            return new
+
+    # ---- claiming
+    def claim(self, cells: list[Cell], *, max_retries: int) -> tuple[Cell, int] | None:
+        """Create a RUNNING trial for the first cell that needs a run, or return None."""
+        with self.lock():
+            sid = self.study_id()
+            trials = self.storage.get_all_trials(sid, deepcopy=False)
+            if self._reclaim(trials):
+                trials = self.storage.get_all_trials(sid, deepcopy=False)
+            states = cell_states([c.brief() for c in cells], trials, max_retries)
+            self.running = sum(s.status == "running" for s in states.values())
+            for cell in cells:
+                if states[cell.cell_id].status in ("pending", "retry"):
+                    return cell, self.storage.create_new_trial(sid, template_trial=self._new_trial(cell, cells))
+        return None
+
+    def _new_trial(self, cell: Cell, cells: list[Cell]) -> FrozenTrial:
+        c = cell.config
+        distributions = {
+            "model": CategoricalDistribution(sorted({x.config.model for x in cells})),
+            **{t: CategoricalDistribution([False, True]) for t in TOGGLES},
+            "seed": CategoricalDistribution(sorted({x.config.seed for x in cells})),
+        }
+        params = {"model": c.model, **{t: getattr(c, t) for t in TOGGLES}, "seed": c.seed}
+        return optuna.trial.create_trial(
+            state=TrialState.RUNNING, params=params, distributions=distributions,
+            user_attrs={"cell_id": cell.cell_id, "toggles": cell.toggles, "model_args": json.dumps(c.model_args),
+                        "worker": {"host": socket.gethostname(), "node": self._node, "pid": os.getpid()}},
+            system_attrs={_HEARTBEAT: time.time()},
+        )
+
+    def _reclaim(self, trials: list[FrozenTrial]) -> bool:
+        """Fail RUNNING trials whose worker died (same node, process gone) or whose heartbeat
+        has not moved for the grace period (as timed by this process: no clock comparisons)."""
+        now, grace, reclaimed = time.monotonic(), store.GRACE_SECONDS, False
+        for t in trials:
+            if t.state != TrialState.RUNNING:
+                continue
+            worker = t.user_attrs.get("worker") or {}
+            if worker.get("node") == self._node and worker.get("pid") != os.getpid() and not _pid_alive(worker.get("pid")):
+                reason = f"{WORKER_LOST}: process {worker.get('pid')} on {worker.get('host')} died"
+            else:
+                beat = t.system_attrs.get(_HEARTBEAT)
+                seen = self._seen.get(t._trial_id)
+                if seen is None or seen[0] != beat:
+                    self._seen[t._trial_id] = (beat, now)
+                    continue
+                if now - seen[1] < grace:
+                    continue
+                reason = f"{WORKER_LOST}: no heartbeat for {grace} s"
+            try:
+                self.storage.set_trial_user_attr(t._trial_id, "failure_reason", reason)
+                self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                reclaimed = True
+            except UpdateFinishedTrialError:
+                reclaimed = True  # its worker finished it meanwhile
+        return reclaimed
+
+
+@contextlib.contextmanager
+def _flock(path: str) -> Iterator[None]:
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_same_grid(name: str, attrs: dict[str, Any], grid: dict[str, Any], url: str) -> None:
+    if attrs.get("kind") != KIND:
+        raise AblateError(f"study {name!r} in {store.mask_url(url)} is a {attrs.get('kind') or 'non-grid'} study, "
+                          "not a grid; use another --study-name")
+    if attrs.get("grid_hash") == stable_hash(grid):
+        return
+    old = attrs.get("grid") or {}
+    diff = [k for k in ("models", "toggles") if old.get(k) != grid[k]]
+    diff += [k for k in grid["train"] if (old.get("train") or {}).get(k) != grid["train"][k]]
+    diff = [("data (its files changed)" if k == "data" else k) for k in diff]
+    raise AblateError(f"study {name!r} in {store.mask_url(url)} holds a different grid (differs in: "
+                      f"{', '.join(diff) or 'definition'}); choose a new --study-name, e.g. {name}-2, "
+                      "or repeat the original settings")
+
+
+# --------------------------------------------------------------------------- running cells
+@dataclass(frozen=True)
+class CellResult:
+    cell_id: str
+    label: str
+    status: str  # completed | failed
+    val_miou: float | None
+    test_miou: float | None
+    seconds: float
+    failure_reason: str | None = None
+
+
+class _Heartbeat:
+    """Refreshes the trial's heartbeat attr while the cell runs (a daemon thread)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int):
+        self._storage, self._trial_id, self._stop = storage, trial_id, threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(store.HEARTBEAT_SECONDS):
+            try:
+                self._storage.set_trial_system_attr(self._trial_id, _HEARTBEAT, time.time())
+            except Exception:  # noqa: BLE001 - a missed beat must not kill the run; the next one retries
+                pass
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _test_hooks(cell: Cell, nth: int) -> None:
+    """Test-only: ABLATE_TEST_EXEC_LOG appends one line per cell execution;
+    ABLATE_TEST_SLEEP_IN_CELL='N:SECONDS' sleeps inside the N-th cell this process runs."""
+    log = os.environ.get("ABLATE_TEST_EXEC_LOG")
+    if log:
+        with open(log, "a") as handle:
+            handle.write(f"{cell.cell_id} {os.getpid()}\n")
+    nth_sleep = os.environ.get("ABLATE_TEST_SLEEP_IN_CELL")
+    if nth_sleep:
+        n, _, seconds = nth_sleep.partition(":")
+        if int(n) == nth:
+            time.sleep(float(seconds))
+
+
+def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Path, progress: bool = False,
+             nth: int = 1) -> CellResult:
+    """Train one claimed cell and tell the storage how it went."""
+    from ablate import record as records
+    from ablate.engine import fit_safely
+
+    storage = gs.storage
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        if metrics.get("miou") is not None and math.isfinite(metrics["miou"]):
+            storage.set_trial_intermediate_value(trial_id, epoch, float(metrics["miou"]))
+
+    start = time.perf_counter()
+    try:
+        with _Heartbeat(storage, trial_id):
+            _test_hooks(cell, nth)
+            try:
+                record = fit_safely(cell.config, dataset, out_dir=run_dir, on_epoch=on_epoch, quiet=True, progress=progress)
+            except AblateError as exc:  # e.g. a batch larger than the split: this cell's problem only
+                record = records.failed(cell.config, reason=str(exc), tb=None)
+                records.write(run_dir, record, None)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the bookkeeping
+        with contextlib.suppress(UpdateFinishedTrialError):
+            storage.set_trial_user_attr(trial_id, "failure_reason", INTERRUPTED)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        raise
+    return _tell(storage, cell, trial_id, record, time.perf_counter() - start)
+
+
+def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float) -> CellResult:
+    from ablate import record as records
+
+    row = records.summary(record)
+    value = row.get("val_miou")
+    ok = record["status"] == "completed" and value is not None and math.isfinite(value)
+    reason = None if ok else (record.get("failure_reason") or "no finite val mIoU")
+    try:
+        for key, v in row.items():
+            if key not in ("model", "seed", *TOGGLES):  # already params
+                storage.set_trial_user_attr(trial_id, key, _plain(v))
+        storage.set_trial_user_attr(trial_id, "failure_reason", reason)
+        storage.set_trial_state_values(trial_id, TrialState.COMPLETE if ok else TrialState.FAIL, [value] if ok else None)
+    except UpdateFinishedTrialError:
+        print(f"warning: cell {cell.label} was reclaimed while it ran (no heartbeat for {store.GRACE_SECONDS} s); "
+              "its result here is dropped", file=sys.stderr)
+        reason = f"{WORKER_LOST}: reclaimed while running"
+        ok = False
+    return CellResult(cell.cell_id, cell.label, "completed" if ok else "failed", row.get("val_miou"),
+                      row.get("test_miou"), seconds, reason)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def work(gs: GridStorage, cells: list[Cell], dataset, *, results_dir: Path, max_retries: int,
+         on_result: Callable[[CellResult], None], progress: bool = False) -> None:
+    """Claim and run cells until none is left to claim and none runs elsewhere."""
+    poll = max(0.5, min(2.0, store.GRACE_SECONDS / 4))
+    runs = store.study_dir(results_dir, gs.study_name) / "runs"
+    nth = 0
+    while True:
+        claimed = gs.claim(cells, max_retries=max_retries)
+        if claimed is None:
+            if not gs.running:
+                return
+            time.sleep(poll)  # other workers' cells may fail (retry) or turn out lost (reclaim)
+            continue
+        cell, trial_id = claimed
+        nth += 1
+        on_result(run_cell(gs, cell, trial_id, dataset, run_dir=runs / cell.cell_id, progress=progress, nth=nth))
+
+
+# --------------------------------------------------------------------------- workers
+def worker_plan(workers: int, *, device: str, gpu_ids: list[str], cores: int) -> list[tuple[dict[str, str], int]]:
+    """(environment overrides, torch threads) for each worker process: GPUs round-robin when
+    several are visible, CPU cores split evenly."""
+    threads = max(1, cores // workers)
+    plans = []
+    for i in range(workers):
+        env = {"CUDA_VISIBLE_DEVICES": gpu_ids[i % len(gpu_ids)]} if device != "cpu" and len(gpu_ids) > 1 else {}
+        plans.append((env, threads))
+    return plans
+
+
+def visible_gpus() -> list[str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [x.strip() for x in env.split(",") if x.strip()] if env else []
+    return ids or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _worker_process(env: dict[str, str], threads: int, study: GridStudy, cells: list[Cell], url: str,
+                    results_dir: Path, cache_dir: Path, events) -> None:
+    """Entry point of a spawned worker: environment first (before CUDA initialises), then work."""
+    os.environ.update(env)
+    import torch
+
+    from ablate.data import load_dataset
+
+    torch.set_num_threads(threads)
+    try:
+        dataset = load_dataset(study.train.data, image_size=study.train.image_size, num_classes=study.train.num_classes,
+                               ignore_index=study.train.ignore_index, val_fraction=study.train.val_fraction,
+                               cache_dir=cache_dir)
+        gs = GridStorage(url, study.name)
+        work(gs, cells, dataset, results_dir=Path(results_dir), max_retries=study.max_retries, on_result=events.put)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_workers(study: GridStudy, cells: list[Cell], url: str, *, results_dir: Path, cache_dir: Path, dataset,
+                on_result: Callable[[CellResult], None], progress: bool = False) -> list[int]:
+    """Run the grid on `study.workers` processes (in this process for one; spawned workers
+    load the dataset from `cache_dir`); returns the exit codes of workers that failed."""
+    if study.workers == 1:
+        work(GridStorage(url, study.name), cells, dataset, results_dir=results_dir, max_retries=study.max_retries,
+             on_result=on_result, progress=progress)
+        return []
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    events = ctx.Queue()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    plans = worker_plan(study.workers, device=study.train.device, gpu_ids=visible_gpus(), cores=cores)
+    procs = [ctx.Process(target=_worker_process, args=(env, threads, study, cells, url, results_dir, cache_dir, events))
+             for env, threads in plans]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            with contextlib.suppress(queue.Empty):
+                on_result(events.get(timeout=0.5))
+    except KeyboardInterrupt:
+        # The terminal sent SIGINT to the workers too; give them time to mark their cells.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+        raise
+    while True:
+        try:
+            on_result(events.get(timeout=0.2))
+        except queue.Empty:
+            break
+    for p in procs:
+        p.join()
+    if any(p.exitcode == 130 for p in procs):
+        raise KeyboardInterrupt
+    return [p.exitcode for p in procs if p.exitcode]
+
+
+# --------------------------------------------------------------------------- tables
+RUN_COLUMNS = ("cell_id", "run_id", "model", "model_args", "toggles", *TOGGLES, "seed", "status", "attempts",
+               "trial_number", "val_miou", "val_pixel_acc", "val_mean_acc", "val_mdice", "val_loss", "test_miou",
+               "test_pixel_acc", "test_mean_acc", "test_mdice", "test_loss", "best_epoch", "stopped_epoch", "seconds",
+               "images_per_second", "precision", "failure_reason")
+SUMMARY_METRICS = ("val_miou", "test_miou", "val_pixel_acc", "test_pixel_acc")
+
+
+def runs_table(cells: list[dict], trials: list[FrozenTrial], *, results_dir: Path | None = None,
+               study_name: str | None = None):
+    """One row per cell: its identity, status and the metrics of the trial that speaks for it
+    (from the trial's user attrs; a run record on disk fills in what the storage lacks)."""
+    import pandas as pd
+
+    from ablate import record as records
+
+    states = cell_states(cells, trials)
+    rows = []
+    for cell in cells:
+        state = states[cell["cell_id"]]
+        row = {k: cell.get(k) for k in ("cell_id", "run_id", "model", "toggles", *TOGGLES, "seed")}
+        row["model_args"] = json.dumps(cell.get("model_args") or {}, sort_keys=True)
+        row.update(status=state.status, attempts=state.attempts)
+        t = state.trial
+        if t is not None:
+            attrs = dict(t.user_attrs)
+            run_json = (store.study_dir(results_dir, study_name) / "runs" / cell["cell_id"]) if results_dir else None
+            if state.status == "completed" and attrs.get("val_miou") is None and run_json and (run_json / records.RECORD_FILE).is_file():
+                attrs.update(records.summary(records.read(run_json)))
+            row["trial_number"] = t.number
+            for key in RUN_COLUMNS:
+                if key not in row and key in attrs:
+                    row[key] = attrs[key]
+            if t.state == TrialState.FAIL:
+                row["failure_reason"] = failure_reason(t)
+            if state.status == "running":
+                row["failure_reason"] = None
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+
+
+def summary_table(runs):
+    """Per model x toggle setting, over seeds: n, mean and std of val/test mIoU and pixel acc."""
+    import pandas as pd
+
+    done = runs[runs["status"] == "completed"].copy()
+    keys = ["model", "model_args", "toggles", *TOGGLES]
+    columns = keys + ["n"] + [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]
+    if done.empty:
+        return pd.DataFrame(columns=columns)
+    for m in SUMMARY_METRICS:
+        done[m] = pd.to_numeric(done[m], errors="coerce")
+    grouped = done.groupby(keys, sort=False)
+    out = grouped.size().rename("n").to_frame()
+    for m in SUMMARY_METRICS:
+        out[f"{m}_mean"] = grouped[m].mean()
+        out[f"{m}_std"] = grouped[m].std(ddof=1)
+    return out.reset_index()[columns]
+
+
+def write_tables(gs: GridStorage, results_dir: Path) -> tuple[Path, Path]:
+    """Rebuild runs.csv and summary.csv from the storage (atomically)."""
+    attrs = gs.study_attrs() or {}
+    runs = runs_table(attrs.get("cells") or [], gs.trials(), results_dir=results_dir, study_name=gs.study_name)
+    folder = store.study_dir(results_dir, gs.study_name)
+    return _io.write_csv(folder / "runs.csv", runs), _io.write_csv(folder / "summary.csv", summary_table(runs))
+
+
+def write_study_json(results_dir: Path, study: GridStudy, url: str, attrs: dict[str, Any], dataset_summary: dict) -> Path:
+    """The study's description for the report: what it holds (`attrs` from `prepare`: every
+    seed run so far), where it is stored."""
+    return _io.write_json(store.study_dir(results_dir, study.name) / "study.json", {
+        "kind": KIND, "study_name": study.name, "description": study.description,
+        "storage": store.mask_url(url), "grid": attrs["grid"], "grid_hash": attrs["grid_hash"],
+        "cells": len(attrs["cells"]), "models": list(study.models), "model_args": study.model_args,
+        "toggles": list(study.toggles), "seeds": attrs["seeds"],
+        "train": {k: v for k, v in study.train.to_dict().items() if k not in CELL_FIELDS},
+        "max_retries": study.max_retries, "dataset": dataset_summary,
+        "tables": {"runs": "runs.csv", "summary": "summary.csv"},
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+@dataclass(frozen=True)
+class Progress:
+    cells: int
+    completed: int
+    running: int
+    failed: int  # genuine failures, retried or not
+    pending: int
+    compute_seconds: float  # wall time of all trials so far (running ones up to now)
+    failed_cells: list[tuple[str, str]]  # (label, reason)
+
+
+def progress(cells: list[dict], trials: list[FrozenTrial], max_retries: int | None = None) -> Progress:
+    states = cell_states(cells, trials, max_retries)
+    count = {s: sum(st.status == s for st in states.values()) for s in ("completed", "running", "failed", "retry", "pending")}
+    now = datetime.datetime.now()
+    compute = 0.0
+    for t in trials:
+        if t.datetime_start is not None:
+            compute += max(0.0, ((t.datetime_complete or now) - t.datetime_start).total_seconds())
+    labels = {c["cell_id"]: f"{c['model']} {c['toggles']} seed {c['seed']}" for c in cells}
+    failed = [(labels[cid], failure_reason(st.trial) or "") for cid, st in states.items() if st.status == "failed"]
+    return Progress(len(cells), count["completed"], count["running"], count["failed"],
+                    count["pending"] + count["retry"], compute, failed)

@@ -1,0 +1,293 @@
+"""`ablate grid` and `ablate status` for real: tiny grids (U-Net 4 channels wide, 32 px, one
+epoch) run, interrupted, killed, resumed and shared between worker processes on a journal
+file and on PostgreSQL; every cell must run exactly once."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from ablate import grid as grids
+from ablate.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--models", "unet", "--model-arg", "base_channels=4", "--image-size", "32", "--epochs", "1", "--data", "synthetic",
+        "--no-report"]
+
+
+def _grid(*args: str):
+    return CliRunner().invoke(main, ["grid", *args])
+
+
+def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return grids.GridStorage(url, name).trials()
+
+
+def _complete_once(trials, n_cells: int) -> None:
+    """Exactly one COMPLETE trial per cell, for n_cells distinct cells."""
+    complete = Counter(t.user_attrs["cell_id"] for t in trials if t.state == TrialState.COMPLETE)
+    assert len(complete) == n_cells and set(complete.values()) == {1}, complete
+
+
+def _tables_match_storage(results: Path, name: str, trials, n_cells: int) -> pd.DataFrame:
+    runs = pd.read_csv(results / name / "runs.csv")
+    assert len(runs) == n_cells and set(runs["status"]) == {"completed"}
+    value = {t.user_attrs["cell_id"]: t.value for t in trials if t.state == TrialState.COMPLETE}
+    assert dict(zip(runs["cell_id"], runs["val_miou"])) == pytest.approx(value)
+    for cell_id in runs["cell_id"]:
+        assert (results / name / "runs" / cell_id / "run.json").is_file()
+    return runs
+
+
+def _executions(log: Path) -> list[tuple[str, int]]:
+    if not log.is_file():
+        return []
+    return [(line.split()[0], int(line.split()[1])) for line in log.read_text().splitlines()]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("ABLATE_TEST_")}, **extra}
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ablate", "grid", *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_lines(log: Path, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_executions(log)) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the grid never reached the expected cell"
+        time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- one process
+def test_grid_runs_resumes_and_reports(tmp_path, cache_dir):
+    """1 model x 2 toggle settings x 2 seeds = 4 cells (the 8-cell acceptance shape runs on
+    PostgreSQL below)."""
+    results = tmp_path / "results"
+    args = [*TINY, "--toggles", "scheduler", "--seeds", "2", "--study-name", "acc",
+            "--results-dir", str(results), "--cache-dir", str(cache_dir)]
+    first = _grid(*args)
+    assert first.exit_code == 0, first.output
+    lines = [l for l in first.stdout.splitlines() if l.startswith("[")]
+    assert len(lines) == 4 and re.fullmatch(r"\[1/4\] unet none seed 0: val mIoU \d\.\d{3} test \d\.\d{3} \(\d+s\)", lines[0])
+    assert re.search(r"unet      scheduler   2  \d\.\d{3} ± \d\.\d{3}", first.stdout) and str(results / "acc") in first.stdout
+    url = f"sqlite:///{results / 'acc' / 'optuna.db'}"
+    trials = _trials(url, "acc")
+    assert len(trials) == 4 and len({t.user_attrs["cell_id"] for t in trials}) == 4
+    _complete_once(trials, 4)
+    assert all(t.intermediate_values and t.params["model"] == "unet" for t in trials)
+    runs = _tables_match_storage(results, "acc", trials, 4)
+    assert sorted(Counter(runs["toggles"]).items()) == [("none", 2), ("scheduler", 2)]
+    summary = pd.read_csv(results / "acc" / "summary.csv")
+    assert len(summary) == 2 and set(summary["n"]) == {2}
+    assert '"kind": "grid"' in (results / "acc" / "study.json").read_text()
+
+    # The same request again, flags in another order (seeds as a list): nothing runs, no trial is added.
+    again = _grid("--cache-dir", str(cache_dir), "--results-dir", str(results), "--study-name", "acc", "--seeds", "0,1",
+                  "--toggles", "scheduler", "--no-report", "--data", "synthetic", "--epochs", "1",
+                  "--image-size", "32", "--model-arg", "base_channels=4", "--models", "unet")
+    assert again.exit_code == 0, again.output
+    assert "4 done, 0 to run" in again.stdout and not [l for l in again.stdout.splitlines() if l.startswith("[")]
+    assert len(_trials(url, "acc")) == 4
+
+    dry = _grid(*args, "--dry-run")
+    assert dry.exit_code == 0 and "4 done, 0 pending" in dry.stdout and dry.stdout.count(" completed") == 4
+    more = _grid(*args, "--seeds", "3", "--dry-run")  # more seeds extend the study
+    assert more.exit_code == 0 and "6 cells" in more.stdout and "4 done, 2 pending" in more.stdout, more.output
+
+    status = CliRunner().invoke(main, ["status", "--study-name", "acc", "--results-dir", str(results)])
+    assert status.exit_code == 0 and "done 4, running 0, failed 0, pending 0" in status.stdout, status.output
+
+    (results / "acc" / "runs.csv").unlink()
+    rebuilt = _grid("--study-name", "acc", "--results-dir", str(results), "--tables-only")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert pd.read_csv(results / "acc" / "runs.csv").equals(runs)
+
+
+def test_dry_run_lists_cells_and_writes_nothing(tmp_path):
+    result = _grid("--dry-run", "--results-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert "study quick: 32 cells (4 models x 8 toggle settings x 1 seed); 0 done, 32 pending" in result.stdout
+    rows = [l.split() for l in result.stdout.splitlines() if re.match(r"[0-9a-f]{12} ", l)]
+    assert len(rows) == 32 and len({r[0] for r in rows}) == 32
+    assert {r[1] for r in rows} == {"baseline", "custom", "resnet18", "unet"}
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_diverging_cell_fails_alone_is_retried_and_fails_the_command(tmp_path, cache_dir, monkeypatch):
+    """The cell with the scheduler on trains at lr 1e30 and goes non-finite; the other completes."""
+    import ablate.engine
+
+    real = ablate.engine.fit_safely
+
+    def absurd_lr_when_scheduled(config, *args, **kwargs):
+        return real(config.replace(lr=1e30) if config.scheduler else config, *args, **kwargs)
+
+    monkeypatch.setattr(ablate.engine, "fit_safely", absurd_lr_when_scheduled)
+    results = tmp_path / "results"
+    args = [*TINY, "--toggles", "scheduler", "--seeds", "1", "--study-name", "bad", "--results-dir", str(results),
+            "--cache-dir", str(cache_dir)]
+    result = _grid(*args)
+    assert result.exit_code == 1, result.output
+    assert re.search(r"error: 1 cell\(s\) failed: unet scheduler seed 0 \(non-finite loss", result.stderr), result.output
+    trials = _trials(f"sqlite:///{results / 'bad' / 'optuna.db'}", "bad")
+    states = Counter((t.user_attrs["toggles"], t.state) for t in trials)
+    assert states == {("none", TrialState.COMPLETE): 1, ("scheduler", TrialState.FAIL): 2}  # run + 1 retry
+    assert all("non-finite" in t.user_attrs["failure_reason"] for t in trials if t.state == TrialState.FAIL)
+    runs = pd.read_csv(results / "bad" / "runs.csv").set_index("toggles")
+    assert runs.loc["scheduler", "status"] == "failed" and runs.loc["none", "status"] == "completed"
+    assert "non-finite" in runs.loc["scheduler", "failure_reason"] and runs.loc["scheduler", "attempts"] == 2
+    record = json.loads((results / "bad" / "runs" / runs.loc["scheduler", "cell_id"] / "run.json").read_text())
+    assert record["status"] == "failed" and "non-finite" in record["failure_reason"]
+    # Retries are spent: a rerun adds nothing and still says which cell failed; a broken
+    # report is a warning, never the grid's failure.
+    import ablate.report
+
+    def broken_report(**kwargs):
+        raise RuntimeError("no plotly today")
+
+    monkeypatch.setattr(ablate.report, "write_report", broken_report)
+    rerun = _grid(*[a for a in args if a != "--no-report"])
+    assert rerun.exit_code == 1 and "unet scheduler seed 0" in rerun.stderr
+    assert "warning: no report written (RuntimeError: no plotly today)" in rerun.stderr
+    assert len(_trials(f"sqlite:///{results / 'bad' / 'optuna.db'}", "bad")) == 3
+
+
+# --------------------------------------------------------------------------- bad input
+BAD_TOML = {"syntax.toml": 'name = "x"\nmodels = ["unet" "custom"]\n', "unknown.toml": 'name = "x"\nepochs = 3\n'}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "unet,vit"], "unknown model 'vit'"),
+    (["--toggles", "scheduler,dropout"], "unknown toggle 'dropout'"),
+    (["--seeds", "two"], "--seeds expects a count or a comma-separated list of integers"),
+    (["--seeds", "1.5"], "--seeds expects"),
+    (["--seeds", "0,x"], "--seeds expects"),
+    (["--workers", "0"], "--workers must be an integer >= 1"),
+    (["--workers", "many"], "--workers must be an integer >= 1"),
+    (["--study", "{tmp}/syntax.toml"], "syntax.toml: line 2, column 18: Unclosed array"),
+    (["--study", "{tmp}/unknown.toml"], "unknown.toml: unknown key 'epochs'"),
+    (["--study", "{tmp}/missing.toml"], "missing.toml: no such file"),
+    (["--storage", "postgresql://ablate:s3cret@127.0.0.1:9/db"], "cannot open storage at 127.0.0.1:9"),
+    (["--data", "{tmp}/no-such-data"], "no-such-data"),
+    (["--image-size", "48"], "--image-size must be divisible by 32"),
+    (["--model-arg", "unet.width=3"], "--model-arg width"),
+    (["--models", "resnet18", "--model-arg", "resnet18.weights={tmp}/none.pth"], "weights file not found"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    for name, text in BAD_TOML.items():
+        (tmp_path / name).write_text(text)
+    results = tmp_path / "results"
+    result = _grid(*[a.replace("{tmp}", str(tmp_path)) for a in args], "--results-dir", str(results))
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.output
+    assert result.stderr.startswith("error: ") and message in result.stderr and "Traceback" not in result.output
+    assert "s3cret" not in result.output
+    assert not results.exists()
+
+
+def test_a_different_grid_under_an_existing_name_is_refused(tmp_path, cache_dir):
+    results = tmp_path / "results"
+    study = grids.load_study(overrides={"name": "same", "models": "unet", "toggles": "none", "epochs": 1})
+    fp = grids.dataset_fingerprint("synthetic")
+    gs = grids.GridStorage(f"sqlite:///{results / 'same' / 'optuna.db'}", "same")
+    gs.prepare(study, grids.expand(study, fp), grids.definition(study, fp))
+    result = _grid("--models", "unet", "--toggles", "none", "--epochs", "2", "--study-name", "same",
+                   "--results-dir", str(results), "--cache-dir", str(cache_dir))
+    assert result.exit_code == 2, result.output
+    assert "holds a different grid (differs in: epochs); choose a new --study-name" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not gs.trials()
+
+
+def test_status_of_a_missing_study_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["status", "--study-name", "nope", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 2 and result.stderr.startswith("error: no grid study 'nope'")
+    assert len(result.stderr.splitlines()) == 1 and not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- interruptions
+def test_ctrl_c_and_sigkill_mid_cell_then_rerun_runs_every_cell_once(tmp_path, cache_dir):
+    """3 cells. Run 1 gets Ctrl-C inside its 2nd cell, run 2 is SIGKILLed inside its 2nd cell,
+    run 3 finishes. With --max-retries 0, neither interruption may count as a failure."""
+    results, log = tmp_path / "results", tmp_path / "executions.log"
+    args = [*TINY, "--toggles", "none", "--seeds", "3", "--study-name", "kill", "--results-dir", str(results),
+            "--cache-dir", str(cache_dir), "--max-retries", "0"]
+    hooks = _env(ABLATE_TEST_EXEC_LOG=str(log), ABLATE_TEST_SLEEP_IN_CELL="2:600")
+
+    first = _spawn(args, hooks)
+    _wait_for_lines(log, 2, first)
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 130, (out, err)
+    assert "interrupted" in err and "Traceback" not in err
+
+    second = _spawn(args, hooks)
+    _wait_for_lines(log, 4, second)
+    second.kill()
+    second.wait()
+
+    third = subprocess.run([sys.executable, "-m", "ablate", "grid", *args], env=_env(ABLATE_TEST_EXEC_LOG=str(log)),
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stdout + third.stderr
+
+    url = f"sqlite:///{results / 'kill' / 'optuna.db'}"
+    trials = _trials(url, "kill")
+    _complete_once(trials, 3)
+    reasons = sorted(t.user_attrs["failure_reason"] for t in trials if t.state == TrialState.FAIL)
+    assert len(trials) == 5 and reasons[0] == "interrupted" and re.match(r"worker lost: process \d+ on .* died", reasons[1])
+    runs = _tables_match_storage(results, "kill", trials, 3)
+    executions = Counter(cell for cell, _ in _executions(log))
+    assert sorted(executions.values()) == [1, 2, 2]  # the two interrupted cells ran again, nothing else did
+    assert dict(zip(runs["cell_id"], runs["attempts"])) == dict(executions)
+
+
+# --------------------------------------------------------------------------- concurrency
+def test_three_workers_on_the_journal_file_run_every_cell_once(tmp_path, cache_dir):
+    results, log = tmp_path / "results", tmp_path / "executions.log"
+    args = [*TINY, "--toggles", "scheduler", "--seeds", "3", "--study-name", "jn", "--results-dir", str(results),
+            "--cache-dir", str(cache_dir), "--workers", "3"]
+    # Each worker lingers in its first cell, so all three are busy before the grid drains.
+    proc = subprocess.run([sys.executable, "-m", "ablate", "grid", *args, "--storage", str(results / "jn.journal")],
+                          env=_env(ABLATE_TEST_EXEC_LOG=str(log), ABLATE_TEST_SLEEP_IN_CELL="1:4"),
+                          cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    executions = _executions(log)
+    assert len(executions) == 6 and len({cell for cell, _ in executions}) == 6
+    assert len({pid for _, pid in executions}) >= 2  # the work really was shared
+    trials = _trials(str(results / "jn.journal"), "jn")
+    assert len(trials) == 6
+    _complete_once(trials, 6)
+    _tables_match_storage(results, "jn", trials, 6)
+
+
+def test_workers_and_machines_share_a_postgresql_study_exactly_once(tmp_path, cache_dir, postgres_url):
+    """Two commands started together on one PostgreSQL study (a `--workers 3` one and a single
+    worker, as two machines would): 8 cells, 8 trials, 8 distinct cell ids, each run once."""
+    results, log = tmp_path / "results", tmp_path / "executions.log"
+    args = [*TINY, "--toggles", "scheduler,weighted_loss", "--seeds", "2", "--study-name", "pg",
+            "--results-dir", str(results), "--cache-dir", str(cache_dir), "--storage", postgres_url]
+    env = _env(ABLATE_TEST_EXEC_LOG=str(log), ABLATE_TEST_SLEEP_IN_CELL="1:2")
+    procs = [_spawn([*args, "--workers", "3"], env), _spawn([*args, "--workers", "1"], env)]
+    outputs = [p.communicate(timeout=500) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    executions = _executions(log)
+    assert len(executions) == 8 and len({cell for cell, _ in executions}) == 8
+    trials = _trials(postgres_url, "pg")
+    assert len(trials) == 8 and len({t.user_attrs["cell_id"] for t in trials}) == 8
+    _complete_once(trials, 8)
+    _tables_match_storage(results, "pg", trials, 8)

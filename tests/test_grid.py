@@ -1,0 +1,350 @@
+"""The grid stage without the CLI: study files, cell expansion and ids, the claim lock and
+reclaim of dead workers' cells, retry accounting, tables, and optuna-dashboard on the storage."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+from optuna.trial import TrialState
+
+from ablate import grid as grids
+from ablate import store
+from ablate.config import TOGGLES
+from ablate.errors import AblateError
+
+REPO = Path(__file__).resolve().parents[1]
+FP = "f" * 16  # a dataset fingerprint for tests that never load data
+
+
+def _study(**overrides):
+    base = {"models": "unet", "toggles": "scheduler", "seeds": 2, "model_arg": ["base_channels=4"],
+            "image_size": 32, "epochs": 1, "name": "t"}
+    return grids.build_study(grids.QUICK_STUDY, where="test", overrides={**base, **overrides})
+
+
+# --------------------------------------------------------------------------- study files
+def test_quick_toml_is_the_builtin_quick_study():
+    assert grids.load_study(REPO / "studies" / "quick.toml") == grids.build_study(grids.QUICK_STUDY, where="x", overrides={})
+    quick = grids.load_study()
+    assert quick.name == "quick" and quick.train.data == "synthetic" and quick.seeds == (0,)
+    assert len(grids.expand(quick, FP)) == 32 and quick.model_args["unet"]["base_channels"] <= 16
+
+
+def test_seed_report_study_is_the_seed_experiment():
+    study = grids.load_study(REPO / "studies" / "seed-report.toml")
+    assert study.train.image_size == (224, 224) and study.train.epochs == 30 and study.train.batch_size == 16
+    assert study.train.lr == 1e-3 and study.train.patience == 3 and study.seeds == (0, 1, 2)
+    assert study.model_args == {"unet": {"base_channels": 64}} and study.toggles == TOGGLES
+    assert len(grids.expand(study, FP)) == 4 * 8 * 3
+    assert "VOCdevkit" in (REPO / "studies" / "seed-report.toml").read_text()
+
+
+def test_flags_override_the_file(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('name = "s"\nseeds = [4, 2]\nmodels = ["baseline"]\n[train]\nepochs = 7\nlr = 1\n')
+    study = grids.load_study(path, {"epochs": 2, "seeds": "3"})
+    assert study.train.epochs == 2 and study.seeds == (0, 1, 2) and study.train.lr == 1.0
+    assert grids.load_study(path).seeds == (4, 2)
+    path.write_text('models = ["unet"]\n')
+    assert grids.load_study(path).name == "s"  # no name: the file's stem
+    with pytest.raises(AblateError, match="^--epochs must be a positive integer"):
+        grids.load_study(path, {"epochs": 0})
+
+
+@pytest.mark.parametrize("text, message", [
+    ('name = "a"\nmodels = [\n', "line 3, column 1"),
+    ('name = "a"\nmodels = ["unet" "custom"]\n', "bad.toml: line 2, column 18: Unclosed array"),
+    ('name = "a"\nmodles = ["unet"]\n', "unknown key 'modles'"),
+    ('[train]\nepoch = 3\n', "unknown key 'train.epoch'"),
+    ('[train]\nseed = 3\n', "unknown key 'train.seed'"),
+    ('[train]\nepochs = "many"\n', "train.epochs must be an integer"),
+    ('[train]\nlr = true\n', "train.lr must be a number"),
+    ('models = ["unet", "vit"]\n', "unknown model 'vit'"),
+    ('toggles = ["dropout"]\n', "unknown toggle 'dropout'"),
+    ('seeds = 1.5\n', "seeds expects a count or a list of integers"),
+    ('seeds = [1, 1]\n', "seeds repeat"),
+    ('workers = 0\n', "workers must be an integer >= 1"),
+    ('[model_args.unet]\nwidth = 3\n', "model_args.unet"),
+    ('[model_args.unet]\nbase_channels = "wide"\n', "model_args.unet"),
+    ('name = "a/b"\n', "names a folder"),
+    ('[train]\nepochs = 0\n', "bad.toml: train.epochs must be a positive integer, got 0"),
+    ('[train]\nimage_size = 48\n', "bad.toml: train.image_size must be divisible by 32"),
+])
+def test_bad_study_files_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(AblateError, match="(?s).*" + message.replace("(", r"\(").replace("[", r"\[")) as info:
+        grids.load_study(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value, seeds", [(3, (0, 1, 2)), ("3", (0, 1, 2)), ("0,5,7", (0, 5, 7)), ([2], (2,)), ("4,", (4,))])
+def test_seeds_are_a_count_or_a_list(value, seeds):
+    assert grids.parse_seeds(value, "--seeds") == seeds
+
+
+@pytest.mark.parametrize("value", ["a", "1.5", "0", -1, "1,-2", True, [], "1,1", 2.0])
+def test_bad_seeds_are_refused(value):
+    with pytest.raises(AblateError, match="--seeds"):
+        grids.parse_seeds(value, "--seeds")
+
+
+# --------------------------------------------------------------------------- cells
+def test_expansion_counts_and_stable_ids():
+    study = _study(models="unet,baseline", toggles="weighted_loss,scheduler", seeds="0,3,5")
+    cells = grids.expand(study, FP)
+    assert len(cells) == 2 * 4 * 3 and len({c.cell_id for c in cells}) == len(cells)
+    # Flag order does not matter; the same request always gives the same ids.
+    again = grids.expand(_study(models="baseline,unet", toggles="scheduler,weighted_loss", seeds="5,0,3"), FP)
+    assert {c.cell_id for c in again} == {c.cell_id for c in cells}
+    # Toggles not varied stay off; every toggle setting appears once per model and seed.
+    assert not any(c.config.augment for c in cells)
+    assert {(c.config.model, c.toggles, c.config.seed) for c in cells} == {
+        (m, t, s) for m in ("unet", "baseline") for t in ("none", "scheduler", "weighted_loss", "scheduler+weighted_loss")
+        for s in (0, 3, 5)}
+    # Anything that changes what a cell computes changes its id; the device does not.
+    assert {c.cell_id for c in grids.expand(_study(models="unet,baseline", toggles="weighted_loss,scheduler",
+                                                   seeds="0,3,5", epochs=2), FP)}.isdisjoint(c.cell_id for c in cells)
+    assert grids.expand(_study(device="cpu"), FP)[0].cell_id == grids.expand(_study(), FP)[0].cell_id
+    assert grids.expand(_study(), "0" * 16)[0].cell_id != grids.expand(_study(), FP)[0].cell_id
+
+
+def test_cell_ids_do_not_depend_on_where_the_data_is_mounted(tmp_path):
+    from ablate.data import load_dataset
+    from ablate.synthetic import write_voc
+
+    first = write_voc(tmp_path / "a", size=32).parent
+    second = tmp_path / "mnt" / "b"
+    shutil.copytree(first, second)  # copy2 keeps sizes and mtimes: the same files
+    fp = grids.dataset_fingerprint(str(first))
+    assert fp == grids.dataset_fingerprint(str(second)) == load_dataset(str(first), image_size=(32, 32), cache_dir=None).fingerprint
+    assert grids.dataset_fingerprint("synthetic") == load_dataset("synthetic", image_size=(32, 32), cache_dir=None).fingerprint
+    ids_a = [c.cell_id for c in grids.expand(_study(data=str(first)), fp)]
+    ids_b = [c.cell_id for c in grids.expand(_study(data=str(second)), fp)]
+    assert ids_a == ids_b
+
+
+def test_model_args_apply_per_model_or_to_every_model_that_has_them():
+    study = _study(models="unet,resnet18", model_arg=["base_channels=4", "resnet18.freeze_encoder=false"])
+    assert study.model_args == {"unet": {"base_channels": 4}, "resnet18": {"freeze_encoder": False}}
+    with pytest.raises(AblateError, match="no model in the grid"):
+        _study(models="baseline", model_arg=["base_channels=4"])
+    with pytest.raises(AblateError, match="weights file not found"):
+        grids.check_models(_study(models="resnet18", model_arg=["resnet18.weights=/nonexistent.pth"]))
+
+
+def test_worker_plan_spreads_gpus_round_robin_and_splits_cpu_cores():
+    plan = grids.worker_plan(3, device="cuda", gpu_ids=["0", "1"], cores=16)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env, _ in plan] == ["0", "1", "0"]
+    assert grids.worker_plan(4, device="cpu", gpu_ids=["0", "1"], cores=2) == [({}, 1)] * 4
+    assert grids.worker_plan(2, device="auto", gpu_ids=["3"], cores=8) == [({}, 4)] * 2
+
+
+# --------------------------------------------------------------------------- the claim lock
+def _storage_url(kind: str, tmp_path: Path, postgres_url=None) -> str:
+    return {"journal": str(tmp_path / "optuna.journal"), "sqlite": f"sqlite:///{tmp_path / 'optuna.db'}",
+            "postgresql": postgres_url}[kind]
+
+
+def _prepared(url: str, study) -> tuple[grids.GridStorage, list[grids.Cell]]:
+    cells = grids.expand(study, FP)
+    gs = grids.GridStorage(url, study.name)
+    gs.prepare(study, cells, grids.definition(study, FP))
+    return gs, cells
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
+def test_concurrent_claims_give_every_cell_exactly_one_trial(kind, tmp_path, request):
+    """Many claimers at once (each with its own storage connection, so the lock is really
+    contended): every cell gets exactly one trial."""
+    url = _storage_url(kind, tmp_path, request.getfixturevalue("postgres_url") if kind == "postgresql" else None)
+    study = _study(models="unet,baseline,custom", toggles="scheduler,augment", seeds=2)  # 24 cells
+    _, cells = _prepared(url, study)
+    claimed: list[str] = []
+    errors: list[BaseException] = []
+
+    def claimer() -> None:
+        try:
+            gs = grids.GridStorage(url, study.name)
+            while (got := gs.claim(cells, max_retries=1)) is not None:
+                cell, trial_id = got
+                claimed.append(cell.cell_id)
+                gs.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(claimed) == sorted(c.cell_id for c in cells)
+    trials = grids.GridStorage(url, study.name).trials()
+    assert sorted(t.user_attrs["cell_id"] for t in trials) == sorted(c.cell_id for c in cells)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_dead_workers_cells_are_reclaimed_and_failures_retried(tmp_path, monkeypatch):
+    url = _storage_url("journal", tmp_path)
+    study = _study(toggles="none", seeds=3)  # 3 cells
+    gs, cells = _prepared(url, study)
+    # Cell 0: claimed by a process that then died (a real, reaped PID).
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gs._node = "this-node"
+    (_, t0), (_, t1), (_, t2) = (gs.claim(cells, max_retries=1) for _ in range(3))
+    gs.storage.set_trial_user_attr(t0, "worker", {"host": "h", "node": "this-node", "pid": dead.pid})
+    # Cell 1: claimed on another machine that went silent (no heartbeat moves).
+    gs.storage.set_trial_user_attr(t1, "worker", {"host": "far", "node": "elsewhere", "pid": 1})
+    # Cell 2: failed for real, once.
+    gs.storage.set_trial_user_attr(t2, "failure_reason", "non-finite loss at epoch 1 step 2")
+    gs.storage.set_trial_state_values(t2, TrialState.FAIL)
+
+    monkeypatch.setattr(store, "GRACE_SECONDS", 1)
+    cell, again0 = gs.claim(cells, max_retries=1)  # the dead worker's cell comes back at once
+    assert cell == cells[0]
+    trial0 = gs.storage.get_trial(t0)
+    assert trial0.state == TrialState.FAIL and "died" in trial0.user_attrs["failure_reason"]
+    cell, again2 = gs.claim(cells, max_retries=1)  # then the retry of the failed cell
+    assert cell == cells[2]
+    assert gs.claim(cells, max_retries=1) is None and gs.running == 3  # the silent one waits out its grace
+    for trial_id in (again0, again2):
+        gs.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
+    time.sleep(1.2)
+    cell, _ = gs.claim(cells, max_retries=1)
+    assert cell == cells[1] and "no heartbeat" in gs.storage.get_trial(t1).user_attrs["failure_reason"]
+
+
+def test_retry_budget_counts_genuine_failures_only(tmp_path):
+    url = _storage_url("journal", tmp_path)
+    study = _study(toggles="none", seeds=1)
+    gs, cells = _prepared(url, study)
+    for reason in (grids.INTERRUPTED, f"{grids.WORKER_LOST}: process 1 on h died", "boom", "boom"):
+        _, trial_id = gs.claim(cells, max_retries=1)
+        gs.storage.set_trial_user_attr(trial_id, "failure_reason", reason)
+        gs.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    assert gs.claim(cells, max_retries=1) is None  # 2 genuine failures = 1 run + 1 retry
+    briefs = [c.brief() for c in cells]
+    state = grids.cell_states(briefs, gs.trials(), max_retries=1)[cells[0].cell_id]
+    assert (state.status, state.attempts, state.failures) == ("failed", 4, 2)
+    assert gs.claim(cells, max_retries=2) is not None  # a later run may allow more
+    p = grids.progress(briefs, gs.trials())
+    assert (p.running, p.failed, p.pending) == (1, 0, 0)
+
+
+def test_more_seeds_extend_a_study_and_reuse_its_cells(tmp_path):
+    url = _storage_url("journal", tmp_path)
+    gs, one_seed = _prepared(url, _study(seeds=1))
+    while (got := gs.claim(one_seed, max_retries=0)) is not None:
+        gs.storage.set_trial_state_values(got[1], TrialState.COMPLETE, [0.5])
+    _, three_seeds = _prepared(url, _study(seeds=3))
+    assert {c.cell_id for c in one_seed} < {c.cell_id for c in three_seeds}
+    claimed = []
+    while (got := gs.claim(three_seeds, max_retries=0)) is not None:
+        claimed.append(got[0].config.seed)
+        gs.storage.set_trial_state_values(got[1], TrialState.COMPLETE, [0.5])
+    assert sorted(claimed) == [1, 1, 2, 2]  # seed 0 was done already
+    attrs = gs.study_attrs()
+    assert attrs["seeds"] == [0, 1, 2] and [c["cell_id"] for c in attrs["cells"]] == [c.cell_id for c in three_seeds]
+    _prepared(url, _study(seeds="1"))  # a subset: nothing to add, nothing lost
+    assert gs.study_attrs()["seeds"] == [0, 1, 2] and len(gs.study_attrs()["cells"]) == 6
+
+
+def test_a_different_grid_under_the_same_name_is_refused(tmp_path):
+    url = _storage_url("journal", tmp_path)
+    study = _study()
+    _prepared(url, study)
+    _prepared(url, study)  # the same grid again is fine
+    with pytest.raises(AblateError, match="differs in: epochs.*--study-name"):
+        _prepared(url, _study(epochs=3))
+
+
+# --------------------------------------------------------------------------- tables and dashboard
+def _finished_study(tmp_path) -> tuple[grids.GridStorage, list[grids.Cell]]:
+    gs, cells = _prepared(_storage_url("journal", tmp_path), _study(toggles="scheduler", seeds=2))
+    for i, cell in enumerate(cells[:3]):
+        _, trial_id = gs.claim(cells, max_retries=0)
+        for epoch in (1, 2):
+            gs.storage.set_trial_intermediate_value(trial_id, epoch, 0.1 * epoch)
+        if i == 2:
+            gs.storage.set_trial_user_attr(trial_id, "failure_reason", "non-finite loss")
+            gs.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            continue
+        for key, value in {"val_miou": 0.2 + i / 10, "test_miou": 0.1 + i / 10, "val_pixel_acc": 0.9, "best_epoch": 2}.items():
+            gs.storage.set_trial_user_attr(trial_id, key, value)
+        gs.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.2 + i / 10])
+    return gs, cells
+
+
+def test_tables_come_from_the_storage(tmp_path):
+    gs, cells = _finished_study(tmp_path)
+    runs_csv, summary_csv = grids.write_tables(gs, tmp_path / "results")
+    import pandas as pd
+
+    runs = pd.read_csv(runs_csv)
+    assert list(runs["cell_id"]) == [c.cell_id for c in cells]
+    assert list(runs["status"]) == ["completed", "completed", "failed", "pending"]
+    assert runs.loc[0, "val_miou"] == pytest.approx(0.2) and runs.loc[2, "failure_reason"] == "non-finite loss"
+    summary = pd.read_csv(summary_csv)  # seed 1 of "none" failed: only seed 0 counts
+    assert list(summary["toggles"]) == ["none", "scheduler"] and list(summary["n"]) == [1, 1]
+    assert list(summary["val_miou_mean"]) == pytest.approx([0.2, 0.3])
+
+
+def test_summary_is_mean_and_std_over_seeds():
+    import pandas as pd
+
+    runs = pd.DataFrame([
+        {"model": "unet", "model_args": "{}", "toggles": "none", "scheduler": False, "augment": False,
+         "weighted_loss": False, "status": "completed", "val_miou": v, "test_miou": v / 2, "val_pixel_acc": 0.5,
+         "test_pixel_acc": 0.5} for v in (0.2, 0.4)] + [
+        {"model": "unet", "model_args": "{}", "toggles": "none", "scheduler": False, "augment": False,
+         "weighted_loss": False, "status": "failed", "val_miou": 0.9}])
+    summary = grids.summary_table(runs)
+    assert summary.loc[0, "n"] == 2 and summary.loc[0, "val_miou_mean"] == pytest.approx(0.3)
+    assert summary.loc[0, "val_miou_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert summary.loc[0, "test_miou_mean"] == pytest.approx(0.15)
+
+
+def test_optuna_dashboard_opens_the_storage(tmp_path):
+    pytest.importorskip("optuna_dashboard")
+    from optuna_dashboard._app import create_app
+
+    gs, cells = _finished_study(tmp_path)
+    app = create_app(grids.GridStorage(gs.url, gs.study_name).storage)
+
+    def get(path: str) -> dict:
+        environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+        setup_testing_defaults(environ)
+        status = []
+        body = b"".join(app(environ, lambda s, h, *a: status.append(s)))
+        assert status[0].startswith("200"), (path, status, body[:300])
+        return json.loads(body)
+
+    studies = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == [gs.study_name]
+    detail = get(f"/api/studies/{studies[0]['study_id']}")
+    assert len(detail["trials"]) == 3
+    first = detail["trials"][0]
+    assert {p["name"] for p in first["params"]} >= {"model", "seed", "scheduler"}
+    assert [v["value"] for v in first["intermediate_values"]] == pytest.approx([0.1, 0.2])
+    assert any(a["key"] == "cell_id" and cells[0].cell_id in a["value"] for a in first["user_attrs"])
+
+
+def test_study_json_masks_credentials(tmp_path):
+    study = _study(storage="postgresql://me:hunter2@db.example:5432/ablate")
+    _, cells = _prepared(_storage_url("journal", tmp_path), study)
+    attrs = grids.GridStorage(_storage_url("journal", tmp_path), study.name).study_attrs()
+    path = grids.write_study_json(tmp_path, study, study.storage, attrs, {"name": "synthetic"})
+    text = path.read_text()
+    assert "hunter2" not in text and "me:***@db.example" in text
+    assert json.loads(text)["kind"] == "grid" and json.loads(text)["cells"] == len(cells) == 4
+    assert os.path.dirname(path) == str(tmp_path / "t")
