@@ -250,32 +250,41 @@ def load_dataset(
     """Load a dataset once into memory, from the on-disk cache when the files have not changed."""
     start = time.perf_counter()
     check_image_size(image_size)
-    # Checked here too, not only in TrainConfig: `ablate data info` calls this directly, and
-    # `num_classes or inferred` below would silently turn 0 into the inferred count.
     if num_classes is not None and num_classes < 1:
-        raise AblateError(f"--num-classes must be a positive integer, got {num_classes!r}")
+        raise AblateError(f"--num-classes must be a positive integer, got {num_classes}")
     if val_fraction is not None and not 0 < val_fraction < 1:
         raise AblateError(f"--val-fraction must be in (0, 1), got {val_fraction}")
-    if data == "synthetic":
-        key_parts, source = _synthetic_key(), None
-    else:
-        source = detect_layout(Path(data))
-        key_parts = _file_key(source)
-    fingerprint = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
-    cache_key = hashlib.sha256(
-        json.dumps([CACHE_VERSION, fingerprint, list(image_size), num_classes, ignore_index, val_fraction]).encode()
-    ).hexdigest()[:24]
+    source = None if data == "synthetic" else detect_layout(Path(data))
+    identity = _hash(_source_key(source, with_mtimes=False))
+    cache_key = _hash([CACHE_VERSION, _source_key(source, with_mtimes=True), list(image_size), num_classes,
+                       ignore_index, val_fraction])
     cache_path = Path(cache_dir) / f"{cache_key}.pt" if cache_dir is not None else None
 
     if cache_path is not None and cache_path.is_file():
         dataset = _read_cache(cache_path)
         dataset.name = data  # the same files may be reached by another path
     else:
-        dataset = _build(data, source, image_size, num_classes, ignore_index, val_fraction, fingerprint)
+        dataset = _build(data, source, image_size, num_classes, ignore_index, val_fraction, identity)
         if cache_path is not None:
             _write_cache(cache_path, dataset)
     dataset.load_seconds = time.perf_counter() - start
     return dataset
+
+
+def fingerprint(data: str) -> str:
+    """A dataset's identity without decoding anything: the generator version for `synthetic`,
+    else the layout, relative paths and sizes of its files and its classes.txt. Modification
+    times are left out, so a copy on another machine keeps the same identity (and the same grid
+    cell ids); they are part of the cache key instead, so an edited file is decoded again."""
+    return _hash(_source_key(None if data == "synthetic" else detect_layout(Path(data)), with_mtimes=False))
+
+
+def _hash(key) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _source_key(source: "_Source | None", *, with_mtimes: bool):
+    return _synthetic_key() if source is None else _file_key(source, with_mtimes=with_mtimes)
 
 
 def _synthetic_key() -> dict:
@@ -284,13 +293,14 @@ def _synthetic_key() -> dict:
     return {"synthetic": synthetic.GENERATOR_VERSION, "sizes": synthetic.SPLIT_SIZES, "native": synthetic.NATIVE_SIZE}
 
 
-def _file_key(source: _Source) -> dict:
+def _file_key(source: _Source, *, with_mtimes: bool) -> dict:
     files = []
     for split, rows in sorted(source.pairs.items()):
         for id_, image, mask in rows:
             for p in (image, mask):
                 st = p.stat()
-                files.append((split, str(p.relative_to(source.root)), st.st_size, st.st_mtime_ns))
+                entry = (split, str(p.relative_to(source.root)), st.st_size)
+                files.append(entry + (st.st_mtime_ns,) if with_mtimes else entry)
     names = source.class_names_file.read_text() if source.class_names_file else None
     return {"layout": source.layout, "files": files, "classes": names}
 

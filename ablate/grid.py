@@ -331,15 +331,6 @@ def _type_words(types_: tuple) -> str:
 
 
 # --------------------------------------------------------------------------- cells
-def dataset_fingerprint(data: str) -> str:
-    """The fingerprint `load_dataset` gives `data`, without decoding anything (files are only
-    stat-ed), so cell ids are known before any work and independent of where data is mounted."""
-    from ablate import data as data_stage
-
-    key = data_stage._synthetic_key() if data == "synthetic" else data_stage._file_key(data_stage.detect_layout(Path(data)))
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def cell_id(config: TrainConfig, fingerprint: str) -> str:
     return stable_hash({**config.identity(), "data": fingerprint})
 

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
+from ablate import data as data_stage
 from ablate import grid as grids
 from ablate.cli import main
 
@@ -204,7 +205,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
 def test_a_different_grid_under_an_existing_name_is_refused(tmp_path, cache_dir):
     results = tmp_path / "results"
     study = grids.load_study(overrides={"name": "same", "models": "unet", "toggles": "none", "epochs": 1})
-    fp = grids.dataset_fingerprint("synthetic")
+    fp = data_stage.fingerprint("synthetic")
     gs = grids.GridStorage(f"sqlite:///{results / 'same' / 'optuna.db'}", "same")
     gs.prepare(study, grids.expand(study, fp), grids.definition(study, fp))
     result = _grid("--models", "unet", "--toggles", "none", "--epochs", "2", "--study-name", "same",

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from ablate import data as data_stage
 from ablate.cli._options import data_options, execution_options, results_dir_option
 from ablate.errors import AblateError
 
@@ -78,7 +79,7 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
         from ablate.engine import resolve_device
 
         resolve_device("cuda")
-    fingerprint = grids.dataset_fingerprint(study.train.data)
+    fingerprint = data_stage.fingerprint(study.train.data)
     cells = grids.expand(study, fingerprint)
     definition = grids.definition(study, fingerprint)
     exists = _storage_exists(url)
