@@ -109,7 +109,7 @@ def main(argv=None):
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/rocks-voc"))
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--images", type=int, default=96, help="training images timed per measurement")
+    parser.add_argument("--images", type=int, default=256, help="training images timed per measurement")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
