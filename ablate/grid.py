@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -536,7 +536,9 @@ class GridStorage:
         distributions = {
             "model": CategoricalDistribution(sorted({x.config.model for x in cells})),
             **{t: CategoricalDistribution([False, True]) for t in TOGGLES},
-            "seed": CategoricalDistribution(sorted({x.config.seed for x in cells})),
+            # An int range, not a categorical: adding seeds to a study must not change the
+            # param's distribution class (Optuna refuses a categorical whose choices change).
+            "seed": IntDistribution(min(0, *(x.config.seed for x in cells)), max(2**31 - 1, *(x.config.seed for x in cells))),
         }
         params = {"model": c.model, **{t: getattr(c, t) for t in TOGGLES}, "seed": c.seed}
         return optuna.trial.create_trial(

@@ -242,8 +242,9 @@ def test_retry_budget_counts_genuine_failures_only(tmp_path):
     assert (p.running, p.failed, p.pending) == (1, 0, 0)
 
 
-def test_more_seeds_extend_a_study_and_reuse_its_cells(tmp_path):
-    url = _storage_url("journal", tmp_path)
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])  # RDB storages check param distributions
+def test_more_seeds_extend_a_study_and_reuse_its_cells(tmp_path, kind):
+    url = _storage_url(kind, tmp_path)
     gs, one_seed = _prepared(url, _study(seeds=1))
     while (got := gs.claim(one_seed, max_retries=0)) is not None:
         gs.storage.set_trial_state_values(got[1], TrialState.COMPLETE, [0.5])
