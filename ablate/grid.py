@@ -425,16 +425,7 @@ def _node() -> str:
 def _pid_alive(pid: Any) -> bool:
     if not isinstance(pid, int):
         return True  # unknown: let the heartbeat decide
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) is dead for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return store.process_alive(pid)
 
 
 class GridStorage:

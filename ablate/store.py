@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import os
 import re
 import time
 from pathlib import Path
@@ -92,6 +93,20 @@ def _engine_kwargs(url: str) -> dict:
     if url.startswith("postgresql"):
         return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     return {}
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a worker process on this machine still runs (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def dashboard_command(url: str) -> str:

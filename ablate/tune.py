@@ -514,26 +514,13 @@ def reclaim_dead_trials(study: optuna.Study) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker", "")
         name, _, pid = worker.rpartition(":")
-        if name != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if name != host or not pid.isdigit() or int(pid) == os.getpid() or store.process_alive(int(pid)):
             continue
         try:
             study._storage.set_trial_user_attr(t._trial_id, "failure_reason", f"worker process {pid} died")
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         except (RuntimeError, ValueError):
             pass  # another worker reclaimed it first
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped by its parent) is dead for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def load_dataset_for(spec: TuneSpec):
