@@ -175,13 +175,23 @@ class _NaNNet(nn.Module):
         return self.conv(x) * float("nan")
 
 
-@register_model
 def _test_nan_model(num_classes: int) -> nn.Module:
     return _NaNNet(num_classes)
 
 
-def test_non_finite_loss_fails_run_with_reason_and_writes_record(synthetic32, tmp_path):
-    record = fit(TrainConfig(**{**TINY, "model": "_test_nan_model"}), synthetic32, out_dir=tmp_path, quiet=True)
+@pytest.fixture
+def nan_model(monkeypatch):
+    """Register a model whose logits are NaN for one test only (the registry is global)."""
+    from ablate.models import _registry
+
+    monkeypatch.setattr(_registry, "_MODELS", dict(_registry._MODELS))
+    monkeypatch.setattr(_registry, "_PARAMS", dict(_registry._PARAMS))
+    register_model(_test_nan_model)
+    return "_test_nan_model"
+
+
+def test_non_finite_loss_fails_run_with_reason_and_writes_record(synthetic32, tmp_path, nan_model):
+    record = fit(TrainConfig(**{**TINY, "model": nan_model}), synthetic32, out_dir=tmp_path, quiet=True)
     assert record["status"] == "failed"
     assert record["failure_reason"] == "non-finite loss at epoch 1 step 1"
     assert (tmp_path / "run.json").is_file()
