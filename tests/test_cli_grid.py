@@ -62,9 +62,16 @@ def _env(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("ABLATE_TEST_")}, **extra}
 
 
+def _default_sigint() -> None:
+    # A job started in the background by a non-interactive shell (nohup, `cmd &`, some CI
+    # runners) inherits SIGINT as ignored, and Python then installs no KeyboardInterrupt
+    # handler; give the child the default disposition so the Ctrl-C test means something.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "ablate", "grid", *args], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for_lines(log: Path, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -233,7 +240,7 @@ def test_ctrl_c_and_sigkill_mid_cell_then_rerun_runs_every_cell_once(tmp_path, c
     first = _spawn(args, hooks)
     _wait_for_lines(log, 2, first)
     first.send_signal(signal.SIGINT)
-    out, err = first.communicate(timeout=300)  # generous: CI machines are busy
+    out, err = first.communicate(timeout=120)
     assert first.returncode == 130, (out, err)
     assert "interrupted" in err and "Traceback" not in err
 
