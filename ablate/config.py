@@ -41,7 +41,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
 
     def __post_init__(self) -> None:
-        check_image_size(self.image_size)
+        check_data_options(self.image_size, self.num_classes, self.val_fraction)
         _positive("--epochs", self.epochs)
         _positive("--batch-size", self.batch_size)
         if not self.lr > 0:
@@ -50,10 +50,6 @@ class TrainConfig:
             raise AblateError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.patience < 0:
             raise AblateError(f"--patience must be >= 0 (0 disables early stopping), got {self.patience}")
-        if self.num_classes is not None:
-            _positive("--num-classes", self.num_classes)
-        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
-            raise AblateError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         if self.precision not in PRECISIONS:
             raise AblateError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.device not in DEVICES:
@@ -123,6 +119,15 @@ def check_image_size(size: tuple[int, int]) -> None:
     _positive("--image-size", w)
     if h % 32 or w % 32:
         raise AblateError(f"--image-size must be divisible by 32, got {h}x{w}; try {_round32(h)}x{_round32(w)}")
+
+
+def check_data_options(image_size: tuple[int, int], num_classes: int | None, val_fraction: float | None) -> None:
+    """The dataset options, checked the same way by a run's config and by the data loader."""
+    check_image_size(image_size)
+    if num_classes is not None:
+        _positive("--num-classes", num_classes)
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise AblateError(f"--val-fraction must be in (0, 1), got {val_fraction}")
 
 
 def _positive(option: str, value: int) -> None:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ablate import _io
-from ablate.config import check_image_size
+from ablate.config import check_data_options
 from ablate.errors import AblateError
 
 VOID = 255
@@ -249,11 +249,7 @@ def load_dataset(
 ) -> Dataset:
     """Load a dataset once into memory, from the on-disk cache when the files have not changed."""
     start = time.perf_counter()
-    check_image_size(image_size)
-    if num_classes is not None and num_classes < 1:
-        raise AblateError(f"--num-classes must be a positive integer, got {num_classes}")
-    if val_fraction is not None and not 0 < val_fraction < 1:
-        raise AblateError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    check_data_options(image_size, num_classes, val_fraction)
     source = None if data == "synthetic" else detect_layout(Path(data))
     identity = _hash(_source_key(source, with_mtimes=False))
     cache_key = _hash([CACHE_VERSION, _source_key(source, with_mtimes=True), list(image_size), num_classes,

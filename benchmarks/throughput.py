@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -75,7 +76,7 @@ class NaiveDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         _, image_path, mask_path = self.rows[i]
         image = tv_tensors.Image(v2.functional.pil_to_tensor(Image.open(image_path).convert("RGB")))
-        mask = tv_tensors.Mask(torch.from_numpy(__import__("numpy").array(Image.open(mask_path)))[None])
+        mask = tv_tensors.Mask(torch.from_numpy(np.array(Image.open(mask_path)))[None])
         image, mask = self.transform(image, mask)
         return image, mask[0]
 
