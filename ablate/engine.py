@@ -114,14 +114,15 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list
     return list(order.split(batch_size))
 
 
-def _to_input(images: torch.Tensor) -> torch.Tensor:
-    return (images.float() / 255.0).contiguous(memory_format=torch.channels_last)
-
-
-def _augmented_input(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment after the float conversion: one pass less than warping uint8 and converting
-    (and no rounding back to 8 bits), then channels_last for the model."""
-    images, masks = augment_batch(images.float().div_(255.0), masks, generator)
+def _to_input(
+    images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 batch → float [0, 1] channels_last model input. With a generator the batch is
+    augmented on the way, after the float conversion (one pass less than warping uint8 and
+    converting, and no rounding back to 8 bits)."""
+    images = images.float().div_(255.0)
+    if generator is not None:
+        images, masks = augment_batch(images, masks, generator)
     return images.contiguous(memory_format=torch.channels_last), masks
 
 
@@ -147,7 +148,7 @@ def train_one_epoch(
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress, file=sys.stdout)
     for step, idx in enumerate(bar, start=1):
         images, masks = split.images[idx].to(device, non_blocking=True), split.masks[idx].to(device, non_blocking=True)
-        images, masks = _augmented_input(images, masks, generator) if augment else (_to_input(images), masks)
+        images, masks = _to_input(images, masks, generator if augment else None)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), masks.long(), weight=weight, ignore_index=VOID)
@@ -172,9 +173,10 @@ def evaluate(model: torch.nn.Module, split: Split, *, num_classes: int, batch_si
     cm = ConfusionMatrix(num_classes, ignore_index=VOID)
     loss_sum, pixels = 0.0, 0
     for idx in _batches(len(split), batch_size, None):
-        images, masks = split.images[idx].to(device, non_blocking=True), split.masks[idx].to(device, non_blocking=True).long()
+        images, masks = _to_input(split.images[idx].to(device, non_blocking=True),
+                                  split.masks[idx].to(device, non_blocking=True).long())
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(_to_input(images))
+            logits = model(images)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, masks, ignore_index=VOID, reduction="sum").item()
         pixels += int((masks != VOID).sum())

@@ -48,7 +48,9 @@ class RandomFlipRotateCrop(v2.Transform):
         self.generator, self.spec = generator, spec
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        image = next(x for x in flat_inputs if isinstance(x, tv_tensors.Image))
+        image = next((x for x in flat_inputs if isinstance(x, tv_tensors.Image)), None)
+        if image is None:
+            raise TypeError("RandomFlipRotateCrop needs a batched tv_tensors.Image [N,3,H,W] among its inputs")
         n, (h, w) = image.shape[0], image.shape[-2:]
         theta = affine_matrix(**sample_params(n, self.generator, self.spec), height=h, width=w)
         return {"grid": F.affine_grid(theta.to(image.device), [n, 1, h, w], align_corners=False)}
@@ -77,10 +79,10 @@ def augment_batch(
 def warp_images(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Bilinear, edges replicated (the replicated pixels only ever face void mask pixels).
     Keeps the dtype: uint8 in, rounded uint8 out; float in, float out (no re-quantisation)."""
-    if images.is_floating_point():
-        return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.round_().clamp_(0, 255).to(images.dtype)
+    floating = images.is_floating_point()
+    out = F.grid_sample(images if floating else images.float(), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out if floating else out.round_().clamp_(0, 255).to(images.dtype)
 
 
 def warp_masks(masks: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
