@@ -11,6 +11,11 @@ Prints img/s and the ratios b/a (goal >= 0.95) and b/c (goal >= 2.5). The three 
 measured in interleaved rounds (a, b, c, a, b, c, ...) and each column keeps its best
 round, so a burst of load on a shared machine does not land on one column only.
 
+b/c mostly measures the precision gap: the data path is nearly free (b/a ~ 1), so b/c is
+about a/c. On a CPU with native bf16 (AVX512-BF16 or AMX) (a) and (b) run bf16 and (c)
+fp32; on one without, `auto` picks fp32 for all three and a/c is only what channels_last
+buys over NCHW plus the naive loop's decode/transform time. The header says which.
+
     python benchmarks/throughput.py --data ../shared/data/rocks-voc --image-size 128 --batch-size 16
 """
 from __future__ import annotations
@@ -28,8 +33,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ablate.data import VOID, Split, detect_layout, load_dataset
-from ablate.engine import make_optimizer, resolve_device, resolve_precision, train_one_epoch
+from ablate.engine import cpu_has_native_bf16, make_optimizer, resolve_device, resolve_precision, train_one_epoch
 from ablate.models import create_model
+from ablate.record import environment
 
 MODELS = {"baseline": {}, "custom": {}, "resnet18": {}, "unet": {"base_channels": 16}}
 
@@ -131,6 +137,11 @@ def main(argv=None):
     k = dataset.num_classes
     print(f"device {device} ({torch.get_num_threads()} threads), precision {precision}, {size[0]} px, "
           f"batch {args.batch_size}, {n} images per measurement, best of {args.rounds} rounds, torch {torch.__version__}")
+    hardware = environment(device, precision)["device_name"]
+    if device.type == "cpu":
+        # The ratios depend on this: without native bf16, (a) and (b) run fp32 like (c).
+        hardware += f"; native bf16 (AVX512-BF16/AMX): {'yes' if cpu_has_native_bf16() else 'no'}"
+    print(hardware)
     header = f"{'model':10} {'(a) compute':>12} {'(b) ablate':>11} {'(c) naive':>10} {'b/a':>6} {'b/c':>6}"
     print(header)
     print("-" * len(header))

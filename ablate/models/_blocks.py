@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 # ImageNet statistics: the ResNet-18 weights expect them, and using them everywhere means
 # every model sees the same input convention (float images in [0, 1]).
@@ -46,19 +48,75 @@ class ConvBNReLU(nn.Sequential):
         super().__init__(conv, *_norm_act(out_channels, relu_before_bn))
 
 
+class _ConvTransposeConvGrad(torch.autograd.Function):
+    """conv_transpose2d whose backward is written with the ordinary conv ops: the input
+    gradient of a transposed conv is conv2d(grad, W), and its weight gradient is the
+    weight gradient of that conv2d with `grad` as input and `x` as output gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, output_padding):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        return F.conv_transpose2d(x, weight, bias, stride, padding, output_padding)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = F.conv2d(grad, weight, None, ctx.stride, ctx.padding) if need_x else None
+        grad_w = (torch.nn.grad.conv2d_weight(grad, weight.shape, x, ctx.stride, ctx.padding)
+                  if need_w else None)
+        grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need_b else None
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+class ConvTranspose2dConvGrad(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d (same parameters, same state_dict) that on the CPU takes its
+    gradients from the conv ops instead of oneDNN's transposed-conv backward.
+
+    Only the baseline uses it, because only there was it consistently faster
+    (`benchmarks/deconv_grad.py`, 128 px, batch 16, interleaved rounds): baseline training
+    steps 1.05-1.16x in fp32 on a 2-core Xeon without native bf16 and 1.06x in bf16 on an
+    AVX512-BF16 EPYC; custom swung between 0.94x and 1.18x from run to run, resnet18 and
+    unet stayed at 0.97-1.02x. Off the CPU it is the stock layer.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros":
+            raise ValueError("ConvTranspose2dConvGrad supports groups=1, dilation=1, zero padding only")
+
+    def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dim() != 4:
+            return super().forward(x, output_size)
+        output_padding = self._output_padding(x, output_size, self.stride, self.padding,
+                                              self.kernel_size, 2, self.dilation)
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled("cpu"):
+            # What autocast does for the stock layer: run the op in the autocast dtype.
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+            with torch.autocast("cpu", enabled=False):
+                return _ConvTransposeConvGrad.apply(x, weight, bias, self.stride, self.padding, output_padding)
+        return _ConvTransposeConvGrad.apply(x, weight, bias, self.stride, self.padding, output_padding)
+
+
 class DeconvBNReLU(nn.Sequential):
     """Stride-2 ConvTranspose (padding k//2) + BN + ReLU that doubles the spatial size.
 
     With an odd kernel the transposed conv yields 2H-1 or 2H pixels (output padding 0 or 1),
     so passing `output_size` restores exactly the size the mirrored encoder stage consumed;
-    without it the block doubles (output padding 1).
+    without it the block doubles (output padding 1). `conv_grad` picks
+    ConvTranspose2dConvGrad for the transposed conv.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 *, relu_before_bn: bool = False):
-        deconv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride=2,
-                                    padding=kernel_size // 2, output_padding=1,
-                                    bias=relu_before_bn)
+                 *, relu_before_bn: bool = False, conv_grad: bool = False):
+        layer = ConvTranspose2dConvGrad if conv_grad else nn.ConvTranspose2d
+        deconv = layer(in_channels, out_channels, kernel_size, stride=2,
+                       padding=kernel_size // 2, output_padding=1, bias=relu_before_bn)
         super().__init__(deconv, *_norm_act(out_channels, relu_before_bn))
 
     def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:

@@ -22,8 +22,9 @@ class BaselineNet(nn.Module):
         self.encoder = nn.ModuleList(
             ConvBNReLU(c_in, c_out, 3, stride=2, relu_before_bn=True)
             for c_in, c_out in zip(ENCODER_WIDTHS, ENCODER_WIDTHS[1:]))
+        # conv_grad: a faster CPU backward for these layers (see ConvTranspose2dConvGrad).
         self.decoder = nn.ModuleList(
-            DeconvBNReLU(c_in, c_out, 3, relu_before_bn=True)
+            DeconvBNReLU(c_in, c_out, 3, relu_before_bn=True, conv_grad=True)
             for c_in, c_out in zip(DECODER_WIDTHS, DECODER_WIDTHS[1:]))
         self.classifier = nn.Conv2d(DECODER_WIDTHS[-1], num_classes, 1)
         xavier_init_(self)
