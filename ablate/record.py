@@ -98,15 +98,16 @@ def _fmt(x) -> str:
 
 
 def environment(device: torch.device, precision: str) -> dict:
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        device_name = _cpu_name()
     return {
         "python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "platform": platform.platform(), "device": str(device), "device_name": device_name,
+        "platform": platform.platform(), "device": str(device), "device_name": device_name(device),
         "threads": torch.get_num_threads(), "precision": precision, "git_sha": git_sha(),
     }
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
 
 
 @functools.cache

@@ -18,15 +18,13 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ablate.engine import make_optimizer, resolve_precision
 from ablate.models import create_model
 from ablate.models._blocks import ConvTranspose2dConvGrad
-from ablate.record import environment
-
-MODELS = {"baseline": {}, "custom": {}, "resnet18": {}, "unet": {"base_channels": 16}}
+from ablate.record import device_name
+from throughput import MODELS, train_step  # the sibling script: same models, same step
 
 
 def with_layer(model: nn.Module, layer: type[nn.ConvTranspose2d]) -> nn.Module:
@@ -42,12 +40,7 @@ def step_seconds(model, optimizer, x, y, precision: str, steps: int) -> float:
     times = []
     for _ in range(steps + 1):  # the first step of a round warms the caches
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, x, y, optimizer, precision)
         times.append(time.perf_counter() - start)
     return min(times[1:])
 
@@ -64,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cpu")  # the swapped layer only differs on the CPU
     precision = resolve_precision(args.precision, device)
-    print(f"{environment(device, precision)['device_name']}, {torch.get_num_threads()} threads, "
+    print(f"{device_name(device)}, {torch.get_num_threads()} threads, "
           f"precision {precision}, {args.image_size} px, batch {args.batch_size}, {args.rounds} rounds")
     header = f"{'model':10} {'stock img/s':>16} {'conv-grad img/s':>16} {'speed-up':>16}"
     print(header + "\n" + " " * 10 + f" {'best / median':>16} {'best / median':>16} {'best / median':>16}")

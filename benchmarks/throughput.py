@@ -35,23 +35,27 @@ from torchvision.transforms import v2
 from ablate.data import VOID, Split, detect_layout, load_dataset
 from ablate.engine import cpu_has_native_bf16, make_optimizer, resolve_device, resolve_precision, train_one_epoch
 from ablate.models import create_model
-from ablate.record import environment
+from ablate.record import device_name
 
 MODELS = {"baseline": {}, "custom": {}, "resnet18": {}, "unet": {"base_channels": 16}}
 
 
+def train_step(model, x, y, optimizer, precision) -> None:
+    """Forward, loss, backward and step on pre-made tensors, as the engine does them."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y, ignore_index=VOID)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def compute_only(model, x, y, optimizer, precision, steps):
-    device_type = x.device.type
     for i in range(steps + 2):
         if i == 2:  # two warm-up steps
             _sync(x.device)
             start = time.perf_counter()
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, ignore_index=VOID)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, x, y, optimizer, precision)
     _sync(x.device)
     return steps * x.shape[0] / (time.perf_counter() - start)
 
@@ -137,7 +141,7 @@ def main(argv=None):
     k = dataset.num_classes
     print(f"device {device} ({torch.get_num_threads()} threads), precision {precision}, {size[0]} px, "
           f"batch {args.batch_size}, {n} images per measurement, best of {args.rounds} rounds, torch {torch.__version__}")
-    hardware = environment(device, precision)["device_name"]
+    hardware = device_name(device)
     if device.type == "cpu":
         # The ratios depend on this: without native bf16, (a) and (b) run fp32 like (c).
         hardware += f"; native bf16 (AVX512-BF16/AMX): {'yes' if cpu_has_native_bf16() else 'no'}"

@@ -56,18 +56,18 @@ class _ConvTransposeConvGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, output_padding):
         ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        ctx.stride, ctx.padding = stride, padding
         return F.conv_transpose2d(x, weight, bias, stride, padding, output_padding)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]  # need_b is False for bias=None
         grad_x = F.conv2d(grad, weight, None, ctx.stride, ctx.padding) if need_x else None
         grad_w = (torch.nn.grad.conv2d_weight(grad, weight.shape, x, ctx.stride, ctx.padding)
                   if need_w else None)
-        grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and need_b else None
+        grad_b = grad.sum((0, 2, 3)) if need_b else None
         return grad_x, grad_w, grad_b, None, None, None
 
 
@@ -98,9 +98,8 @@ class ConvTranspose2dConvGrad(nn.ConvTranspose2d):
             dtype = torch.get_autocast_dtype("cpu")
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
-            with torch.autocast("cpu", enabled=False):
-                return _ConvTransposeConvGrad.apply(x, weight, bias, self.stride, self.padding, output_padding)
-        return _ConvTransposeConvGrad.apply(x, weight, bias, self.stride, self.padding, output_padding)
+        with torch.autocast("cpu", enabled=False):
+            return _ConvTransposeConvGrad.apply(x, weight, bias, self.stride, self.padding, output_padding)
 
 
 class DeconvBNReLU(nn.Sequential):
