@@ -135,6 +135,10 @@ def main(argv=None):
     size = (args.image_size, args.image_size)
     dataset = load_dataset(args.data, image_size=size, cache_dir=args.cache_dir)
     n = min(args.images, len(dataset.splits["train"]))
+    if n < 3 * args.batch_size:  # the naive loop times from its third batch on
+        print(f"throughput.py: --images/--batch-size: {n} training images make fewer than 3 batches of "
+              f"{args.batch_size}; use --images >= {3 * args.batch_size} or a smaller --batch-size", file=sys.stderr)
+        return 2
     train = dataset.splits["train"]
     split = Split(train.images[:n].to(device), train.masks[:n].to(device), train.ids[:n])
     rows = detect_layout(Path(args.data)).pairs["train"][:n]
