@@ -75,6 +75,10 @@ class Dataset:
             "ignore_index": self.ignore_index,
             "sizes": {name: len(split) for name, split in self.splits.items()},
             "class_frequency": self.class_frequency,
+            # per split, fraction of non-void pixels of each class (the val one sets the
+            # "did not learn" bar: the majority class's share and an all-majority mIoU)
+            "split_class_frequency": {name: class_frequency(split.masks, self.num_classes).tolist()
+                                      for name, split in self.splits.items()},
         }
 
     def describe(self) -> str:

@@ -72,6 +72,7 @@ def summary(record: dict) -> dict:
         "scheduler": cfg["scheduler"], "augment": cfg["augment"], "weighted_loss": cfg["weighted_loss"],
         "status": record["status"], "failure_reason": record.get("failure_reason"),
         "best_epoch": record.get("best_epoch"), "stopped_epoch": record.get("stopped_epoch"),
+        "max_epochs": cfg.get("epochs"), **_stop_flags(record),
         "seconds": record["timing"]["seconds"], "images_per_second": record["timing"]["images_per_second"],
         "precision": (record.get("environment") or {}).get("precision"),
     }
@@ -79,6 +80,15 @@ def summary(record: dict) -> dict:
         for key in ("loss", "pixel_acc", "miou", "mean_acc", "mdice"):
             row[f"{split}_{key}"] = (metrics.get(split) or {}).get(key)
     return row
+
+
+def _stop_flags(record: dict) -> dict:
+    """Whether a finished run stopped before its epoch budget, and whether its best epoch was
+    the last one it trained (still improving: the budget, not the toggle, may decide it)."""
+    best, stopped, budget = record.get("best_epoch"), record.get("stopped_epoch"), record["config"].get("epochs")
+    if record.get("status") != "completed" or not best or not stopped:
+        return {"early_stopped": None, "best_is_last": None}
+    return {"early_stopped": bool(budget and stopped < budget), "best_is_last": best == stopped}
 
 
 def describe(record: dict) -> str:
