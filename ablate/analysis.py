@@ -477,6 +477,8 @@ class Findings:
 
 
 VERDICT_WORDS = ("helps", "hurts", "positive interaction", "negative interaction")
+VERDICT_SHORT = {"did not learn": "no verdict (a cell did not learn)", "not enough seeds": "not enough seeds",
+                 "no estimate": "no estimate"}
 
 
 def findings(study: Study, runs: pd.DataFrame, *, effects: pd.DataFrame | None = None,
