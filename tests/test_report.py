@@ -132,7 +132,7 @@ def test_report_is_self_contained_and_escaped(report_html):
     assert "did-not-learn bar unknown" not in panel and "majority class" in panel
     prose = text.replace(get_plotlyjs(), "")
     assert "no interval" not in prose and "bootstrap" not in prose
-    assert "2 seeds (0, 1)" in text  # the overview counts seeds, then names them
+    assert "<dd>3 seeds (0, 1, 2)</dd>" in text  # counts the seeds, then names them (seed 2: the failed run)
     # Gallery: 4 val images × (2 architectures' best cells + the best trial).
     assert text.count('alt="prediction"') == 4 * 3
     assert "non-finite loss at epoch 1 step 1" in text and "Figures skipped" not in text
@@ -161,7 +161,8 @@ def test_cli_default_study_prints_path_and_size(results):
     result = CliRunner().invoke(main, ["report", "--results-dir", str(results)])
     assert result.exit_code == 0, result.output
     out = results / "grid" / "report.html"
-    assert result.output.strip() == f"report: {out} ({out.stat().st_size / 1e6:.1f} MB)"
+    assert result.stdout.strip() == f"report: {out} ({out.stat().st_size / 1e6:.1f} MB)"
+    assert "no dashboard note for grid" in result.stderr  # this hand-built study has no Optuna storage
     assert out.stat().st_size > 1_000_000
 
 
@@ -172,7 +173,7 @@ def test_cli_errors_are_one_line(tmp_path, table):
         (folder / "runs" / "a").mkdir(parents=True)
         (folder / "runs" / "a" / "run.json").write_text('{"run_id": "a", "metr')
     if table != "empty results":
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
         pd.DataFrame([{"cell_id": "a", "model": "unet", "seed": 0, "status": "failed", "val_miou": None}]).to_csv(
             folder / "runs.csv", index=False)
         (folder / "study.json").write_text(json.dumps({"kind": "grid", "study_name": "s"}))
