@@ -164,7 +164,7 @@ def with_flags(runs: pd.DataFrame, bar: dict | None) -> pd.DataFrame:
     out = runs.copy()
     if out.empty:
         return out.assign(did_not_learn=pd.Series(dtype=object), cell_did_not_learn=pd.Series(dtype=bool))
-    acc = pd.to_numeric(out.get("val_pixel_acc", np.nan), errors="coerce")
+    acc = pd.to_numeric(out["val_pixel_acc"], errors="coerce") if "val_pixel_acc" in out else pd.Series(np.nan, index=out.index)
     out["did_not_learn"] = [stats.did_not_learn(a, m, bar) for a, m in zip(acc, out["val_miou"])]
     means = out.assign(_acc=acc).groupby("cell")[["_acc", "val_miou"]].transform("mean")
     out["cell_did_not_learn"] = [bool(stats.did_not_learn(a, m, bar)) for a, m in zip(means["_acc"], means["val_miou"])]
@@ -430,8 +430,10 @@ def more_seeds(study: Study, runs: pd.DataFrame, *, target: int = stats.MIN_VERD
     new_runs = new * per_seed
     workers = int(study.meta.get("workers") or 1)
     minutes = new_runs * float(runs["seconds"].mean()) / workers / 60
-    if new_runs:
+    if new_runs and np.isfinite(minutes):
         text = f"`{command}` adds {new_runs} runs, about {max(1, round(minutes))} min"
+    elif new_runs:  # no timings recorded
+        text = f"`{command}` adds {new_runs} runs"
     else:  # enough seeds asked for, some runs failed or are missing: rerunning retries them
         text = f"`{command}` reruns the missing runs"
     return {"n_min": n_min, "target": target, "command": command, "new_runs": new_runs,
