@@ -1,7 +1,9 @@
 """Dashboard stage: what optuna-dashboard shows beside the trials — a Markdown note on the
 study (description, the Findings in words, where the report is) and one on each finished
 grid trial (its label, flags and per-epoch curves). Written with optuna_dashboard.save_note
-whenever the report is written; the text comes from `ablate.analysis`."""
+whenever the report is written; the text comes from `ablate.analysis`. (Each grid trial's
+run.json is attached as an Optuna artifact by the grid itself, before the trial finishes:
+Optuna refuses to change a finished trial's system attributes.)"""
 from __future__ import annotations
 
 import warnings
@@ -14,6 +16,28 @@ from ablate.analysis import METRIC_LABELS, Findings, Study
 from ablate.errors import AblateError
 
 CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_acc", "lr")
+ARTIFACT_DIR = "artifacts"  # <study folder>/artifacts: optuna-dashboard --artifact-dir
+
+
+def attach_record(storage, trial_id: int, run_dir: Path) -> str:
+    """Upload a run's run.json as an artifact of its (still running) trial into the study's
+    artifact folder; returns '' or why not (a missing record or an unwritable folder must not
+    fail the cell)."""
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    from ablate.record import RECORD_FILE
+
+    path = run_dir / RECORD_FILE
+    if not path.is_file():
+        return f"no {path}"
+    folder = run_dir.parent.parent / ARTIFACT_DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        upload_artifact(artifact_store=FileSystemArtifactStore(str(folder)), file_path=str(path),
+                        study_or_trial=storage.get_trial(trial_id), storage=storage, mimetype="application/json")
+    except OSError as exc:
+        return f"{folder}: {exc}"
+    return ""
 
 
 def open_optuna(study: Study, storage: str | None = None):

@@ -677,10 +677,10 @@ def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Pa
             storage.set_trial_user_attr(trial_id, "failure_reason", INTERRUPTED)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         raise
-    return _tell(storage, cell, trial_id, record, time.perf_counter() - start)
+    return _tell(storage, cell, trial_id, record, time.perf_counter() - start, run_dir=run_dir)
 
 
-def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float) -> CellResult:
+def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, run_dir: Path | None = None) -> CellResult:
     from ablate import record as records
 
     row = records.summary(record)
@@ -693,6 +693,12 @@ def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float) -> C
             if key not in ("model", "seed", *TOGGLES):  # already params or set at creation
                 storage.set_trial_user_attr(trial_id, key, _plain(v))
         storage.set_trial_user_attr(trial_id, "failure_reason", reason)
+        if run_dir is not None:  # the dashboard's artifact: only a trial not yet finished takes one
+            from ablate.dashboard import attach_record
+
+            why = attach_record(storage, trial_id, run_dir)
+            if why:
+                print(f"warning: cell {cell.label}: run.json not attached on the dashboard ({why})", file=sys.stderr)
         storage.set_trial_state_values(trial_id, TrialState.COMPLETE if ok else TrialState.FAIL, [value] if ok else None)
     except UpdateFinishedTrialError:
         print(f"warning: cell {cell.label} was reclaimed while it ran (no heartbeat for {store.GRACE_SECONDS} s); "

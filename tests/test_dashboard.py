@@ -44,8 +44,9 @@ def grid_study(tmp_path):
         learned = cell.config.model == "unet"
         rec = _record(cell, acc=0.8 if learned else 0.659, miou=0.4 if learned else 0.2197,
                       best=3 if cell.config.scheduler else 2, stopped=3)
-        records.write(results / study.name / "runs" / cell.cell_id, rec, None)
-        grids._tell(gs.storage, cell, trial_id, rec, 1.0)
+        run_dir = results / study.name / "runs" / cell.cell_id
+        records.write(run_dir, rec, None)
+        grids._tell(gs.storage, cell, trial_id, rec, 1.0, run_dir=run_dir)
     grids.write_tables(gs, results)
     return results, gs, cells
 
@@ -92,12 +93,19 @@ def test_dashboard_shows_names_labels_flags_and_notes(grid_study):
     assert "### Findings" in note and str((results / "dash" / "report.html").resolve()) in note
     assert "One seed per cell" in note and "ablate grid --study-name dash --seeds 3" in note
     assert "baseline · no toggles: did not learn" in note
+    # Each finished trial carries its run record as an artifact, in <study>/artifacts.
+    assert [a["filename"] for a in trials["unet · scheduler · s0"]["artifacts"]] == ["run.json"]
     unet = trials["unet · scheduler · s0"]["note"]["body"]
     assert "### unet · scheduler · s0" in unet and "| 3 | 0.3333 | 0.3667 | 0.4 |" in unet
     # Writing again changes nothing (no new note versions).
     version = detail["note"]["version"]
     dashboard.write_notes(study, runs, found, results / "dash" / "report.html")
-    assert get(f"/api/studies/{sid}")["note"]["version"] == version
+    again = get(f"/api/studies/{sid}")
+    assert again["note"]["version"] == version
+    assert all(len(t["artifacts"]) == 1 for t in again["trials"])
+    artifact = trials["unet · scheduler · s0"]["artifacts"][0]
+    stored = json.loads((results / "dash" / dashboard.ARTIFACT_DIR / artifact["artifact_id"]).read_text())
+    assert stored["metrics"]["val"]["miou"] == 0.4
 
 
 def test_importance_over_stored_params_excludes_the_seed(grid_study):

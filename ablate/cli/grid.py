@@ -122,9 +122,12 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
     final = grids.progress(briefs, gs.trials(), study.max_retries)
     _print_table(folder / "summary.csv")
     click.echo(f"\nresults: {folder}/ (runs.csv, summary.csv, study.json, runs/<cell_id>/)")
-    click.echo(f"dashboard: {store.dashboard_command(url)}")
     if report:
         _write_report(results_dir, study.name)
+    from ablate.dashboard import ARTIFACT_DIR
+
+    artifacts = folder / ARTIFACT_DIR  # written with the report's notes
+    click.echo(f"dashboard: {store.dashboard_command(url, artifacts if artifacts.is_dir() else None)}")
     problems = []
     if final.failed_cells:
         problems.append(f"{len(final.failed_cells)} cell(s) failed: "
