@@ -1,6 +1,7 @@
-"""Analysis stage: turn a study's run tables and records into statistics — per-cell bootstrap
+"""Analysis stage: turn a study's run tables and records into statistics — per-cell Student-t
 intervals over seeds, paired tests against the all-toggles-off cell, 2^k factorial effects,
-architecture ranking, cost Pareto front, and the tuner's expected-best-vs-budget curve.
+Holm-corrected verdicts, learning flags, the Findings summary, architecture ranking, cost
+Pareto front, and the tuner's expected-best-vs-budget curve (the numerics are in `ablate.stats`).
 
 Every function here returns DataFrames or plain data; `ablate.report` only draws them.
 
@@ -20,15 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablate import _io
+from ablate import _io, stats
 from ablate.config import TOGGLES
 from ablate.errors import AblateError
 
-RESAMPLES = 2000  # bootstrap resamples; the CI's Monte-Carlo error is ~0.5% of its width
-LEVEL = 0.95
-SEED = 0  # every bootstrap starts from this seed, so results do not depend on call order
+LEVEL = stats.LEVEL
 NO_INTERVAL = "n=1, no interval"
-EXACT_PERMUTATION_MAX_N = 16  # 2^16 sign patterns; above this the p-value is Monte-Carlo
 TRACEBACK_LINES = 12
 IMPORTANCE_EVALUATOR = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, target quantile 0.1; deterministic)"
 METRICS = ("val_miou", "test_miou", "val_pixel_acc", "test_pixel_acc")
@@ -55,6 +53,11 @@ class Study:
         return next((r["dataset"] for r in self.records.values() if r.get("dataset")), {})
 
     @property
+    def bar(self) -> dict | None:
+        """The "did not learn" bar from the val split's class frequencies (None: unknown)."""
+        return stats.majority_bar(self.dataset)
+
+    @property
     def class_names(self) -> list[str]:
         return [str(n) for n in self.dataset.get("class_names", [])]
 
@@ -73,10 +76,13 @@ def load_study(results_dir: str | Path, study_name: str) -> Study:
     kind = meta.get("kind") or ("tune" if (folder / "trials.csv").is_file() else "grid")
     records = {}
     for path in sorted((folder / "runs").glob("*/run.json")):
+        # Records are written atomically (temp file + rename, `ablate._io`), so a file that
+        # does not parse is damaged, not half-written: say which one rather than skip it.
         try:
             records[path.parent.name] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # a record being written right now; the next report picks it up
+        except (OSError, ValueError) as exc:
+            raise AblateError(f"{path}: corrupted run record ({type(exc).__name__}: {exc}); "
+                              "delete its folder to rerun the cell, or restore the file") from None
     table_path = folder / ("trials.csv" if kind == "tune" else "runs.csv")
     if table_path.is_file():
         table = pd.read_csv(table_path)
@@ -115,7 +121,7 @@ def finished_runs(study: Study) -> pd.DataFrame:
         return out
     out = t[t["status"].astype(str) == "completed"].copy()
     out = out[pd.to_numeric(out["val_miou"], errors="coerce").notna()]
-    return with_cells(out)
+    return with_flags(with_cells(out), study.bar)
 
 
 def with_cells(runs: pd.DataFrame) -> pd.DataFrame:
@@ -149,51 +155,64 @@ def varying_toggles(runs: pd.DataFrame) -> list[str]:
     return [t for t in TOGGLES if t in runs and runs[t].nunique() == 2]
 
 
+# --------------------------------------------------------------------------- flags
+def with_flags(runs: pd.DataFrame, bar: dict | None) -> pd.DataFrame:
+    """Add the learning flags (STATISTICS.md): per run `did_not_learn` (val pixel acc or val
+    mIoU at or below the all-majority prediction's, see `stats.majority_bar`; None when the
+    bar is unknown), and per cell `cell_did_not_learn`: the cell's mean over seeds is at or
+    below the bar. `best_is_last` and `early_stopped` become real booleans (NaN: unknown)."""
+    out = runs.copy()
+    if out.empty:
+        return out.assign(did_not_learn=pd.Series(dtype=object), cell_did_not_learn=pd.Series(dtype=bool))
+    acc = pd.to_numeric(out["val_pixel_acc"], errors="coerce") if "val_pixel_acc" in out else pd.Series(np.nan, index=out.index)
+    out["did_not_learn"] = [stats.did_not_learn(a, m, bar) for a, m in zip(acc, out["val_miou"])]
+    means = out.assign(_acc=acc).groupby("cell")[["_acc", "val_miou"]].transform("mean")
+    out["cell_did_not_learn"] = [bool(stats.did_not_learn(a, m, bar)) for a, m in zip(means["_acc"], means["val_miou"])]
+    for col in ("best_is_last", "early_stopped"):
+        raw = out[col] if col in out else pd.Series(np.nan, index=out.index)
+        known = raw.notna() & (raw.astype(str).str.strip() != "")
+        out[col] = np.where(known, _as_bool(raw), np.nan)
+    return out
+
+
+def cell_flags(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: n, whether it did not learn, and how many of its seeds did not learn, were
+    still improving at their last epoch (best epoch = last: budget-limited) or stopped early;
+    `flags` says it in words. `runs` comes from `with_flags`."""
+    rows = []
+    for (arch, cell), g in runs.groupby(["arch", "cell"], sort=False):
+        n = len(g)
+        counts = {c: int((g[c] == True).sum()) for c in ("did_not_learn", "best_is_last", "early_stopped")}  # noqa: E712
+        words = []
+        if g["cell_did_not_learn"].iloc[0]:
+            words.append("did not learn")
+        if counts["best_is_last"]:
+            words.append(f"still improving: budget-limited ({counts['best_is_last']}/{n} seeds)")
+        if counts["early_stopped"]:
+            words.append(f"early-stopped ({counts['early_stopped']}/{n} seeds)")
+        rows.append({"arch": arch, "cell": cell, "n": n, "did_not_learn": bool(g["cell_did_not_learn"].iloc[0]),
+                     "n_did_not_learn": counts["did_not_learn"], "n_best_is_last": counts["best_is_last"],
+                     "n_early_stopped": counts["early_stopped"], "flags": "; ".join(words)})
+    return pd.DataFrame(rows, columns=["arch", "cell", "n", "did_not_learn", "n_did_not_learn", "n_best_is_last",
+                                       "n_early_stopped", "flags"])
+
+
 # --------------------------------------------------------------------------- statistics
-def bootstrap_ci(values, *, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = SEED) -> tuple[float, float] | None:
-    """Percentile bootstrap CI of the mean (resampling the values, i.e. seeds); None for n < 2."""
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if len(v) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
-
-def sign_flip_p(diffs, *, seed: int = SEED) -> tuple[float, str]:
-    """Two-sided paired permutation test of mean(diffs) = 0: the share of sign patterns whose
-    |mean| is at least the observed one. Exact (all 2^n patterns) up to n = 16."""
-    d = np.asarray(diffs, dtype=float)
-    n = len(d)
-    if n == 0:
-        return float("nan"), "no pairs"
-    if n <= EXACT_PERMUTATION_MAX_N:
-        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
-        method = f"exact sign-flip, {len(signs)} patterns"
-    else:
-        signs = np.random.default_rng(seed).choice((1.0, -1.0), size=(100_000, n))
-        method = "sign-flip, 100000 random patterns"
-    observed = abs(d.mean())
-    stats = np.abs(signs @ d) / n
-    return float(np.mean(stats >= observed - 1e-12)), method
-
-
 def _interval(values) -> dict:
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
-    ci = bootstrap_ci(v)
+    ci = stats.t_interval(v)
     return {
         "n": len(v), "mean": float(v.mean()) if len(v) else np.nan,
         "std": float(v.std(ddof=1)) if len(v) > 1 else np.nan,
         "ci_low": ci[0] if ci else np.nan, "ci_high": ci[1] if ci else np.nan,
-        "interval": f"{LEVEL:.0%} bootstrap over seeds" if ci else (NO_INTERVAL if len(v) == 1 else "no values"),
+        "ci_method": stats.CI_METHOD if ci else (NO_INTERVAL if len(v) == 1 else "no values"),
     }
 
 
 def cell_stats(runs: pd.DataFrame, *, metrics=(*METRICS, "seconds", "images_per_second")) -> pd.DataFrame:
-    """Tidy per-cell statistics: one row per (cell, metric) with n, mean, std and bootstrap CI."""
+    """Tidy per-cell statistics: one row per (cell, metric) with n, mean, std and the 95%
+    Student-t interval over seeds."""
     rows = []
     for (arch, cell), g in runs.groupby(["arch", "cell"], sort=False):
         for metric in metrics:
@@ -212,10 +231,29 @@ def _baseline_cell(arch_runs: pd.DataFrame) -> str | None:
     return off["cell"].iloc[0] if not off.empty else None
 
 
+def _unlearned(runs: pd.DataFrame, cells) -> list[str]:
+    if "cell_did_not_learn" not in runs:
+        return []
+    sub = runs[runs["cell"].isin(list(cells))]
+    return sorted(set(sub.loc[sub["cell_did_not_learn"].astype(bool), "cell"]))
+
+
+def _test_row(values) -> dict:
+    """Estimate, t interval, paired t p and P(>0) of per-seed values (differences or effects).
+    Rounded to 1e-12 first: a difference that is 0 up to float error is a tie, not a sign."""
+    values = np.round(np.asarray(values, dtype=float), 12)
+    s = _interval(values)
+    return {"n": s["n"], "estimate": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+            "ci_method": s["ci_method"], "excludes_zero": _excludes_zero(s), "p_value": stats.paired_t_p(values),
+            "p_method": stats.P_METHOD if s["n"] >= 2 else "–", "p_improve": stats.p_improve(values)}
+
+
 def paired_comparisons(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) -> pd.DataFrame:
     """Each cell against its architecture's baseline cell (every varying toggle off), paired
-    by seed over the seeds present in both: per-seed differences, mean, bootstrap CI and an
-    exact sign-flip permutation p-value."""
+    by seed over the seeds present in both: the per-seed differences, their mean with a 95% t
+    interval, the paired t-test p, Holm-adjusted over the family "every cell vs the baseline,
+    per architecture and metric" (`p_holm`), P(on > off) over the pairs (`p_improve`), and a
+    verdict (see `verdict_word`)."""
     rows = []
     for arch, a in runs.groupby("arch", sort=False):
         base = _baseline_cell(a)
@@ -231,20 +269,16 @@ def paired_comparisons(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou"))
                 y0 = a[a["cell"] == base].groupby("seed")[metric].mean()
                 seeds = sorted(set(y.dropna().index) & set(y0.dropna().index))
                 diffs = np.array([y[s] - y0[s] for s in seeds], dtype=float)
-                stats = _interval(diffs)
-                p, method = sign_flip_p(diffs)
-                rows.append({
-                    "arch": arch, "cell": cell, "baseline": base, "metric": metric, "n_pairs": len(seeds),
-                    "seeds": " ".join(map(str, seeds)), "diffs": " ".join(f"{d:+.4f}" for d in diffs),
-                    "mean_diff": stats["mean"], "ci_low": stats["ci_low"], "ci_high": stats["ci_high"],
-                    "interval": stats["interval"], "excludes_zero": _excludes_zero(stats),
-                    "p_value": p, "p_method": method,
-                })
-    return pd.DataFrame(rows)
+                row = _test_row(diffs)
+                rows.append({"arch": arch, "cell": cell, "baseline": base, "metric": metric, "n_pairs": len(seeds),
+                             "seeds": " ".join(map(str, seeds)), "diffs": " ".join(f"{d:+.4f}" for d in diffs),
+                             **row, "mean_diff": row["estimate"], "unlearned": ", ".join(_unlearned(a, (cell, base)))})
+    out = pd.DataFrame(rows)
+    return _judge(out, kind="comparison") if not out.empty else out
 
 
-def _excludes_zero(stats: dict) -> bool:
-    return bool(stats["ci_low"] > 0 or stats["ci_high"] < 0)  # False for NaN (no interval)
+def _excludes_zero(s: dict) -> bool:
+    return bool(s["ci_low"] > 0 or s["ci_high"] < 0)  # False for NaN (no interval)
 
 
 def factorial_effects(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) -> pd.DataFrame:
@@ -256,9 +290,10 @@ def factorial_effects(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) 
       interaction of A,B = ½ [(effect of A with B on) − (effect of A with B off)]
                          = (2 / 2^k) Σ_cells s_A s_B · y   (the classical Yates / Box–Hunter–Hunter
                            convention: a pure A·B synergy δ on the (on, on) cell gives δ/2).
-    Each effect is computed per seed (seeds present in every cell), and its CI bootstraps
-    those seeds — the same as resampling seeds and recomputing the effect from cell means,
-    because the estimator is linear in the cell means.
+    Each effect is computed per seed (seeds present in every cell); the per-seed effects get
+    the t interval, the t-test p (Holm-adjusted over the architecture's main effects and
+    interactions for that metric), P(effect > 0) over seeds and a verdict. An effect of an
+    architecture with a cell that did not learn gets no verdict: every cell enters every effect.
     """
     rows = []
     for arch, a in runs.groupby("arch", sort=False):
@@ -266,10 +301,11 @@ def factorial_effects(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) 
         if not toggles:
             continue
         levels = list(itertools.product((False, True), repeat=len(toggles)))
+        unlearned = ", ".join(_unlearned(a, a["cell"].unique()))
         for metric in metrics:
             if metric not in a or a[metric].isna().all():
                 continue
-            base = {"arch": arch, "metric": metric}
+            base = {"arch": arch, "metric": metric, "unlearned": unlearned}
             per_cell = {lv: a[(a[toggles] == list(lv)).all(axis=1)].groupby("seed")[metric].mean().dropna()
                         for lv in levels}
             missing = [cell_label(arch, dict(zip(toggles, lv))) for lv, s in per_cell.items() if s.empty]
@@ -277,8 +313,7 @@ def factorial_effects(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) 
             if missing or not seeds:
                 note = f"incomplete design: no finished run in {', '.join(missing)}" if missing else "no seed common to all cells"
                 rows.append({**base, "effect": "+".join(toggles), "kind": "main", "factors": " ".join(toggles),
-                             "n_seeds": 0, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-                             "interval": note, "excludes_zero": False, "seeds": "", "per_seed": ""})
+                             "n_seeds": 0, **_test_row([]), "ci_method": note, "seeds": "", "per_seed": ""})
                 continue
             y = np.array([[per_cell[lv][s] for lv in levels] for s in seeds])  # seeds × cells
             signs = np.array([[1.0 if on else -1.0 for on in lv] for lv in levels])  # cells × toggles
@@ -287,42 +322,189 @@ def factorial_effects(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) 
                         for i, j in itertools.combinations(range(len(toggles)), 2)]
             for factors, contrast in effects:
                 per_seed = y @ contrast * 2 / len(levels)
-                stats = _interval(per_seed)
                 rows.append({**base, "effect": " × ".join(factors), "kind": "main" if len(factors) == 1 else "interaction",
-                             "factors": " ".join(factors), "n_seeds": len(seeds), "estimate": stats["mean"],
-                             "ci_low": stats["ci_low"], "ci_high": stats["ci_high"], "interval": stats["interval"],
-                             "excludes_zero": _excludes_zero(stats), "seeds": " ".join(map(str, seeds)),
-                             "per_seed": " ".join(f"{e:+.4f}" for e in per_seed)})
+                             "factors": " ".join(factors), "n_seeds": len(seeds), **_test_row(per_seed),
+                             "seeds": " ".join(map(str, seeds)), "per_seed": " ".join(f"{e:+.4f}" for e in per_seed)})
     out = pd.DataFrame(rows)
-    if not out.empty:
-        out["verdict"] = [verdict(r) for r in out.to_dict("records")]
+    return _judge(out, kind="effect") if not out.empty else out
+
+
+FAMILY = {"effect": "the main effects and two-way interactions of the toggles, per architecture and metric",
+          "comparison": "every cell vs the all-off cell, per architecture and metric"}
+
+
+def _judge(table: pd.DataFrame, *, kind: str) -> pd.DataFrame:
+    """Holm-adjust p within each (architecture, metric) family, then give every row its verdict."""
+    out = table.copy()
+    out["p_holm"] = np.nan
+    for _, idx in out.groupby(["arch", "metric"], sort=False).groups.items():
+        out.loc[idx, "p_holm"] = stats.holm(out.loc[idx, "p_value"].to_numpy(dtype=float))
+    out["family"] = FAMILY[kind]
+    out["verdict"] = [verdict_word(r) for r in out.to_dict("records")]
+    out["sentence"] = [_sentence(r, kind) for r in out.to_dict("records")]
     return out
 
 
-def verdict(effect: dict) -> str:
-    """One plain-language sentence for an effects row."""
-    metric = METRIC_LABELS.get(effect["metric"], effect["metric"])
-    arch, n = effect["arch"], effect["n_seeds"]
-    seeds = f"{n} seed{'s' if n != 1 else ''}"
-    if not n:
-        return f"{arch}: no estimate ({effect['interval']})"
-    est, lo, hi = effect["estimate"], effect["ci_low"], effect["ci_high"]
-    if effect["kind"] == "main":
-        name = TOGGLE_LABELS.get(effect["factors"], effect["factors"])
-        if np.isnan(lo):
-            return f"{name} changes {metric} on {arch} by {est:+.3f} ({seeds}: {NO_INTERVAL}, so no verdict)"
-        if effect["excludes_zero"]:
-            word = "raises" if est > 0 else "lowers"
-            return f"{name} {word} {metric} on {arch} by {abs(est):.3f} [{lo:+.3f}, {hi:+.3f}], {seeds}"
-        return f"{name}: no clear effect on {metric} on {arch} ({est:+.3f} [{lo:+.3f}, {hi:+.3f}] contains 0), {seeds}"
-    a, b = (TOGGLE_LABELS.get(f, f) for f in effect["factors"].split())
-    if np.isnan(lo):
-        return f"{a} × {b} interaction on {arch}: {est:+.3f} ({seeds}: {NO_INTERVAL}, so no verdict)"
-    if effect["excludes_zero"]:
-        how = "helps more (or hurts less)" if est > 0 else "helps less (or hurts more)"
-        return (f"{a} × {b} interaction on {arch}: {est:+.3f} [{lo:+.3f}, {hi:+.3f}], {seeds} — "
-                f"{a} {how} when {b} is on")
-    return f"{a} × {b}: no clear interaction on {arch} ({est:+.3f} [{lo:+.3f}, {hi:+.3f}] contains 0), {seeds}"
+def verdict_word(row: dict) -> str:
+    """'helps' / 'hurts' (an interaction: 'positive interaction' / 'negative interaction')
+    only with n >= 3 paired seeds, a 95% interval that excludes 0, Holm p < 0.05 and no cell
+    that did not learn; else 'no clear effect', 'not enough seeds', 'did not learn' or
+    'no estimate'."""
+    n, est = row["n"], row["estimate"]
+    if not n or est is None or np.isnan(est):
+        return "no estimate"
+    if row.get("unlearned"):
+        return "did not learn"
+    if n < stats.MIN_VERDICT_N:
+        return "not enough seeds"
+    if row["excludes_zero"] and row["p_holm"] < stats.ALPHA:
+        if row.get("kind") == "interaction":
+            return "positive interaction" if est > 0 else "negative interaction"
+        return "helps" if est > 0 else "hurts"
+    return "no clear effect"
+
+
+def _subject(row: dict, kind: str) -> str:
+    if kind == "comparison":
+        return f"{row['cell']} vs {row['baseline'].split(' · ')[-1]}"
+    names = [TOGGLE_LABELS.get(f, f) for f in str(row["factors"]).split()]
+    return f"{row['arch']}: " + (names[0] if row["kind"] == "main" else " × ".join(names) + " interaction")
+
+
+def p_text(p) -> str:
+    """'= 0.012', '< 0.001', or '–' (no p: n < 2)."""
+    if p is None or np.isnan(p):
+        return "–"
+    return "< 0.001" if p < 0.001 else f"= {p:.2g}"
+
+
+def interval_text(est, lo, hi) -> str:
+    if est is None or np.isnan(est):
+        return "–"
+    return f"{est:+.3f}" + ("" if np.isnan(lo) else f" [{lo:+.3f}, {hi:+.3f}]")
+
+
+def _sentence(row: dict, kind: str) -> str:
+    """One plain-language sentence for a comparisons or effects row."""
+    metric = METRIC_LABELS.get(row["metric"], row["metric"])
+    subject, word, n = _subject(row, kind), row["verdict"], row["n"]
+    est = interval_text(row["estimate"], row["ci_low"], row["ci_high"])
+    if word == "no estimate":
+        return f"{subject}: no estimate ({row['ci_method']})"
+    seeds = f"n={n}"
+    if word == "did not learn":
+        return f"{subject}: no verdict, involves cells that did not learn ({row['unlearned']}); {metric} {est}, {seeds}"
+    if word == "not enough seeds":
+        return f"{subject}: not enough seeds (n={n}, {stats.MIN_VERDICT_N} needed); {metric} {est}"
+    tail = f"{seeds}, Holm p {p_text(row['p_holm'])}, P(improve) = {row['p_improve']:.2f}"
+    if word == "no clear effect":
+        return f"{subject}: no clear effect on {metric}, {est}; {tail}"
+    if word in ("helps", "hurts"):
+        return f"{subject} {'raises' if word == 'helps' else 'lowers'} {metric}: {est}; {tail}"
+    return f"{subject}: {word} on {metric}, {est}; {tail}"
+
+
+# --------------------------------------------------------------------------- findings
+def more_seeds(study: Study, runs: pd.DataFrame, *, target: int = stats.MIN_VERDICT_N) -> dict | None:
+    """When some cell has fewer than `target` seeds: the exact command that adds them (the
+    grid command study.json recorded, with --seeds replaced), how many runs it adds, and the
+    time it should take (new runs × mean seconds per finished run of this study / workers).
+    None when every cell has `target` seeds."""
+    if runs.empty:
+        return None
+    n_min = int(runs.groupby("cell")["seed"].nunique().min())
+    if n_min >= target:
+        return None
+    have = [int(s) for s in (study.meta.get("seeds") or sorted(runs["seed"].unique()))]
+    seeds = list(have)
+    candidate = 0
+    while len(seeds) < target:
+        if candidate not in seeds:
+            seeds.append(candidate)
+        candidate += 1
+    new = len(seeds) - len(have)
+    per_seed = int(study.meta.get("cells") or runs["cell"].nunique() * len(have)) // max(len(have), 1)
+    value = str(target) if sorted(seeds) == list(range(target)) else ",".join(map(str, seeds))
+    args = _without_seeds(study.meta.get("command") or ["grid", "--study-name", study.name])
+    command = " ".join(["ablate", *map(_quote, args), "--seeds", value])
+    new_runs = new * per_seed
+    workers = int(study.meta.get("workers") or 1)
+    minutes = new_runs * float(runs["seconds"].mean()) / workers / 60
+    if new_runs and np.isfinite(minutes):
+        text = f"`{command}` adds {new_runs} runs, about {max(1, round(minutes))} min"
+    elif new_runs:  # no timings recorded
+        text = f"`{command}` adds {new_runs} runs"
+    else:  # enough seeds asked for, some runs failed or are missing: rerunning retries them
+        text = f"`{command}` reruns the missing runs"
+    return {"n_min": n_min, "target": target, "command": command, "new_runs": new_runs,
+            "minutes": minutes, "text": text}
+
+
+def _without_seeds(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--seeds":
+            skip = True
+        elif not a.startswith("--seeds="):
+            out.append(a)
+    return out
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(str(arg))
+
+
+@dataclass
+class ArchFindings:
+    arch: str
+    metric: str
+    verdicts: list[dict]  # effects/comparisons rows that carry a verdict word
+    main_effects: list[dict]  # every main effect (with or without a verdict)
+    flagged: pd.DataFrame  # cell_flags rows with a flag
+    n_min: int
+
+
+@dataclass
+class Findings:
+    metric: str
+    bar: dict | None
+    seeds: dict | None  # more_seeds()
+    n_max: int
+    archs: list[ArchFindings]
+    families: dict[str, str] = field(default_factory=lambda: dict(FAMILY))
+
+
+VERDICT_WORDS = ("helps", "hurts", "positive interaction", "negative interaction")
+VERDICT_SHORT = {"did not learn": "no verdict (a cell did not learn)", "not enough seeds": "not enough seeds",
+                 "no estimate": "no estimate"}
+
+
+def findings(study: Study, runs: pd.DataFrame, *, effects: pd.DataFrame | None = None,
+             comparisons: pd.DataFrame | None = None) -> Findings:
+    """What the Findings panel says, per architecture: the verdicts that meet the rules (on
+    the primary metric), every main effect with its interval, the flagged cells; plus the
+    "not enough seeds" advice and the did-not-learn bar."""
+    metric = primary_metric(runs)
+    effects = factorial_effects(runs) if effects is None else effects
+    comparisons = paired_comparisons(runs) if comparisons is None else comparisons
+    flags = cell_flags(runs)
+    archs = []
+    for arch, a in runs.groupby("arch", sort=False):
+        rows = []
+        for table in (effects, comparisons):
+            if not table.empty:
+                t = table[(table["arch"] == arch) & (table["metric"] == metric)]
+                rows += t[t["verdict"].isin(VERDICT_WORDS)].to_dict("records")
+        mains = [] if effects.empty else effects[(effects["arch"] == arch) & (effects["metric"] == metric)
+                                                 & (effects["kind"] == "main")].to_dict("records")
+        f = flags[(flags["arch"] == arch) & (flags["flags"] != "")]
+        archs.append(ArchFindings(arch, metric, rows, mains, f, int(a.groupby("cell")["seed"].nunique().min())))
+    n_max = int(runs.groupby("cell")["seed"].nunique().max()) if not runs.empty else 0
+    return Findings(metric, study.bar, more_seeds(study, runs), n_max, archs)
 
 
 def compare_architectures(runs: pd.DataFrame, *, select_by: str = "val_miou", metric: str | None = None) -> pd.DataFrame:
@@ -581,5 +763,11 @@ def write_tables(study: Study, runs: pd.DataFrame) -> list[Path]:
     """effects.csv and comparisons.csv beside the grid's runs.csv."""
     if study.kind != "grid" or runs.empty:
         return []
-    return [_io.write_csv(study.folder / "effects.csv", factorial_effects(runs)),
-            _io.write_csv(study.folder / "comparisons.csv", paired_comparisons(runs))]
+    return [_io.write_csv(study.folder / "effects.csv", factorial_effects(runs).reindex(columns=EFFECT_COLUMNS)),
+            _io.write_csv(study.folder / "comparisons.csv", paired_comparisons(runs).reindex(columns=COMPARISON_COLUMNS))]
+
+
+_TEST_COLUMNS = ["n", "estimate", "ci_low", "ci_high", "ci_method", "excludes_zero", "p_value", "p_method", "p_holm",
+                 "p_improve", "verdict", "sentence", "unlearned", "family"]
+EFFECT_COLUMNS = ["arch", "metric", "effect", "kind", "factors", "n_seeds", *_TEST_COLUMNS, "seeds", "per_seed"]
+COMPARISON_COLUMNS = ["arch", "cell", "baseline", "metric", "n_pairs", "mean_diff", *_TEST_COLUMNS, "seeds", "diffs"]

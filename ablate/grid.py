@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import optuna
-from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -104,6 +104,11 @@ class Cell:
         c = self.config
         return {"cell_id": self.cell_id, "run_id": c.run_id, "model": c.model, "model_args": dict(c.model_args),
                 "toggles": self.toggles, **{t: getattr(c, t) for t in TOGGLES}, "seed": c.seed}
+
+
+def trial_label(model: str, toggles: str, seed: int) -> str:
+    """What the dashboard shows for a trial: 'unet · weighted_loss · s0'."""
+    return f"{model} · {'no toggles' if toggles == 'none' else toggles} · s{seed}"
 
 
 def toggle_label(row: dict[str, Any]) -> str:
@@ -523,18 +528,19 @@ class GridStorage:
         return None
 
     def _new_trial(self, cell: Cell, cells: list[Cell]) -> FrozenTrial:
+        """Model and toggles are the trial's params (what the dashboard's importance ranks);
+        the seed is a replicate, not a search parameter, so it is a user attr only (cells are
+        told apart by `cell_id`, never by params)."""
         c = cell.config
         distributions = {
             "model": CategoricalDistribution(sorted({x.config.model for x in cells})),
             **{t: CategoricalDistribution([False, True]) for t in TOGGLES},
-            # An int range, not a categorical: adding seeds to a study must not change the
-            # param's distribution class (Optuna refuses a categorical whose choices change).
-            "seed": IntDistribution(min(0, *(x.config.seed for x in cells)), max(2**31 - 1, *(x.config.seed for x in cells))),
         }
-        params = {"model": c.model, **{t: getattr(c, t) for t in TOGGLES}, "seed": c.seed}
+        params = {"model": c.model, **{t: getattr(c, t) for t in TOGGLES}}
         return optuna.trial.create_trial(
             state=TrialState.RUNNING, params=params, distributions=distributions,
-            user_attrs={"cell_id": cell.cell_id, "toggles": cell.toggles, "model_args": json.dumps(c.model_args),
+            user_attrs={"label": trial_label(c.model, cell.toggles, c.seed), "cell_id": cell.cell_id, "seed": c.seed,
+                        "toggles": cell.toggles, "model_args": json.dumps(c.model_args),
                         "worker": {"host": socket.gethostname(), "node": self._node, "pid": os.getpid()}},
             system_attrs={_HEARTBEAT: time.time()},
         )
@@ -671,21 +677,28 @@ def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Pa
             storage.set_trial_user_attr(trial_id, "failure_reason", INTERRUPTED)
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
         raise
-    return _tell(storage, cell, trial_id, record, time.perf_counter() - start)
+    return _tell(storage, cell, trial_id, record, time.perf_counter() - start, run_dir=run_dir)
 
 
-def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float) -> CellResult:
+def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, run_dir: Path | None = None) -> CellResult:
     from ablate import record as records
 
     row = records.summary(record)
+    row.update(run_flags(record, row))
     value = row.get("val_miou")
     ok = record["status"] == "completed" and value is not None and math.isfinite(value)
     reason = None if ok else (record.get("failure_reason") or "no finite val mIoU")
     try:
-        for key, v in row.items():
-            if key not in ("model", "seed", *TOGGLES):  # already params
+        for key, v in {**row, **_curves(record)}.items():
+            if key not in ("model", "seed", *TOGGLES):  # already params or set at creation
                 storage.set_trial_user_attr(trial_id, key, _plain(v))
         storage.set_trial_user_attr(trial_id, "failure_reason", reason)
+        if run_dir is not None:  # the dashboard's artifact: only a trial not yet finished takes one
+            from ablate.dashboard import attach_record
+
+            why = attach_record(storage, trial_id, run_dir)
+            if why:
+                print(f"warning: cell {cell.label}: run.json not attached on the dashboard ({why})", file=sys.stderr)
         storage.set_trial_state_values(trial_id, TrialState.COMPLETE if ok else TrialState.FAIL, [value] if ok else None)
     except UpdateFinishedTrialError:
         print(f"warning: cell {cell.label} was reclaimed while it ran (no heartbeat for {store.GRACE_SECONDS} s); "
@@ -694,6 +707,28 @@ def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float) -> C
         ok = False
     return CellResult(cell.cell_id, cell.label, "completed" if ok else "failed", row.get("val_miou"),
                       row.get("test_miou"), seconds, reason)
+
+
+def run_flags(record: dict, summary: dict) -> dict[str, Any]:
+    """A run's learning flags (see `ablate.stats.did_not_learn`), and `flags` in words for the
+    dashboard: did not learn, still improving (best epoch = last), early-stopped."""
+    from ablate import stats
+
+    m = (record.get("metrics") or {}).get("val") or {}
+    bar = stats.majority_bar(record.get("dataset"))
+    dnl = stats.did_not_learn(m.get("pixel_acc"), m.get("miou"), bar) if record.get("status") == "completed" else None
+    words = [w for w, on in (("did not learn", dnl), ("still improving: budget-limited", summary.get("best_is_last")),
+                             ("early-stopped", summary.get("early_stopped"))) if on]
+    if record.get("status") == "completed" and bar is None:
+        words.append("did-not-learn bar unknown")
+    return {"did_not_learn": dnl, "flags": "; ".join(words)}
+
+
+def _curves(record: dict) -> dict[str, list]:
+    """Per-epoch series for the dashboard (its intermediate values hold val mIoU only)."""
+    curves = record.get("curves") or []
+    return {f"curve_{k}": [None if c.get(k) is None else round(float(c[k]), 5) for c in curves]
+            for k in ("train_loss", "val_loss", "val_pixel_acc") if curves}
 
 
 def _plain(v: Any) -> Any:
@@ -804,9 +839,9 @@ def run_workers(study: GridStudy, cells: list[Cell], url: str, *, results_dir: P
 
 
 # --------------------------------------------------------------------------- tables
-RUN_COLUMNS = ("cell_id", "run_id", "model", "model_args", "toggles", *TOGGLES, "seed", "status", "attempts",
-               "trial_number", "val_miou", "val_pixel_acc", "val_mean_acc", "val_mdice", "val_loss", "test_miou",
-               "test_pixel_acc", "test_mean_acc", "test_mdice", "test_loss", "best_epoch", "stopped_epoch", "seconds",
+RUN_COLUMNS = ("cell_id", "run_id", "label", "model", "model_args", "toggles", *TOGGLES, "seed", "status", "attempts",
+               "trial_number", "did_not_learn", "best_is_last", "early_stopped", "flags", "val_miou", "val_pixel_acc", "val_mean_acc", "val_mdice", "val_loss", "test_miou",
+               "test_pixel_acc", "test_mean_acc", "test_mdice", "test_loss", "best_epoch", "stopped_epoch", "max_epochs", "seconds",
                "images_per_second", "precision", "failure_reason")
 SUMMARY_METRICS = ("val_miou", "test_miou", "val_pixel_acc", "test_pixel_acc")
 
@@ -824,6 +859,7 @@ def runs_table(cells: list[dict], trials: list[FrozenTrial], *, results_dir: Pat
     for cell in cells:
         state = states[cell["cell_id"]]
         row = {k: cell.get(k) for k in ("cell_id", "run_id", "model", "toggles", *TOGGLES, "seed")}
+        row["label"] = trial_label(cell["model"], cell["toggles"], cell["seed"])
         row["model_args"] = json.dumps(cell.get("model_args") or {}, sort_keys=True)
         row.update(status=state.status, attempts=state.attempts)
         t = state.trial
@@ -831,7 +867,9 @@ def runs_table(cells: list[dict], trials: list[FrozenTrial], *, results_dir: Pat
             attrs = dict(t.user_attrs)
             run_json = (store.study_dir(results_dir, study_name) / "runs" / cell["cell_id"]) if results_dir else None
             if state.status == "completed" and attrs.get("val_miou") is None and run_json and (run_json / records.RECORD_FILE).is_file():
-                attrs.update(records.summary(records.read(run_json)))
+                record = records.read(run_json)
+                attrs.update(records.summary(record))
+                attrs.update(run_flags(record, attrs))
             row["trial_number"] = t.number
             for key in RUN_COLUMNS:
                 if key not in row and key in attrs:
@@ -844,43 +882,83 @@ def runs_table(cells: list[dict], trials: list[FrozenTrial], *, results_dir: Pat
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
 
 
-def summary_table(runs):
-    """Per model x toggle setting, over seeds: n, mean and std of val/test mIoU and pixel acc."""
+def summary_table(runs, bar: dict | None = None):
+    """Per model x toggle setting, over seeds: n, mean and std of val/test mIoU and pixel acc,
+    and the flags: `did_not_learn` (the mean val pixel acc or mIoU at or below the
+    all-majority prediction's `bar`; empty when the bar is unknown), how many seeds did not
+    learn, were still improving at their last epoch, or stopped early."""
     import pandas as pd
+
+    from ablate import stats
 
     done = runs[runs["status"] == "completed"].copy()
     keys = ["model", "model_args", "toggles", *TOGGLES]
-    columns = keys + ["n"] + [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]
+    counts = ["n_did_not_learn", "n_best_is_last", "n_early_stopped"]
+    columns = keys + ["n"] + [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")] + ["did_not_learn", *counts]
     if done.empty:
         return pd.DataFrame(columns=columns)
     for m in SUMMARY_METRICS:
         done[m] = pd.to_numeric(done[m], errors="coerce")
+    for flag, count in zip(("did_not_learn", "best_is_last", "early_stopped"), counts):
+        done[count] = done[flag].astype(str).str.lower().isin(("true", "1", "1.0")) if flag in done else False
     grouped = done.groupby(keys, sort=False)
     out = grouped.size().rename("n").to_frame()
     for m in SUMMARY_METRICS:
         out[f"{m}_mean"] = grouped[m].mean()
         out[f"{m}_std"] = grouped[m].std(ddof=1)
+    for count in counts:
+        out[count] = grouped[count].sum().astype(int)
+    out["did_not_learn"] = [stats.did_not_learn(a, m, bar) for a, m in zip(out["val_pixel_acc_mean"], out["val_miou_mean"])]
     return out.reset_index()[columns]
 
 
 def write_tables(gs: GridStorage, results_dir: Path) -> tuple[Path, Path]:
-    """Rebuild runs.csv and summary.csv from the storage (atomically)."""
+    """Rebuild runs.csv and summary.csv from the storage (atomically); name the objective
+    for the dashboard on the way."""
+    from ablate import stats
+
     attrs = gs.study_attrs() or {}
     runs = runs_table(attrs.get("cells") or [], gs.trials(), results_dir=results_dir, study_name=gs.study_name)
     folder = store.study_dir(results_dir, gs.study_name)
-    return _io.write_csv(folder / "runs.csv", runs), _io.write_csv(folder / "summary.csv", summary_table(runs))
+    name_objective(gs)
+    bar = stats.majority_bar(_study_json(folder).get("dataset"))
+    return (_io.write_csv(folder / "runs.csv", runs),
+            _io.write_csv(folder / "summary.csv", summary_table(runs, bar)))
 
 
-def write_study_json(results_dir: Path, study: GridStudy, url: str, attrs: dict[str, Any], dataset_summary: dict) -> Path:
+OBJECTIVE_NAME = "val mIoU"
+
+
+def name_objective(gs: GridStorage) -> None:
+    """The dashboard says 'val mIoU', not 'Objective 0' (Study.set_metric_names, once)."""
+    if gs.study_id() is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.load_study(study_name=gs.study_name, storage=gs.storage)
+        if study.metric_names != [OBJECTIVE_NAME]:
+            study.set_metric_names([OBJECTIVE_NAME])
+
+
+def _study_json(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / "study.json").read_text())
+    except (OSError, ValueError):
+        return {}  # tables are rebuilt without the bar; the report names a broken study.json
+
+
+def write_study_json(results_dir: Path, study: GridStudy, url: str, attrs: dict[str, Any], dataset_summary: dict,
+                     command: list[str] | None = None) -> Path:
     """The study's description for the report: what it holds (`attrs` from `prepare`: every
-    seed run so far), where it is stored."""
+    seed run so far), where it is stored, and the `ablate` arguments that ran it (so the
+    report can print the exact command that adds seeds)."""
     return _io.write_json(store.study_dir(results_dir, study.name) / "study.json", {
         "kind": KIND, "study_name": study.name, "description": study.description,
         "storage": store.mask_url(url), "grid": attrs["grid"], "grid_hash": attrs["grid_hash"],
         "cells": len(attrs["cells"]), "models": list(study.models), "model_args": study.model_args,
         "toggles": list(study.toggles), "seeds": attrs["seeds"],
         "train": {k: v for k, v in study.train.to_dict().items() if k not in CELL_FIELDS},
-        "max_retries": study.max_retries, "dataset": dataset_summary,
+        "max_retries": study.max_retries, "workers": study.workers, "command": command, "dataset": dataset_summary,
         "tables": {"runs": "runs.csv", "summary": "summary.csv"},
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     })

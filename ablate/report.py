@@ -9,7 +9,7 @@ import html
 import io
 import json
 import math
-import warnings
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ablate import __version__, _io, analysis
+from ablate import __version__, _io, analysis, dashboard
 from ablate.analysis import METRIC_LABELS, Study
 from ablate.errors import AblateError
 
@@ -38,7 +38,7 @@ def write_report(*, results_dir: str | Path, study_names: list[str], out: str | 
         raise AblateError("no study given; pass --study-name NAME")
     studies = [analysis.load_study(results_dir, name) for name in study_names]
     page = _Page(Path(results_dir))
-    bodies = []
+    bodies, notes = [], []
     for study in studies:
         runs = analysis.finished_runs(study)
         if runs.empty and not _has_pruned(study):
@@ -46,9 +46,19 @@ def write_report(*, results_dir: str | Path, study_names: list[str], out: str | 
             raise AblateError(f"study {study.name} has no finished {what} yet in {study.folder}; "
                               f"wait for `ablate {study.kind}` to finish one, then rerun `ablate report`")
         analysis.write_tables(study, runs)
-        bodies.append(_tune_study(page, study, runs, storage) if study.kind == "tune" else _grid_study(page, study, runs))
+        if study.kind == "tune":
+            bodies.append(_tune_study(page, study, runs, storage))
+        else:
+            found = analysis.findings(study, runs)
+            bodies.append(_grid_study(page, study, runs, found))
+            notes.append((study, runs, found))
     out = Path(out) if out is not None else studies[0].folder / "report.html"
-    return _io.write_text(out, _document(studies, bodies))
+    path = _io.write_text(out, _document(studies, bodies))
+    for study, runs, found in notes:  # the dashboard's study and trial notes point at this report
+        why = dashboard.write_notes(study, runs, found, path, storage=storage)
+        if why:
+            print(f"warning: no dashboard note for {study.name}: {why}", file=sys.stderr)
+    return path
 
 
 def _has_pruned(study: Study) -> bool:
@@ -88,7 +98,7 @@ def _with_ci(mean, lo, hi, n=None, digits: int = 3) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
     if isinstance(lo, float) and math.isnan(lo):
-        return f"{mean:.{digits}f} <small>({esc(analysis.NO_INTERVAL) if n == 1 else 'no interval'})</small>"
+        return f"{mean:.{digits}f}"  # n = 1: the Findings banner says once that there are no intervals
     return f"{mean:.{digits}f} <small>[{lo:.{digits}f}, {hi:.{digits}f}]</small>"
 
 
@@ -134,7 +144,7 @@ def _overview(study: Study) -> str:
                     f"images per split: {sizes or '?'}"),
         ("Classes", f"{len(names)} — {classes} <small>(share of non-void train pixels)</small>"),
         ("Hardware", f"<ul>{hardware}</ul>"),
-        ("Seeds", esc(" ".join(map(str, ov["seeds"]))) or "–"),
+        ("Seeds", _seeds_text(ov["seeds"])),
         (unit.capitalize(), counts),
         ("Total compute", f"{_duration(ov['total_seconds'])} (sum of run wall times)"),
         ("Storage", f"<code>{esc(ov['storage'] or '–')}</code>"),
@@ -143,8 +153,72 @@ def _overview(study: Study) -> str:
     return "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
 
 
+def _seeds_text(seeds: list[int]) -> str:
+    """'1 seed (0)', '3 seeds (0, 1, 2)' — never a bare seed number that reads as a count."""
+    if not seeds:
+        return "–"
+    return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})"
+
+
+# --------------------------------------------------------------------------- findings
+def _findings(f: analysis.Findings) -> str:
+    """The panel at the top: banners (seeds, bar), then per architecture its verdicts, every
+    main effect in words, and its flagged cells."""
+    label = METRIC_LABELS[f.metric]
+    banners = []
+    if f.n_max == 1:
+        banners.append("One seed per cell: no intervals, no p-values and no verdicts anywhere in this report; "
+                       "differences below are single runs and cannot be told from seed noise.")
+    if f.seeds:
+        banners.append(f"Not enough seeds for a verdict: the smallest cell has n={f.seeds['n_min']} "
+                       f"({f.seeds['target']} paired seeds needed). {_code(f.seeds['text'])}.")
+    bar = ("did-not-learn bar unknown (this study's dataset summary has no per-split class frequencies)"
+           if f.bar is None else
+           f"a cell did not learn when its mean val pixel accuracy is ≤ {f.bar['pixel_acc']:.1%} (the majority "
+           f"class's share of non-void val pixels) or its val mIoU is ≤ {f.bar['miou']:.3f} (predicting the majority "
+           f"class everywhere, {f.bar['classes_present']} classes present)")
+    rules = (f"A verdict (helps / hurts) on {esc(label)} needs n ≥ 3 paired seeds, a 95% Student-t interval that "
+             f"excludes 0 and a Holm-adjusted paired t-test p &lt; 0.05; Holm families: "
+             + "; ".join(f"<i>{esc(k)}s</i>: {esc(v)}" for k, v in f.families.items())
+             + f". Effects involving a cell that did not learn get no verdict; {esc(bar)}.")
+    body = "".join(f'<p class="banner">{b}</p>' for b in banners) + f'<p class="explain">{rules}</p>'
+    for a in f.archs:
+        items = [f"<li class='verdict'>{esc(r['sentence'])}</li>" for r in a.verdicts]
+        if not a.verdicts:
+            items.append("<li>No verdict: no effect meets the rules above.</li>")
+        mains = [f"{esc(analysis.TOGGLE_LABELS.get(r['factors'], r['factors']))}: {esc(analysis.VERDICT_SHORT.get(r['verdict'], r['verdict']))}, "
+                 f"{esc(analysis.interval_text(r['estimate'], r['ci_low'], r['ci_high']))}" for r in a.main_effects
+                 if r["kind"] == "main" and not pd.isna(r["estimate"])]
+        if mains:
+            items.append(f"<li>Main effects on {esc(label)} (n={a.n_min}): " + "; ".join(mains) + "</li>")
+        for what, cells in _flag_groups(a.flagged).items():
+            items.append(f"<li class='flag'>{esc(what)}: {esc(', '.join(cells))}</li>")
+        body += f"<h4>{esc(a.arch)}</h4><ul>{''.join(items)}</ul>"
+    return f'<div class="findings">{body}</div>'
+
+
+def _flag_groups(flagged: pd.DataFrame) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for r in flagged.to_dict("records"):
+        cell = r["cell"].split(" · ", 1)[-1]
+        if r["did_not_learn"]:
+            groups.setdefault("Did not learn", []).append(cell)
+        if r["n_best_is_last"]:
+            groups.setdefault("Still improving at the last epoch (budget-limited)", []).append(
+                f"{cell} ({r['n_best_is_last']}/{r['n']})")
+        if r["n_early_stopped"]:
+            groups.setdefault("Early-stopped", []).append(f"{cell} ({r['n_early_stopped']}/{r['n']})")
+    return groups
+
+
+def _code(text: str) -> str:
+    """Backticks in analysis text become <code>; everything else escaped."""
+    parts = esc(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
 # --------------------------------------------------------------------------- grid
-def _grid_study(page: _Page, study: Study, runs: pd.DataFrame) -> str:
+def _grid_study(page: _Page, study: Study, runs: pd.DataFrame, found: analysis.Findings) -> str:
     metric = analysis.primary_metric(runs)
     label = METRIC_LABELS[metric]
     stats = analysis.cell_stats(runs)
@@ -153,19 +227,22 @@ def _grid_study(page: _Page, study: Study, runs: pd.DataFrame) -> str:
     ranking = analysis.compare_architectures(runs)
     cost = analysis.cost_table(runs)
     sid = _anchor(study.name)
+    flags = analysis.cell_flags(runs)
     parts = [
+        _section(f"{sid}-findings", "Findings", "What this study shows, per architecture, by the rules stated here; "
+                 "the tables below hold every number.", _findings(found)),
         _section(f"{sid}-overview", "1. Overview", "What was trained, on what data and hardware, and how much of it finished.",
                  _overview(study)),
         _section(f"{sid}-table", "2. Grid table",
-                 f"One row per cell (architecture × toggles), averaged over seeds: mean and 95% bootstrap interval "
-                 f"[low, high] over seeds, ordered by {esc(label)}. Δ is the paired difference to the same "
-                 f"architecture's cell with every toggle off.",
-                 _grid_table(stats, comps, metric) + _ranking(page, ranking)),
+                 f"One row per cell (architecture × toggles), over seeds: mean and 95% Student-t interval [low, high] "
+                 f"over seeds, ordered by {esc(label)}. Δ is the paired difference to the same architecture's cell with "
+                 "every toggle off; p is the paired t-test, Holm-adjusted over that architecture's comparisons.",
+                 _grid_table(stats, comps, metric, flags) + _ranking(page, ranking)),
         _section(f"{sid}-effects", "3. Toggle effects",
                  f"What switching a toggle on changes in {esc(label)}, averaged over the other toggles (main effect), and "
-                 "how much one toggle's effect depends on another (interaction); bars are 95% bootstrap intervals over "
-                 "seeds, and an effect counts only when its interval excludes 0.",
-                 _effects(page, effects, comps, metric)),
+                 "how much one toggle's effect depends on another (interaction), with 95% Student-t intervals over "
+                 "seeds. Grey cells carry no verdict (see Findings for the rules).",
+                 _effects(page, effects, metric)),
         _section(f"{sid}-curves", "4. Learning curves",
                  "Per-epoch training and validation loss and validation mIoU of every run; pick an architecture with "
                  "the buttons. ★ marks the epoch whose checkpoint was kept (best val mIoU), ✕ where early stopping ended "
@@ -196,13 +273,14 @@ def _study_block(study: Study, parts: list[str]) -> str:
             f'<code>{esc(study.name)}</code></h2>{"".join(parts)}</article>')
 
 
-def _grid_table(stats: pd.DataFrame, comps: pd.DataFrame, metric: str) -> str:
+def _grid_table(stats: pd.DataFrame, comps: pd.DataFrame, metric: str, flags: pd.DataFrame) -> str:
     wide = {(r["cell"], r["metric"]): r for r in stats.to_dict("records")}
     cells = list(dict.fromkeys(stats["cell"]))
     cells.sort(key=lambda c: -wide.get((c, metric), {}).get("mean", -np.inf))
     comp = {r["cell"]: r for r in comps[comps["metric"] == metric].to_dict("records")} if not comps.empty else {}
+    flag = dict(zip(flags["cell"], flags["flags"]))
     headers = ["cell", "seeds", "val mIoU", "test mIoU", "val pixel acc", "test pixel acc", "seconds / run", "images/s",
-               f"Δ {METRIC_LABELS[metric]} vs no toggles", "p (sign-flip)"]
+               f"Δ {METRIC_LABELS[metric]} vs no toggles", "Holm p", "P(improve)", "verdict", "flags"]
     rows = []
     for cell in cells:
         any_row = next(r for (c, _), r in wide.items() if c == cell)
@@ -215,19 +293,15 @@ def _grid_table(stats: pd.DataFrame, comps: pd.DataFrame, metric: str) -> str:
             row.append((_num(r["mean"], digits), r["mean"]) if r else ("–", ""))
         c = comp.get(cell)
         if c:
-            row.append((_with_ci(c["mean_diff"], c["ci_low"], c["ci_high"], c["n_pairs"]) + f" <small>({c['n_pairs']} pairs)</small>",
-                        c["mean_diff"]))
-            row.append((_num(c["p_value"], 3), c["p_value"]))
+            row += [(_with_ci(c["mean_diff"], c["ci_low"], c["ci_high"], c["n_pairs"]), c["mean_diff"]),
+                    (esc(analysis.p_text(c["p_holm"]).lstrip("= ")), c["p_holm"]),
+                    (_num(c["p_improve"], 2) if c["n_pairs"] > 1 else "–", c["p_improve"]),
+                    (f"<span class='v-{esc(c['verdict'].split()[0])}'>{esc(c['verdict'])}</span>", c["verdict"])]
         else:
-            row += [("baseline" if cell.endswith("no toggles") else "–", 0), ("–", "")]
+            row += [("baseline" if cell.endswith("no toggles") else "–", 0), ("–", ""), ("–", ""), ("–", "")]
+        row.append((esc(flag.get(cell, "")), flag.get(cell, "")))
         rows.append(row)
-    n_min = int(stats["n"].min()) if not stats.empty else 0
-    caveat = ""
-    if n_min and n_min < 6:
-        caveat = _note(f"With {n_min} paired seeds the smallest possible two-sided sign-flip p-value is "
-                       f"{2 / 2 ** n_min:.3g}: p cannot reach 0.05 below 6 seeds, so read the intervals, "
-                       "and treat intervals from 2–3 seeds as optimistic.")
-    return _table(headers, rows) + caveat
+    return _table(headers, rows)
 
 
 def _ranking(page: _Page, ranking: pd.DataFrame) -> str:
@@ -253,35 +327,56 @@ def _ranking(page: _Page, ranking: pd.DataFrame) -> str:
             + page.figure(fig, height=120 + 50 * len(ranking)))
 
 
-def _effects(page: _Page, effects: pd.DataFrame, comps: pd.DataFrame, metric: str) -> str:
+def _effects(page: _Page, effects: pd.DataFrame, metric: str) -> str:
     if effects.empty:
         return _note("No toggle varies in this study, so there are no toggle effects to estimate.")
     e = effects[effects["metric"] == metric]
-    shown = e[e["estimate"].notna()]
-    out = ""
-    if not shown.empty:
-        ys = [f"{esc(a)}: {esc(x)}" for a, x in zip(shown["arch"], shown["effect"])]
-        colour = np.where(shown["excludes_zero"], "#d62728", "#7f7f7f")
-        fig = go.Figure(go.Scatter(
-            x=shown["estimate"], y=ys, mode="markers", marker=dict(size=11, color=colour.tolist(),
-                                                                  symbol=np.where(shown["kind"] == "main", "circle", "diamond").tolist()),
-            # An explicit colour: error bars default to the marker's, which is a list here.
-            error_x=dict(type="data", symmetric=False, array=(shown["ci_high"] - shown["estimate"]).fillna(0),
-                         arrayminus=(shown["estimate"] - shown["ci_low"]).fillna(0), color="#444"),
-            text=[esc(v) for v in shown["verdict"]], hovertemplate="%{text}<extra></extra>"))
-        fig.add_vline(x=0, line_dash="dot", line_color="black")
-        fig.update_layout(title=f"Effects on {METRIC_LABELS[metric]} (red: 95% CI excludes 0; ◆ interactions)",
-                          xaxis_title=f"change in {METRIC_LABELS[metric]}", yaxis=dict(autorange="reversed"))
-        out += page.figure(fig, height=140 + 28 * len(shown))
-    out += "<h4>Verdicts</h4>"
+    out = _effects_matrix(page, e[e["estimate"].notna()], metric)
+    out += "<h4>Every effect</h4>"
     for arch, g in e.groupby("arch", sort=False):
-        items = "".join(f"<li class='{'clear' if r['excludes_zero'] else ''}'>{esc(r['verdict'])}</li>" for r in g.to_dict("records"))
+        items = "".join(f"<li class='{'verdict' if r['verdict'] in analysis.VERDICT_WORDS else ''}'>{esc(r['sentence'])}</li>"
+                        for r in g.to_dict("records"))
         out += f"<p><b>{esc(arch)}</b></p><ul>{items}</ul>"
-    out += (f"<p class='explain'>Main effect = mean(on) − mean(off) over the other toggles; interaction A × B = ½ × "
+    out += ("<p class='explain'>Main effect = mean(on) − mean(off) over the other toggles; interaction A × B = ½ × "
             "[(effect of A with B on) − (effect of A with B off)]. Both are computed per seed (seeds present in every "
-            f"cell of the architecture) and bootstrapped over seeds ({analysis.RESAMPLES} resamples). All rows, val and "
-            "test, are in effects.csv.</p>")
+            "cell of the architecture); the interval is Student t over those per-seed effects, p the t-test, "
+            "Holm-adjusted over the architecture's main effects and interactions. P(improve) is the share of seeds "
+            "whose effect is positive (ties count half). All rows, val and test, are in effects.csv.</p>")
     return out
+
+
+def _effects_matrix(page: _Page, shown: pd.DataFrame, metric: str) -> str:
+    """Architecture × effect: colour = signed estimate where the effect has a verdict, grey
+    where it has none; the text is the estimate, its interval and the verdict."""
+    if shown.empty:
+        return ""
+    archs = list(dict.fromkeys(shown["arch"]))
+    names = list(dict.fromkeys(shown["effect"]))
+    cell = {(r["arch"], r["effect"]): r for r in shown.to_dict("records")}
+    judged, unjudged, text = [], [], []
+    for arch in archs:
+        jr, ur, tr = [], [], []
+        for name in names:
+            r = cell.get((arch, name))
+            has = r is not None and r["verdict"] in analysis.VERDICT_WORDS
+            jr.append(r["estimate"] if has else None)
+            ur.append(0.0 if r is not None and not has else None)
+            tr.append("" if r is None else esc(f"{analysis.interval_text(r['estimate'], r['ci_low'], r['ci_high'])}")
+                      .replace(" [", "<br>[") + f"<br><i>{esc(r['verdict'])}</i>")
+        judged.append(jr), unjudged.append(ur), text.append(tr)
+    limit = max(float(np.nanmax(np.abs(shown["estimate"]))), 1e-6)
+    x = [esc(n.replace("_", " ")) for n in names]
+    y = [esc(a) for a in archs]
+    fig = go.Figure()
+    fig.add_trace(go.Heatmap(z=unjudged, x=x, y=y, colorscale=[[0, "#e4e4e4"], [1, "#e4e4e4"]], showscale=False,
+                             text=text, texttemplate="%{text}", hovertemplate="%{y} · %{x}<br>%{text}<extra>no verdict</extra>",
+                             xgap=3, ygap=3))
+    fig.add_trace(go.Heatmap(z=judged, x=x, y=y, colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit, text=text,
+                             texttemplate="%{text}", hovertemplate="%{y} · %{x}<br>%{text}<extra></extra>", xgap=3, ygap=3,
+                             colorbar=dict(title=f"Δ {METRIC_LABELS[metric]}")))
+    fig.update_layout(title=f"Toggle effects on {METRIC_LABELS[metric]}: colour where a verdict holds, grey where none",
+                      yaxis=dict(autorange="reversed"), xaxis=dict(side="top"))
+    return page.figure(fig, height=160 + 70 * len(archs))
 
 
 def _curves(page: _Page, curves: pd.DataFrame) -> str:
@@ -398,7 +493,7 @@ def _failures(study: Study) -> str:
 # --------------------------------------------------------------------------- tune
 def _tune_study(page: _Page, study: Study, runs: pd.DataFrame, storage: str | None) -> str:
     sid = _anchor(study.name)
-    ostudy, why = _open_optuna(study, storage)
+    ostudy, why = dashboard.open_optuna(study, storage)
     space = study.meta.get("space") or study.meta.get("definition")
     overview = _overview(study) + (f"<p>Search space:</p><pre>{esc(json.dumps(space, indent=1, default=str))}</pre>" if space else "")
     parts = [
@@ -436,32 +531,6 @@ def _trials_table(study: Study, runs: pd.DataFrame) -> str:
 
 def _short(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def _open_optuna(study: Study, storage: str | None):
-    """The Optuna study behind a tune study, or (None, why not)."""
-    import optuna
-
-    from ablate import store
-
-    candidates = [storage] if storage else [study.meta.get("storage"), store.default_storage(study.folder.parent, study.name)]
-    why = "no storage recorded in study.json; pass --storage"
-    for url in dict.fromkeys(u for u in candidates if u):
-        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else (url if store.is_journal(url) else None)
-        if path is not None and not Path(path).is_file():
-            why = f"storage {store.mask_url(url)} does not exist here; pass --storage"
-            continue  # opening would create an empty one
-        try:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
-                ostudy = optuna.load_study(study_name=study.meta.get("study_name", study.name), storage=store.open_storage(url))
-            return ostudy, ""
-        except AblateError as exc:
-            why = str(exc)
-        except KeyError:
-            why = f"no study {study.meta.get('study_name', study.name)!r} in {store.mask_url(url)}"
-    return None, why
 
 
 def _tune_figures(page: _Page, study: Study, ostudy, why: str) -> str:
@@ -538,10 +607,10 @@ def _document(studies: list[Study], bodies: list[str]) -> str:
 <script type="text/javascript">{get_plotlyjs()}</script>
 </head><body>
 <header><h1>ablate report: {esc(names)}</h1>
-<p class="explain">Which training choices help, on which architecture, and by how much — with every number averaged
-over seeds and given a 95% bootstrap confidence interval [low, high]. An effect is only called real when its
-interval excludes 0; with few seeds, intervals are wide, and that is the honest answer. Written {esc(stamp)} by
-ablate {esc(__version__)}.</p><nav><ul>{toc}</ul></nav></header>
+<p class="explain">Which training choices help, on which architecture, and by how much. Numbers are means over
+seeds with, from 2 seeds on, a 95% Student-t interval [low, high]; an effect is called real only with 3 or more
+paired seeds, an interval that excludes 0 and a Holm-corrected p below 0.05 (each study's Findings panel states
+its rules and what its seeds allow). Written {esc(stamp)} by ablate {esc(__version__)}.</p><nav><ul>{toc}</ul></nav></header>
 <main>{"".join(bodies)}</main>
 <script>{_SORT_JS}</script>
 </body></html>
@@ -560,7 +629,12 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px} dt{font-weig
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top} th{background:#f3f3f3}
 table.sortable th{cursor:pointer} table.sortable th:hover{background:#e6e6e6}
 td small{color:#666} pre{background:#f7f7f7;padding:6px;font-size:.8em;white-space:pre-wrap;max-width:720px}
-li.clear{font-weight:600}
+li.verdict{font-weight:600} li.flag{color:#8a4b00}
+.findings{background:#f5f9ff;border:1px solid #b8cde8;border-radius:6px;padding:8px 18px 12px}
+.findings h4{margin:12px 0 2px} .findings ul{margin:2px 0}
+.banner{background:#fff6d8;border-left:4px solid #e0b000;padding:6px 10px;font-weight:600}
+.banner code,.findings code{background:#eee;padding:1px 4px;border-radius:3px}
+.v-helps{color:#1a7f37;font-weight:600} .v-hurts{color:#c62828;font-weight:600}
 .legend{display:flex;flex-wrap:wrap;gap:10px;margin:8px 0} .swatch{display:inline-flex;align-items:center;gap:4px}
 .swatch i{display:inline-block;width:14px;height:14px;border:1px solid #333}
 table.gallery img{width:144px;height:auto;image-rendering:pixelated;display:block}

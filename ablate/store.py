@@ -109,6 +109,7 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def dashboard_command(url: str) -> str:
-    """The exact command that opens this storage in optuna-dashboard (password masked)."""
-    return f"optuna-dashboard {mask_url(url)}"
+def dashboard_command(url: str, artifact_dir: str | Path | None = None) -> str:
+    """The exact command that opens this storage in optuna-dashboard (password masked), with
+    the grid's artifact folder (each trial's run.json) when there is one."""
+    return f"optuna-dashboard {mask_url(url)}" + (f" --artifact-dir {artifact_dir}" if artifact_dir else "")

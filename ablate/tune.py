@@ -352,6 +352,10 @@ def open_study(spec: TuneSpec, *, sampler: optuna.samplers.BaseSampler | None = 
         study.set_user_attr(ATTR, {"kind": "tune", "hash": stable_hash(identity), **identity})
     elif bound.get("hash") != stable_hash(identity):
         raise AblateError(_mismatch(spec, bound, identity))
+    if study.metric_names != ["val mIoU"]:  # the dashboard's name for the objective
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["val mIoU"])
     return study
 
 

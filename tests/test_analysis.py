@@ -39,8 +39,10 @@ def test_constant_main_effect_has_tight_interval():
     aug = _effect(effects, "augment")
     assert aug["estimate"] == pytest.approx(0.1)
     assert aug["ci_low"] == pytest.approx(0.1) and aug["ci_high"] == pytest.approx(0.1)
-    assert aug["excludes_zero"] and aug["n_seeds"] == 3
-    assert aug["verdict"] == "augmentation raises test mIoU on unet by 0.100 [+0.100, +0.100], 3 seeds"
+    assert aug["excludes_zero"] and aug["n_seeds"] == aug["n"] == 3
+    assert aug["verdict"] == "helps" and aug["p_holm"] == 0.0 and aug["p_improve"] == 1.0
+    assert aug["sentence"] == ("unet: augmentation raises test mIoU: +0.100 [+0.100, +0.100]; n=3, Holm p < 0.001, "
+                               "P(improve) = 1.00")
 
 
 def test_no_effect_toggle_interval_contains_zero():
@@ -51,7 +53,7 @@ def test_no_effect_toggle_interval_contains_zero():
     sched = _effect(effects, "scheduler")
     assert sched["ci_low"] < 0 < sched["ci_high"]
     assert not sched["excludes_zero"]
-    assert "no clear effect" in sched["verdict"]
+    assert sched["verdict"] == "no clear effect" and "no clear effect" in sched["sentence"]
     assert _effect(effects, "augment")["excludes_zero"]
 
 
@@ -82,20 +84,20 @@ def test_one_seed_has_no_interval():
     aug = _effect(analysis.factorial_effects(runs), "augment")
     assert aug["estimate"] == pytest.approx(0.1)
     assert np.isnan(aug["ci_low"]) and np.isnan(aug["ci_high"])
-    assert aug["interval"] == analysis.NO_INTERVAL and not aug["excludes_zero"]
-    assert "no verdict" in aug["verdict"]
+    assert aug["ci_method"] == analysis.NO_INTERVAL and not aug["excludes_zero"]
+    assert aug["verdict"] == "not enough seeds" and np.isnan(aug["p_value"]) and aug["p_method"] == "–"
     stats = analysis.cell_stats(runs)
-    assert (stats["interval"] == analysis.NO_INTERVAL).all() and stats["ci_low"].isna().all()
+    assert (stats["ci_method"] == analysis.NO_INTERVAL).all() and stats["ci_low"].isna().all()
 
 
 def test_cell_stats_mean_std_and_ci():
     runs = _runs(lambda m, s, scheduler, augment: [0.2, 0.4, 0.6][s])
     row = analysis.cell_stats(runs).query("metric == 'test_miou'").iloc[0]
     assert (row["n"], row["mean"], row["std"]) == (3, pytest.approx(0.4), pytest.approx(0.2))
-    # Bootstrap means of three values lie in [0.2, 0.6]; the 95% interval is strictly inside.
-    assert 0.2 <= row["ci_low"] < 0.4 < row["ci_high"] <= 0.6
-    again = analysis.cell_stats(runs).query("metric == 'test_miou'").iloc[0]
-    assert (again["ci_low"], again["ci_high"]) == (row["ci_low"], row["ci_high"])  # seeded
+    # Student t: 0.4 ± t(0.975, 2) · 0.2 / √3 = 0.4 ± 0.4968 (wider than the values' range,
+    # as three seeds warrant; a percentile bootstrap would stay inside [0.2, 0.6]).
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((0.4 - 0.49683, 0.4 + 0.49683), abs=1e-5)
+    assert row["ci_method"] == "Student t over seeds (n-1 df)"
 
 
 def test_incomplete_design_is_reported_not_guessed():
@@ -103,16 +105,8 @@ def test_incomplete_design_is_reported_not_guessed():
     runs = runs[~(runs["scheduler"] & runs["augment"])]
     effects = analysis.factorial_effects(runs)
     assert effects["estimate"].isna().all()
-    assert "incomplete design" in effects["interval"].iloc[0]
-
-
-def test_sign_flip_p_exact():
-    # diffs +1, +2, +3: |mean| is 2; patterns reaching it are (+,+,+) and (−,−,−): p = 2/8.
-    p, method = analysis.sign_flip_p([1.0, 2.0, 3.0])
-    assert p == pytest.approx(0.25) and "8 patterns" in method
-    # +1, −1, +3 (observed sum 3): the eight signed sums are ±3, ±5, ±3, ±1; six reach |3|.
-    assert analysis.sign_flip_p([1.0, -1.0, 3.0])[0] == pytest.approx(6 / 8)
-    assert analysis.sign_flip_p([0.0, 0.0])[0] == 1.0
+    assert "incomplete design" in effects["ci_method"].iloc[0]
+    assert (effects["verdict"] == "no estimate").all()
 
 
 def test_paired_comparisons_pair_by_common_seeds():
@@ -124,7 +118,8 @@ def test_paired_comparisons_pair_by_common_seeds():
     row = comp[comp["cell"] == "unet · augment"].iloc[0]
     assert row["n_pairs"] == 3 and row["seeds"] == "0 1 2"
     assert row["mean_diff"] == pytest.approx(0.05)
-    assert row["p_value"] == pytest.approx(0.25) and row["excludes_zero"]
+    assert row["p_value"] == 0.0 and row["excludes_zero"]  # a constant nonzero difference
+    assert row["p_method"] == "paired t-test, two-sided" and row["p_improve"] == 1.0
 
 
 def test_compare_architectures_ranks_with_ties():
@@ -170,3 +165,115 @@ def test_arch_label_separates_model_args():
     wide = runs.assign(model_args='{"base_channels": 32}', cell_id=runs["cell_id"] + "w")
     both = analysis.with_cells(pd.concat([runs, wide]))
     assert set(both["arch"]) == {"unet", 'unet {"base_channels": 32}'}
+
+
+# --------------------------------------------------------------------------- verdict discipline
+PLANT = {0: 0.012, 1: -0.018, 2: 0.006, 3: 0.015, 4: -0.009}  # per-seed wobble of the planted effect
+NULL = {0: 0.011, 1: -0.02, 2: 0.004, 3: -0.008, 4: 0.016}  # mean 0.0006: a null effect
+
+
+def _planted(seeds):
+    """weighted_loss adds +0.05 (± a per-seed wobble); scheduler adds only noise."""
+    return _runs(lambda m, s, scheduler, weighted_loss: 0.3 + NOISE[s] + (0.05 + PLANT[s]) * weighted_loss
+                 + NULL[s] * scheduler, toggles=("scheduler", "weighted_loss"), seeds=seeds)
+
+
+def test_planted_effect_helps_null_effect_is_not_claimed():
+    runs = _planted(range(5))
+    effects = analysis.factorial_effects(runs, metrics=("test_miou",))
+    weighted, sched = _effect(effects, "weighted_loss"), _effect(effects, "scheduler")
+    assert weighted["verdict"] == "helps" and weighted["estimate"] == pytest.approx(0.0512)
+    assert weighted["ci_low"] > 0 and weighted["p_holm"] < 0.05
+    assert sched["verdict"] == "no clear effect" and sched["ci_low"] < 0 < sched["ci_high"]
+    # Holm over the family {scheduler, weighted_loss, scheduler × weighted_loss}: the smallest
+    # p is multiplied by 3.
+    assert weighted["p_holm"] == pytest.approx(min(1.0, 3 * weighted["p_value"]))
+    assert set(effects["family"]) == {analysis.FAMILY["effect"]}
+    comps = analysis.paired_comparisons(runs, metrics=("test_miou",)).set_index("cell")
+    assert comps.loc["unet · weighted_loss", "verdict"] == "helps"
+    assert comps.loc["unet · scheduler", "verdict"] == "no clear effect"
+    assert comps.loc["unet · weighted_loss", "p_improve"] == 1.0
+
+
+def test_two_seeds_say_not_enough_seeds():
+    effects = analysis.factorial_effects(_planted((0, 1)), metrics=("test_miou",))
+    weighted = _effect(effects, "weighted_loss")
+    assert weighted["n"] == 2 and weighted["estimate"] == pytest.approx(0.047)
+    assert weighted["verdict"] == "not enough seeds"
+    assert "not enough seeds (n=2, 3 needed)" in weighted["sentence"]
+
+
+def test_interval_excluding_zero_is_not_enough_after_holm():
+    # Three effects with p = 0.01, 0.02, 0.04: Holm gives 0.03, 0.04, 0.04 — and with p 0.04
+    # on the two others, none of the 0.02 / 0.04 pair survives when the first is 0.03.
+    assert analysis.stats.holm([0.01, 0.04, 0.02]).tolist() == pytest.approx([0.03, 0.04, 0.04])
+    assert analysis.stats.holm([0.04, 0.03, np.nan]).tolist()[:2] == pytest.approx([0.06, 0.06])
+    row = {"n": 5, "estimate": 0.02, "excludes_zero": True, "p_holm": 0.06, "kind": "main", "unlearned": ""}
+    assert analysis.verdict_word(row) == "no clear effect"
+    assert analysis.verdict_word({**row, "p_holm": 0.049}) == "helps"
+    assert analysis.verdict_word({**row, "p_holm": 0.049, "unlearned": "unet · no toggles"}) == "did not learn"
+    assert analysis.verdict_word({**row, "p_holm": 0.049, "estimate": -0.02, "kind": "interaction"}) == "negative interaction"
+
+
+def test_paired_t_p_and_p_improve_hand_computed():
+    # d = 1, 2, 3, 6: mean 3, s = √(14/3), t = 3 / (s/2) = 2.7775; two-sided p with 3 df = 0.0691.
+    assert analysis.stats.paired_t_p([1, 2, 3, 6]) == pytest.approx(0.06906, abs=1e-4)
+    assert analysis.stats.p_improve([0.1, -0.2, 0.0, 0.3]) == pytest.approx(2.5 / 4)  # the tie counts half
+    assert np.isnan(analysis.stats.paired_t_p([0.1]))
+
+
+# --------------------------------------------------------------------------- did not learn
+def test_majority_bar_hand_computed():
+    # val: background 0.659, rock 0.241, sand 0.1, one class absent → acc 0.659, mIoU 0.659/3.
+    bar = analysis.stats.majority_bar({"split_class_frequency": {"val": [0.659, 0.241, 0.1, 0.0]}})
+    assert bar["pixel_acc"] == pytest.approx(0.659) and bar["miou"] == pytest.approx(0.659 / 3)
+    assert analysis.stats.majority_bar({"class_frequency": [0.5, 0.5]}) is None  # old study: unknown
+
+
+def test_cells_below_the_bar_are_flagged_and_get_no_verdict():
+    runs = _planted(range(5))
+    bar = {"pixel_acc": 0.66, "miou": 0.2}
+    # the scheduler-only cell predicts background everywhere in every seed
+    runs.loc[runs["cell"] == "unet · scheduler", "val_pixel_acc"] = 0.66
+    runs.loc[runs["cell"] == "unet · scheduler", "best_is_last"] = True
+    flagged = analysis.with_flags(runs, bar)
+    assert flagged.groupby("cell")["cell_did_not_learn"].first().to_dict() == {
+        "unet · no toggles": False, "unet · scheduler": True, "unet · weighted_loss": False,
+        "unet · scheduler+weighted_loss": False}
+    flags = analysis.cell_flags(flagged).set_index("cell")
+    assert flags.loc["unet · scheduler", "flags"] == "did not learn; still improving: budget-limited (5/5 seeds)"
+    assert flags.loc["unet · weighted_loss", "flags"] == ""
+    effects = analysis.factorial_effects(flagged, metrics=("test_miou",))
+    assert set(effects["verdict"]) == {"did not learn"}  # every cell enters every factorial effect
+    comps = analysis.paired_comparisons(flagged, metrics=("test_miou",)).set_index("cell")
+    assert comps.loc["unet · weighted_loss", "verdict"] == "helps"  # neither of its two cells is flagged
+    assert comps.loc["unet · scheduler", "verdict"] == "did not learn"
+    # Unknown bar: nothing is flagged, and nothing is claimed about it.
+    assert analysis.with_flags(runs, None)["did_not_learn"].isna().all()
+
+
+# --------------------------------------------------------------------------- the seeds advice
+def test_more_seeds_command_and_estimate(tmp_path):
+    runs = _planted((0, 1))  # 4 cells × 2 seeds, 10 s or so per run
+    study = analysis.Study(name="s", folder=tmp_path, kind="grid", table=runs, meta={
+        "seeds": [0, 1], "cells": 8, "workers": 2,
+        "command": ["grid", "--study", "studies/x y.toml", "--seeds", "2", "--epochs", "4"]})
+    advice = analysis.more_seeds(study, runs)
+    assert advice["command"] == "ablate grid --study 'studies/x y.toml' --epochs 4 --seeds 3"
+    assert advice["new_runs"] == 4
+    assert advice["minutes"] == pytest.approx(4 * runs["seconds"].mean() / 2 / 60)
+    assert advice["text"].endswith("adds 4 runs, about 1 min")
+    # seeds 4 and 7: `--seeds 3` would give 0, 1, 2; the seeds to ask for are listed instead.
+    odd = runs.assign(seed=runs["seed"].map({0: 4, 1: 7}))
+    study.meta.update(seeds=[4, 7], command=["grid", "--study-name", "s"])
+    assert analysis.more_seeds(study, odd)["command"] == "ablate grid --study-name s --seeds 4,7,0"
+    assert analysis.more_seeds(study, _planted(range(3))) is None
+
+
+def test_corrupted_run_record_is_an_error_naming_it(tmp_path):
+    folder = tmp_path / "s"
+    (folder / "runs" / "abc").mkdir(parents=True)
+    (folder / "study.json").write_text('{"kind": "grid"}')
+    (folder / "runs" / "abc" / "run.json").write_text('{"run_id": "abc", "conf')
+    with pytest.raises(analysis.AblateError, match=r"runs/abc/run.json: corrupted run record"):
+        analysis.load_study(tmp_path, "s")

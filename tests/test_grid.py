@@ -336,7 +336,7 @@ def test_optuna_dashboard_opens_the_storage(tmp_path):
     detail = get(f"/api/studies/{studies[0]['study_id']}")
     assert len(detail["trials"]) == 3
     first = detail["trials"][0]
-    assert {p["name"] for p in first["params"]} >= {"model", "seed", "scheduler"}
+    assert {p["name"] for p in first["params"]} == {"model", "scheduler", "augment", "weighted_loss"}  # seed: a user attr
     assert [v["value"] for v in first["intermediate_values"]] == pytest.approx([0.1, 0.2])
     assert any(a["key"] == "cell_id" and cells[0].cell_id in a["value"] for a in first["user_attrs"])
 

@@ -116,12 +116,23 @@ def test_report_is_self_contained_and_escaped(report_html):
     assert not re.search(r'<script[^>]+src=|<link[^>]+href=["\']?http', text)  # nothing fetched
     assert EVIL not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
-    for heading in ("Overview", "Grid table", "Toggle effects", "Learning curves", "Per-class IoU", "Prediction gallery",
+    for heading in ("Findings", "Overview", "Grid table", "Toggle effects", "Learning curves", "Per-class IoU", "Prediction gallery",
                     "Quality vs cost", "Failures", "Best trials", "Optimization history", "Expected best vs budget",
                     "Parameter importances",
                     "Intermediate values", "Parallel coordinates", "Learning rate × batch size"):
         assert f"{heading}</h" in text, heading
     assert "weighted loss" in text and "PED-ANOVA" in text
+    # Findings first: above the overview and every table, with the seeds banner and its command.
+    findings = text.index('-findings"><h3>Findings</h3>')
+    assert findings < text.index("<table") and findings < text.index("1. Overview</h3>")
+    panel = text[findings:text.index("1. Overview</h3>")]
+    assert "Not enough seeds for a verdict: the smallest cell has n=2" in panel
+    assert "<code>ablate grid --study-name grid --seeds 3</code> adds 4 runs, about" in panel
+    assert "Holm families" in panel and "<h4>baseline</h4>" in panel and "<h4>unet</h4>" in panel
+    assert "did-not-learn bar unknown" not in panel and "majority class" in panel
+    prose = text.replace(get_plotlyjs(), "")
+    assert "no interval" not in prose and "bootstrap" not in prose
+    assert "<dd>3 seeds (0, 1, 2)</dd>" in text  # counts the seeds, then names them (seed 2: the failed run)
     # Gallery: 4 val images × (2 architectures' best cells + the best trial).
     assert text.count('alt="prediction"') == 4 * 3
     assert "non-finite loss at epoch 1 step 1" in text and "Figures skipped" not in text
@@ -137,7 +148,11 @@ def test_tables_written_beside_runs(results, report_html):
     assert set(main_effects["effect"]) == {"weighted_loss"} and (main_effects["n_seeds"] == 2).all()
     comps = pd.read_csv(results / "grid" / "comparisons.csv")
     assert set(comps["baseline"]) == {"baseline · no toggles", "unet · no toggles"}
-    assert (comps["n_pairs"] == 2).all() and (comps["p_value"] >= 0.5).all()  # 2 pairs: p ≥ 2/4
+    for table in (effects, comps):
+        assert {"n", "ci_method", "p_holm", "p_improve", "verdict"} <= set(table.columns)
+        assert (table["n"] == 2).all() and (table["ci_method"] == "Student t over seeds (n-1 df)").all()
+        assert set(table["verdict"]) <= {"not enough seeds", "did not learn"}  # 2 seeds never give a verdict
+        assert table["p_improve"].isin([0.0, 0.25, 0.5, 0.75, 1.0]).all()
 
 
 def test_cli_default_study_prints_path_and_size(results):
@@ -146,15 +161,19 @@ def test_cli_default_study_prints_path_and_size(results):
     result = CliRunner().invoke(main, ["report", "--results-dir", str(results)])
     assert result.exit_code == 0, result.output
     out = results / "grid" / "report.html"
-    assert result.output.strip() == f"report: {out} ({out.stat().st_size / 1e6:.1f} MB)"
+    assert result.stdout.strip() == f"report: {out} ({out.stat().st_size / 1e6:.1f} MB)"
+    assert "no dashboard note for grid" in result.stderr  # this hand-built study has no Optuna storage
     assert out.stat().st_size > 1_000_000
 
 
-@pytest.mark.parametrize("table", ["nothing finished", "missing study", "empty results"])
+@pytest.mark.parametrize("table", ["nothing finished", "missing study", "empty results", "corrupted record"])
 def test_cli_errors_are_one_line(tmp_path, table):
     folder = tmp_path / "s"
+    if table == "corrupted record":
+        (folder / "runs" / "a").mkdir(parents=True)
+        (folder / "runs" / "a" / "run.json").write_text('{"run_id": "a", "metr')
     if table != "empty results":
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
         pd.DataFrame([{"cell_id": "a", "model": "unet", "seed": 0, "status": "failed", "val_miou": None}]).to_csv(
             folder / "runs.csv", index=False)
         (folder / "study.json").write_text(json.dumps({"kind": "grid", "study_name": "s"}))
@@ -162,7 +181,8 @@ def test_cli_errors_are_one_line(tmp_path, table):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
-    want = {"nothing finished": "no finished cells", "missing study": "nope", "empty results": "no study"}[table]
+    want = {"nothing finished": "no finished cells", "missing study": "nope", "empty results": "no study",
+            "corrupted record": f"{folder / 'runs' / 'a' / 'run.json'}: corrupted run record"}[table]
     assert want in result.output
 
 
@@ -188,6 +208,8 @@ def test_report_renders_in_chromium(chromium, report_html, tmp_path):
     rendered = re.findall(r'<div id="fig-\d+" class="[^"]*\bjs-plotly-plot\b', dom.stdout)
     assert len(rendered) == expected, (len(rendered), expected)
     assert len(re.findall(r'<svg class="main-svg"', dom.stdout)) >= expected
+    # The rendered page too: the Findings panel comes before the first table.
+    assert 0 < dom.stdout.index('class="findings"') < dom.stdout.index("<table")
 
     png = tmp_path / "report.png"
     shot = _chromium(chromium, tmp_path, f"--screenshot={png}", "--window-size=1400,3000", "--hide-scrollbars", url)

@@ -100,7 +100,7 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
     gs = gs or grids.GridStorage(url, study.name)
     attrs = gs.prepare(study, cells, definition)
     folder = store.study_dir(results_dir, study.name)
-    grids.write_study_json(results_dir, study, url, attrs, dataset.summary())
+    grids.write_study_json(results_dir, study, url, attrs, dataset.summary(), command=_command_line(ctx))
     briefs = [c.brief() for c in cells]
     start = grids.progress(briefs, gs.trials(), study.max_retries)
     click.echo(f"study {study.name}: {_shape(study, cells)}, {start.completed} done, {start.pending} to run; "
@@ -122,9 +122,12 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
     final = grids.progress(briefs, gs.trials(), study.max_retries)
     _print_table(folder / "summary.csv")
     click.echo(f"\nresults: {folder}/ (runs.csv, summary.csv, study.json, runs/<cell_id>/)")
-    click.echo(f"dashboard: {store.dashboard_command(url)}")
     if report:
         _write_report(results_dir, study.name)
+    from ablate.dashboard import ARTIFACT_DIR
+
+    artifacts = folder / ARTIFACT_DIR  # written with the report's notes
+    click.echo(f"dashboard: {store.dashboard_command(url, artifacts if artifacts.is_dir() else None)}")
     problems = []
     if final.failed_cells:
         problems.append(f"{len(final.failed_cells)} cell(s) failed: "
@@ -161,6 +164,31 @@ def status(study_name: str | None, storage: str | None, results_dir: Path) -> No
 
 
 # --------------------------------------------------------------------------- helpers
+_NOT_REPEATED = ("seeds", "dry_run", "tables_only", "report")  # not what defines or extends the study
+
+
+def _command_line(ctx: click.Context) -> list[str]:
+    """The `ablate grid ...` arguments the user typed, in click's order, minus --seeds and the
+    one-off switches: what the report appends `--seeds N` to."""
+    args = [ctx.info_name or "grid"]
+    for param in ctx.command.params:
+        if (not isinstance(param, click.Option) or param.name in _NOT_REPEATED
+                or ctx.get_parameter_source(param.name) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)):
+            continue
+        value = ctx.params[param.name]
+        if param.is_flag:
+            if param.secondary_opts:
+                args.append(param.opts[0] if value else param.secondary_opts[0])
+            elif value:
+                args.append(param.opts[0])
+        elif param.multiple:
+            for v in value:
+                args += [param.opts[0], str(v)]
+        else:
+            args += [param.opts[0], str(value)]
+    return args
+
+
 def _storage_exists(url: str) -> bool:
     from ablate import store
 

@@ -1,0 +1,140 @@
+"""Dashboard stage: what optuna-dashboard shows beside the trials — a Markdown note on the
+study (description, the Findings in words, where the report is) and one on each finished
+grid trial (its label, flags and per-epoch curves). Written with optuna_dashboard.save_note
+whenever the report is written; the text comes from `ablate.analysis`. (Each grid trial's
+run.json is attached as an Optuna artifact by the grid itself, before the trial finishes:
+Optuna refuses to change a finished trial's system attributes.)"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from ablate import analysis
+from ablate.analysis import METRIC_LABELS, Findings, Study
+from ablate.errors import AblateError
+
+CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_acc", "lr")
+ARTIFACT_DIR = "artifacts"  # <study folder>/artifacts: optuna-dashboard --artifact-dir
+
+
+def attach_record(storage, trial_id: int, run_dir: Path) -> str:
+    """Upload a run's run.json as an artifact of its (still running) trial into the study's
+    artifact folder; returns '' or why not (a missing record or an unwritable folder must not
+    fail the cell)."""
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    from ablate.record import RECORD_FILE
+
+    path = run_dir / RECORD_FILE
+    if not path.is_file():
+        return f"no {path}"
+    folder = run_dir.parent.parent / ARTIFACT_DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        upload_artifact(artifact_store=FileSystemArtifactStore(str(folder)), file_path=str(path),
+                        study_or_trial=storage.get_trial(trial_id), storage=storage, mimetype="application/json")
+    except OSError as exc:
+        return f"{folder}: {exc}"
+    return ""
+
+
+def open_optuna(study: Study, storage: str | None = None):
+    """The Optuna study behind an ablate study, or (None, why not)."""
+    import optuna
+
+    from ablate import store
+
+    candidates = [storage] if storage else [study.meta.get("storage"), store.default_storage(study.folder.parent, study.name)]
+    why = "no storage recorded in study.json; pass --storage"
+    for url in dict.fromkeys(u for u in candidates if u):
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else (url if store.is_journal(url) else None)
+        if path is not None and not Path(path).is_file():
+            why = f"storage {store.mask_url(url)} does not exist here; pass --storage"
+            continue  # opening would create an empty one
+        try:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+                ostudy = optuna.load_study(study_name=study.meta.get("study_name", study.name), storage=store.open_storage(url))
+            return ostudy, ""
+        except AblateError as exc:
+            why = str(exc)
+        except KeyError:
+            why = f"no study {study.meta.get('study_name', study.name)!r} in {store.mask_url(url)}"
+    return None, why
+
+
+def study_note(study: Study, found: Findings, report_path: Path) -> str:
+    """The study's note: description, the Findings panel in Markdown, the report's path."""
+    label = METRIC_LABELS[found.metric]
+    lines = [f"## {study.name}", ""]
+    if study.meta.get("description"):
+        lines += [study.meta["description"], ""]
+    lines += [f"**Report:** `{report_path.resolve()}`", "",
+              f"Objective: val mIoU (the checkpoint and early-stopping yardstick); verdicts below are on {label}. "
+              "The seed is a replicate, not a parameter: it is the trial's `seed` user attribute, and parameter "
+              "importance here ranks model and toggles only.", "", "### Findings", ""]
+    if found.n_max == 1:
+        lines.append("- **One seed per cell**: no intervals, no verdicts.")
+    if found.seeds:
+        lines.append(f"- **Not enough seeds** (smallest cell n={found.seeds['n_min']}): {found.seeds['text']}.")
+    if found.bar is None:
+        lines.append("- Did-not-learn bar unknown (no per-split class frequencies in the dataset summary).")
+    for a in found.archs:
+        lines += ["", f"**{a.arch}**", ""]
+        lines += [f"- {r['sentence']}" for r in a.verdicts] or ["- no verdict: no effect meets the rules"]
+        for r in a.main_effects:
+            if not pd.isna(r["estimate"]):
+                name = analysis.TOGGLE_LABELS.get(r["factors"], r["factors"])
+                lines.append(f"- {name}: {analysis.VERDICT_SHORT.get(r['verdict'], r['verdict'])}, {analysis.interval_text(r['estimate'], r['ci_low'], r['ci_high'])}")
+        for r in a.flagged.to_dict("records"):
+            lines.append(f"- ⚠ {r['cell']}: {r['flags']}")
+    lines += ["", "Rules: n ≥ 3 paired seeds, 95% Student-t interval excluding 0, Holm p < 0.05 within "
+              + "; ".join(f"{k}s: {v}" for k, v in found.families.items()) + "."]
+    return "\n".join(lines)
+
+
+def trial_note(record: dict, label: str, flags: str) -> str:
+    """A finished trial's note: label, flags and its per-epoch curves as a Markdown table."""
+    curves = record.get("curves") or []
+    lines = [f"### {label}", "", f"Flags: {flags or 'none'}", "", "| " + " | ".join(CURVE_COLUMNS) + " |",
+             "|" + "---|" * len(CURVE_COLUMNS)]
+    for c in curves:
+        lines.append("| " + " | ".join(_cell(c.get(k)) for k in CURVE_COLUMNS) + " |")
+    best, stopped = record.get("best_epoch"), record.get("stopped_epoch")
+    lines += ["", f"Best epoch {best} (checkpoint kept), stopped at {stopped} of {record['config'].get('epochs')}."]
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "–"
+    return str(v) if isinstance(v, int) else f"{v:.4g}"
+
+
+def write_notes(study: Study, runs: pd.DataFrame, found: Findings, report_path: Path, *, storage: str | None = None) -> str:
+    """Save the study note and the notes of the finished trials (unchanged notes are not
+    rewritten). Returns '' or why nothing was written."""
+    import optuna
+    from optuna_dashboard import get_note, save_note
+
+    ostudy, why = open_optuna(study, storage)
+    if ostudy is None:
+        return why
+    text = study_note(study, found, report_path)
+    if get_note(ostudy) != text:
+        save_note(ostudy, text)
+    flags = analysis.cell_flags(runs).set_index("cell")["flags"].to_dict() if not runs.empty else {}
+    cell_of = dict(zip(runs.get("key", []), runs.get("cell", [])))
+    for t in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        rec = study.records.get(str(t.user_attrs.get("cell_id")))
+        if not rec:
+            continue
+        trial = optuna.trial.Trial(ostudy, t._trial_id)
+        label = t.user_attrs.get("label") or cell_of.get(t.user_attrs.get("cell_id"), f"trial {t.number}")
+        note = trial_note(rec, label, t.user_attrs.get("flags") or flags.get(cell_of.get(t.user_attrs["cell_id"]), ""))
+        if get_note(trial) != note:
+            save_note(trial, note)
+    return ""
