@@ -22,7 +22,11 @@ METRIC_KEYS = ("loss", "pixel_acc", "miou", "mean_acc", "mdice", "class_iou", "c
 
 def build(*, config: TrainConfig, dataset, metrics: dict, curves: list[dict], best_epoch: int | None,
           stopped_epoch: int, status: str, failure_reason: str | None, precision: str, device: torch.device,
-          weights_source: str | None, seconds: float, images_per_second: float) -> dict:
+          weights_source: str | None, seconds: float, images_per_second: float,
+          early_stopping: dict | None = None, resolution: dict | None = None) -> dict:
+    """`early_stopping`: what was monitored and how the run ended (engine.EarlyStopping.summary);
+    `resolution`: where the per-epoch curves and the final metrics (loss included) were scored,
+    e.g. {"curves_resolution": "working size 64x64", "metrics_resolution": "native"}."""
     return {
         "run_id": config.run_id,
         "config": config.to_dict(),
@@ -31,6 +35,8 @@ def build(*, config: TrainConfig, dataset, metrics: dict, curves: list[dict], be
         "curves": curves,
         "best_epoch": best_epoch,
         "stopped_epoch": stopped_epoch,
+        "early_stopping": early_stopping,
+        **(resolution or {}),
         "timing": {"seconds": seconds, "images_per_second": images_per_second},
         "environment": environment(device, precision),
         "weights": weights_source,
