@@ -103,8 +103,10 @@ def describe(record: dict) -> str:
     for split, m in (record.get("metrics") or {}).items():
         lines.append(f"  {split}: mIoU {_fmt(m['miou'])}  pixel acc {_fmt(m['pixel_acc'])}  "
                      f"mean acc {_fmt(m['mean_acc'])}  loss {_fmt(m['loss'])}")
-    t = record["timing"]
-    lines.append(f"  best epoch {record.get('best_epoch')}, stopped at {record.get('stopped_epoch')}; "
+    t, stop = record["timing"], record.get("early_stopping") or {}
+    early = (f" (early: no {stop['monitor']} gain in {stop['patience']} epochs)" if stop.get("stopped_early") else "")
+    where = f"; metrics at {record['metrics_resolution']} resolution" if record.get("metrics_resolution") else ""
+    lines.append(f"  best epoch {record.get('best_epoch')}, stopped at {record.get('stopped_epoch')}{early}{where}; "
                  f"{t['seconds']:.1f}s, {t['images_per_second']:.1f} img/s")
     return "\n".join(lines)
 
