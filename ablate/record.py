@@ -50,7 +50,8 @@ def failed(config: TrainConfig, *, reason: str, tb: str | None) -> dict:
     """The record of a run that crashed before it could produce metrics."""
     return {
         "run_id": config.run_id, "config": config.to_dict(), "dataset": None, "metrics": {}, "curves": [],
-        "best_epoch": None, "stopped_epoch": 0, "timing": {"seconds": 0.0, "images_per_second": 0.0},
+        "best_epoch": None, "stopped_epoch": 0, "early_stopping": None, "curves_resolution": None,
+        "metrics_resolution": None, "timing": {"seconds": 0.0, "images_per_second": 0.0},
         "environment": None, "weights": None, "status": "failed", "failure_reason": reason, "traceback": tb,
     }
 
