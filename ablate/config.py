@@ -12,6 +12,8 @@ from ablate.errors import AblateError
 TOGGLES = ("scheduler", "augment", "weighted_loss")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+EARLY_STOP_MONITORS = ("miou", "loss")
+CLASS_WEIGHT_SCHEMES = ("inverse", "median", "enet")
 
 # Fields that say *where/how fast* a run executes, not *what* it computes: they are saved in
 # the record but left out of the run id, so a grid resumed on another machine keeps its ids.
@@ -31,10 +33,18 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3  # AdamW learning rate (peak, when the scheduler is on)
     weight_decay: float = 1e-4  # AdamW weight decay
-    scheduler: bool = False  # toggle: cosine annealing over the whole run, stepped per iteration
+    # toggle: cosine annealing from lr to 0, stepped per iteration, over the run's epoch budget
+    # (epochs x steps per epoch); a run that stops early ends above 0 (record: early_stopping.lr_at_stop)
+    scheduler: bool = False
     augment: bool = False  # toggle: flip, rotate ±15° (void fill), random resized crop
-    weighted_loss: bool = False  # toggle: inverse-frequency class weights, mean 1
-    patience: int = 3  # early stopping on val loss; 0 disables
+    weighted_loss: bool = False  # toggle: class-weighted training loss, weights from the training split
+    # weighting scheme when weighted_loss is on (void excluded, absent classes 0): "inverse" 1/f_c
+    # scaled to mean 1 over present classes; "median" median(f)/f_c (SegNet) and "enet"
+    # 1/ln(1.02 + f_c) (ENet) as published, not rescaled
+    class_weights: str = "inverse"
+    patience: int = 3  # early stopping: epochs in a row without improvement of the monitor; 0 disables
+    early_stop_on: str = "miou"  # monitor: "miou" (val mIoU, what picks the checkpoint) or "loss" (unweighted val CE)
+    min_delta: float = 0.0  # early stopping: an improvement must beat the best by more than this
     seed: int = 0  # seeds python, numpy, torch, shuffling and augmentation
     precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 where the hardware has it)
     device: str = "auto"  # auto | cpu | cuda
@@ -50,6 +60,12 @@ class TrainConfig:
             raise AblateError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.patience < 0:
             raise AblateError(f"--patience must be >= 0 (0 disables early stopping), got {self.patience}")
+        if self.early_stop_on not in EARLY_STOP_MONITORS:
+            raise AblateError(f"--early-stop-on must be one of {', '.join(EARLY_STOP_MONITORS)}, got {self.early_stop_on!r}")
+        if isinstance(self.min_delta, bool) or not (isinstance(self.min_delta, (int, float)) and self.min_delta >= 0):
+            raise AblateError(f"--min-delta must be a number >= 0, got {self.min_delta!r}")
+        if self.class_weights not in CLASS_WEIGHT_SCHEMES:
+            raise AblateError(f"--class-weights must be one of {', '.join(CLASS_WEIGHT_SCHEMES)}, got {self.class_weights!r}")
         if self.precision not in PRECISIONS:
             raise AblateError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.device not in DEVICES:

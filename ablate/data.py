@@ -2,7 +2,8 @@
 at the working size, validate them, and cache the result on disk.
 
 Internally void is always 255 (a source's own ignore label, e.g. CamVid's 11, is mapped to
-it), images are uint8 [N, 3, H, W] and masks uint8 [N, H, W].
+it), images are uint8 [N, 3, H, W] and masks uint8 [N, H, W]. The val and test splits also
+keep every mask at its own (native) resolution, for the final metrics.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from ablate.errors import AblateError
 VOID = 255
 SPLITS = ("train", "val", "test")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"  # 3: native-resolution val/test masks
 VAL_SPLIT_SEED = 0  # fixed, so every seed of a grid is scored on the same carved-out val set
 LAYOUTS = (
     "PASCAL VOC (VOCdevkit/ or VOC2007|VOC2012 with JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
@@ -44,6 +45,9 @@ class Split:
     images: torch.Tensor  # uint8 [N, 3, H, W]
     masks: torch.Tensor  # uint8 [N, H, W], VOID = 255
     ids: list[str]
+    # each mask at the resolution the dataset gives it (uint8 [h_i, w_i], VOID = 255; sizes may
+    # differ): kept for val and test, where the final metrics are computed; None for train
+    native_masks: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -199,7 +203,9 @@ def _decode_image(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, tuple[
         raise AblateError(f"{path}: cannot read image ({exc}); replace or remove the file") from None
 
 
-def _decode_mask(path: Path, size: tuple[int, int], ignore_index: int) -> tuple[np.ndarray, tuple[int, int], int]:
+def _decode_mask(path: Path, size: tuple[int, int], ignore_index: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The mask at the working size and at its own size (void mapped to VOID in both), and its
+    largest non-void label."""
     h, w = size
     try:
         with Image.open(path) as im:
@@ -214,23 +220,26 @@ def _decode_mask(path: Path, size: tuple[int, int], ignore_index: int) -> tuple[
     max_label = int(valid.max()) if valid.size else -1
     if max_label > 254:
         raise AblateError(f"{path}: mask label {max_label} is too large (labels must be < 255)")
-    out = np.where(arr == ignore_index, VOID, arr).astype(np.uint8)
+    native = np.where(arr == ignore_index, VOID, arr).astype(np.uint8)
+    out = native
     if out.shape != (h, w):
-        out = np.asarray(Image.fromarray(out).resize((w, h), Image.NEAREST))
+        out = np.asarray(Image.fromarray(native).resize((w, h), Image.NEAREST))
     return out, native, max_label
 
 
-def _decode_split(rows: list[tuple[str, Path, Path]], size: tuple[int, int], ignore_index: int) -> tuple[Split, list[tuple[Path, int]]]:
+def _decode_split(rows: list[tuple[str, Path, Path]], size: tuple[int, int], ignore_index: int,
+                  keep_native: bool) -> tuple[Split, list[tuple[Path, int]]]:
     def one(row):
         id_, image_path, mask_path = row
         image, image_native = _decode_image(image_path, size)
-        mask, mask_native, max_label = _decode_mask(mask_path, size, ignore_index)
+        mask, native, max_label = _decode_mask(mask_path, size, ignore_index)
+        mask_native = (native.shape[1], native.shape[0])
         if image_native != mask_native:
             raise AblateError(
                 f"{mask_path}: mask is {mask_native[0]}x{mask_native[1]} but its image {image_path.name} is "
                 f"{image_native[0]}x{image_native[1]}; masks must match their images"
             )
-        return image, mask, max_label
+        return image, mask, max_label, torch.from_numpy(native) if keep_native else None
 
     workers = min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
@@ -238,7 +247,8 @@ def _decode_split(rows: list[tuple[str, Path, Path]], size: tuple[int, int], ign
     images = torch.from_numpy(np.stack([d[0] for d in decoded])).permute(0, 3, 1, 2).contiguous()
     masks = torch.from_numpy(np.stack([d[1] for d in decoded]))
     max_labels = [(row[2], d[2]) for row, d in zip(rows, decoded)]
-    return Split(images, masks, [row[0] for row in rows]), max_labels
+    native = [d[3] for d in decoded] if keep_native else None
+    return Split(images, masks, [row[0] for row in rows], native), max_labels
 
 
 # --------------------------------------------------------------------------- public API
@@ -314,13 +324,16 @@ def _build(data, source, image_size, num_classes, ignore_index, val_fraction, fi
         for split, rows in source.pairs.items():
             if not rows:
                 raise AblateError(f"--data: the {split} split of {data} is empty; add images or remove the split")
-            splits[split], max_labels[split] = _decode_split(rows, image_size, ignore_index)
+            # train keeps native masks only when val is to be carved out of it
+            keep_native = split != "train" or "val" not in source.pairs
+            splits[split], max_labels[split] = _decode_split(rows, image_size, ignore_index, keep_native)
     if "train" not in splits:
         raise AblateError(f"--data: {data} has no train split")
     if "val" not in splits:
         if val_fraction is None:
             raise AblateError(f"--data: {data} has no val split; add one or pass --val-fraction 0.1 to carve it from train")
         splits["train"], splits["val"] = _carve_val(splits["train"], val_fraction)
+    splits["train"].native_masks = None
     splits = {name: splits[name] for name in SPLITS if name in splits}
 
     inferred = max(label for _, label in max_labels["train"]) + 1
@@ -353,7 +366,9 @@ def _synthetic_splits(image_size: tuple[int, int]) -> dict[str, Split]:
         images, masks = synthetic.generate_split(split)
         images_t = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         masks_t = torch.from_numpy(masks)
-        splits[split] = Split(*resize_batch(images_t, masks_t, image_size), [f"{split}_{i:04d}" for i in range(len(images))])
+        native = list(masks_t.unbind(0)) if split != "train" else None  # generated at synthetic.NATIVE_SIZE
+        splits[split] = Split(*resize_batch(images_t, masks_t, image_size), [f"{split}_{i:04d}" for i in range(len(images))],
+                              native)
     return splits
 
 
@@ -376,7 +391,8 @@ def _carve_val(train: Split, fraction: float) -> tuple[Split, Split]:
     val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
 
     def take(idx):
-        return Split(train.images[idx], train.masks[idx], [train.ids[i] for i in idx.tolist()])
+        native = [train.native_masks[i] for i in idx.tolist()] if train.native_masks is not None else None
+        return Split(train.images[idx], train.masks[idx], [train.ids[i] for i in idx.tolist()], native)
 
     return take(train_idx), take(val_idx)
 
@@ -410,7 +426,8 @@ def _write_cache(path: Path, ds: Dataset) -> None:
             "class_names": ds.class_names, "ignore_index": ds.ignore_index, "fingerprint": ds.fingerprint,
             "class_frequency": ds.class_frequency, "ids": {k: s.ids for k, s in ds.splits.items()},
         }),
-        "tensors": {k: {"images": s.images, "masks": s.masks} for k, s in ds.splits.items()},
+        "tensors": {k: {"images": s.images, "masks": s.masks, **({"native_masks": s.native_masks} if s.native_masks else {})}
+                    for k, s in ds.splits.items()},
     }
     _io.torch_save(path, blob)
 
@@ -418,7 +435,7 @@ def _write_cache(path: Path, ds: Dataset) -> None:
 def _read_cache(path: Path) -> Dataset:
     blob = torch.load(path, weights_only=True)
     meta = json.loads(blob["meta"])
-    splits = {k: Split(t["images"], t["masks"], meta["ids"][k]) for k, t in blob["tensors"].items()}
+    splits = {k: Split(t["images"], t["masks"], meta["ids"][k], t.get("native_masks")) for k, t in blob["tensors"].items()}
     return Dataset(
         name=meta["name"], layout=meta["layout"], image_size=tuple(meta["image_size"]), num_classes=meta["num_classes"],
         class_names=meta["class_names"], ignore_index=meta["ignore_index"], splits=splits,

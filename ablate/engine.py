@@ -1,11 +1,12 @@
 """Engine stage: the one training code path. `fit` = seeded set-up, then
-`train_one_epoch` + `evaluate` per epoch, early stopping on val loss, best checkpoint by val
-mIoU, final metrics with that checkpoint, and a run record. The grid and the tuner only
-build a `TrainConfig` and call `fit`.
+`train_one_epoch` + `evaluate` per epoch, early stopping on val mIoU (or val loss), best
+checkpoint by val mIoU, final metrics with that checkpoint at the masks' own resolution, and a
+run record. The grid and the tuner only build a `TrainConfig` and call `fit`.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import sys
@@ -25,6 +26,7 @@ from ablate.data import VOID, Dataset, Split, load_dataset
 from ablate.errors import AblateError
 from ablate.metrics import ConfusionMatrix
 from ablate.models import create_model
+from ablate.predict import native_logits
 from ablate.transforms import augment_batch
 
 EpochCallback = Callable[[int, dict], None]
@@ -70,12 +72,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def class_weights(frequency: list[float]) -> torch.Tensor:
-    """Inverse-frequency weights over the classes present in the training split, mean 1."""
+def class_weights(frequency: list[float], scheme: str = "inverse") -> torch.Tensor:
+    """Loss weights from the training split's class pixel shares f_c (void excluded).
+
+    Classes absent from the split (f_c = 0) get weight 0 in every scheme.
+    - "inverse": 1 / f_c, scaled to mean 1 over the present classes (the seed report's).
+    - "median": median(f) / f_c, median over the present classes (SegNet's median-frequency
+      balancing; f_c here is the split-wide share, not SegNet's share within the images that
+      contain c). Not rescaled: the median class gets weight 1.
+    - "enet": 1 / ln(1.02 + f_c) (ENet, Paszke et al. 2016). Not rescaled: weights lie in
+      (1.42, 50.5).
+    """
     freq = torch.tensor(frequency, dtype=torch.float64)
-    weights = torch.where(freq > 0, 1.0 / freq.clamp(min=1e-12), torch.zeros_like(freq))
     present = freq > 0
-    weights[present] /= weights[present].mean()
+    weights = torch.zeros_like(freq)
+    if not present.any():
+        return weights.float()
+    f = freq[present]
+    if scheme == "inverse":
+        weights[present] = (1.0 / f) / (1.0 / f).mean()
+    elif scheme == "median":
+        weights[present] = float(np.median(f.numpy())) / f
+    elif scheme == "enet":
+        weights[present] = 1.0 / torch.log(1.02 + f)
+    else:
+        raise AblateError(f"--class-weights must be one of inverse, median, enet, got {scheme!r}")
     return weights.float()
 
 
@@ -90,22 +111,65 @@ def make_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float) ->
 
 
 def cosine_lr(step: int, total_steps: int) -> float:
-    """Multiplier of the peak lr at `step`: cosine from 1 down to 0 over the whole run."""
+    """Multiplier of the peak lr at `step`: cosine from 1 down to 0 over `total_steps`."""
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
 
 
+def _cosine_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, train_images: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step cosine over the epoch budget: epochs x ceil(train images / batch size) steps."""
+    total = math.ceil(train_images / config.batch_size) * config.epochs
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_lr(step, total))
+
+
 class EarlyStopping:
-    """Stop once `patience` epochs in a row brought no new lowest val loss (0 disables)."""
+    """Stop once `patience` epochs in a row brought no improvement of the monitored value
+    (0 disables). An improvement beats the best so far by more than `min_delta`: higher for
+    mode "max" (val mIoU), lower for mode "min" (val loss). A NaN (e.g. an mIoU with no class
+    present) never improves, so it counts as a stale epoch."""
 
-    def __init__(self, patience: int) -> None:
-        self.patience, self.best, self.stale = patience, math.inf, 0
+    MONITORS = {"miou": ("val_miou", "max"), "loss": ("val_loss", "min")}
 
-    def step(self, val_loss: float) -> bool:
-        if val_loss < self.best:
-            self.best, self.stale = val_loss, 0
+    def __init__(self, patience: int, *, mode: str = "max", min_delta: float = 0.0, monitor: str = "val_miou") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.patience, self.mode, self.min_delta, self.monitor = patience, mode, float(min_delta), monitor
+        self.best = -math.inf if mode == "max" else math.inf
+        self.stale, self.stopped = 0, False
+
+    @classmethod
+    def for_config(cls, config: TrainConfig) -> "EarlyStopping":
+        monitor, mode = cls.MONITORS[config.early_stop_on]
+        return cls(config.patience, mode=mode, min_delta=config.min_delta, monitor=monitor)
+
+    @property
+    def key(self) -> str:
+        """The key of `evaluate`'s result that is monitored ("miou" or "loss")."""
+        return self.monitor.removeprefix("val_")
+
+    def improves(self, value: float) -> bool:
+        if value != value:  # NaN
+            return False
+        return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
+
+    def step(self, value: float) -> bool:
+        """Feed one epoch's value; True when training should stop."""
+        if self.improves(value):
+            self.best, self.stale = value, 0
         else:
             self.stale += 1
-        return bool(self.patience) and self.stale >= self.patience
+        self.stopped = bool(self.patience) and self.stale >= self.patience
+        return self.stopped
+
+    def summary(self, *, stopped_epoch: int, budget: int, best_epoch: int, completed: bool, lr_at_stop: float) -> dict:
+        """What the run record says about early stopping. `stopped_early` only when the stopper
+        ended a completed run before its epoch budget; `best_is_last`: the best (checkpoint)
+        epoch was the last one trained."""
+        return {
+            "monitor": self.monitor, "patience": self.patience, "min_delta": self.min_delta,
+            "stopped_early": bool(completed and self.stopped and stopped_epoch < budget),
+            "stopped_epoch": stopped_epoch, "best_is_last": bool(best_epoch) and best_epoch == stopped_epoch,
+            "lr_at_stop": lr_at_stop,
+        }
 
 
 # --------------------------------------------------------------------------- loops
@@ -140,9 +204,11 @@ def train_one_epoch(
     epoch: int,
     progress: bool = False,
 ) -> dict:
-    """One pass over the training split; returns mean training loss, images and seconds."""
+    """One pass over the training split; returns mean training loss, images, seconds and the
+    lr of its first and last optimizer steps."""
     model.train()
     device = next(model.parameters()).device
+    first_lr = last_lr = optimizer.param_groups[0]["lr"]
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     batches = _batches(len(split), batch_size, generator)
     bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress, file=sys.stdout)
@@ -156,32 +222,46 @@ def train_one_epoch(
             raise _NonFinite(f"non-finite loss at epoch {epoch} step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        last_lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         total_loss += loss.item() * len(idx)
         seen += len(idx)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}")
-    return {"train_loss": total_loss / max(seen, 1), "images": seen, "seconds": time.perf_counter() - start}
+    return {"train_loss": total_loss / max(seen, 1), "images": seen, "seconds": time.perf_counter() - start,
+            "first_lr": first_lr, "last_lr": last_lr}
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, split: Split, *, num_classes: int, batch_size: int, precision: str) -> dict:
-    """Unweighted CE over non-void pixels and confusion-matrix metrics over the whole split."""
+def evaluate(model: torch.nn.Module, split: Split, *, num_classes: int, batch_size: int, precision: str,
+             native: bool = False) -> dict:
+    """Unweighted CE over non-void pixels and confusion-matrix metrics over the whole split, at
+    the working size, or with `native` at each mask's own resolution (logits upsampled
+    bilinearly to it before the loss and the argmax; the split must keep native masks)."""
     model.eval()
-    device = next(model.parameters()).device
+    if native:
+        pairs = native_logits(model, split, batch_size=batch_size, precision=precision)
+    else:
+        pairs = _working_size_logits(model, split, batch_size=batch_size, precision=precision)
     cm = ConfusionMatrix(num_classes, ignore_index=VOID)
     loss_sum, pixels = 0.0, 0
-    for idx in _batches(len(split), batch_size, None):
-        images, masks = _to_input(split.images[idx].to(device, non_blocking=True),
-                                  split.masks[idx].to(device, non_blocking=True).long())
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(images)
-        logits = logits.float()
+    for logits, masks in pairs:
+        masks = masks.long()
         loss_sum += F.cross_entropy(logits, masks, ignore_index=VOID, reduction="sum").item()
         pixels += int((masks != VOID).sum())
         cm.update(logits.argmax(1), masks)
     return {"loss": loss_sum / max(pixels, 1), **cm.compute()}
+
+
+def _working_size_logits(model: torch.nn.Module, split: Split, *, batch_size: int, precision: str):
+    device = next(model.parameters()).device
+    for idx in _batches(len(split), batch_size, None):
+        images, masks = _to_input(split.images[idx].to(device, non_blocking=True),
+                                  split.masks[idx].to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(images)
+        yield logits.float(), masks
 
 
 # --------------------------------------------------------------------------- fit
@@ -197,19 +277,20 @@ def fit(
 ) -> dict:
     """Train one configuration; return its run record (and write it to `out_dir` if given).
 
+    The cosine schedule's horizon is the epoch budget (epochs x steps per epoch), so a run that
+    stops early ends at a learning rate above 0; the record says which (early_stopping.lr_at_stop).
+    Early stopping watches val mIoU (config.early_stop_on = "miou", the quantity that also
+    picks the checkpoint) or the unweighted val loss ("loss"). Per-epoch val curves are scored at
+    the working size; the final val and test metrics come from the best checkpoint, scored at
+    each mask's own resolution (logits upsampled bilinearly, as `ablate predict` does).
+
     `on_epoch(epoch, metrics)` is called after each epoch's validation; raising `Pruned` there
     ends the run with status "pruned". A non-finite loss ends it with status "failed".
     """
     start = time.perf_counter()
     if progress is None:
         progress = not quiet and sys.stdout.isatty()
-    if dataset is None:
-        dataset = load_dataset(
-            config.data, image_size=config.image_size, num_classes=config.num_classes,
-            ignore_index=config.ignore_index, val_fraction=config.val_fraction, cache_dir=cache_dir,
-        )
-        if not quiet:
-            print(dataset.describe())
+    dataset = dataset if dataset is not None else _load(config, cache_dir, quiet)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     seed_everything(config.seed)
@@ -222,62 +303,49 @@ def fit(
     net = torch.compile(model) if config.compile else model
     splits = {name: _on_device(split, device) for name, split in dataset.splits.items()}
     optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(splits["train"]) / config.batch_size)
-    scheduler = None
-    if config.scheduler:
-        total = steps_per_epoch * config.epochs
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_lr(step, total))
-    weight = class_weights(dataset.class_frequency).to(device) if config.weighted_loss else None
+    scheduler = _cosine_schedule(optimizer, config, len(splits["train"])) if config.scheduler else None
+    weight = (class_weights(dataset.class_frequency, scheme=config.class_weights).to(device)
+              if config.weighted_loss else None)
     generator = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation
-
+    evaluator = functools.partial(evaluate, num_classes=dataset.num_classes, batch_size=config.batch_size,
+                                  precision=precision)
+    stopper = EarlyStopping.for_config(config)
     curves: list[dict] = []
-    best = {"miou": -math.inf, "epoch": 0, "state": None, "val": None}
-    stopper, status, reason = EarlyStopping(config.patience), "completed", None
-    train_images, train_seconds = 0, 0.0
+    best = {"miou": -math.inf, "epoch": 0, "state": None}
+    status, reason, train_images, train_seconds, lr_at_stop = "completed", None, 0, 0.0, config.lr
     try:
         for epoch in range(1, config.epochs + 1):
-            lr = optimizer.param_groups[0]["lr"]
             stats = train_one_epoch(
                 net, splits["train"], optimizer=optimizer, scheduler=scheduler, weight=weight,
                 batch_size=config.batch_size, generator=generator, augment=config.augment,
                 precision=precision, epoch=epoch, progress=progress,
             )
-            train_images += stats["images"]
-            train_seconds += stats["seconds"]
-            val = evaluate(net, splits["val"], num_classes=dataset.num_classes, batch_size=config.batch_size, precision=precision)
-            curves.append({
-                "epoch": epoch, "train_loss": stats["train_loss"], "val_loss": val["loss"], "val_miou": val["miou"],
-                "val_pixel_acc": val["pixel_acc"], "lr": lr, "seconds": stats["seconds"],
-            })
-            if not quiet:
-                print(f"epoch {epoch}/{config.epochs}  train_loss {stats['train_loss']:.4f}  val_loss {val['loss']:.4f}  "
-                      f"val_miou {val['miou']:.4f}  val_acc {val['pixel_acc']:.4f}  ({stats['seconds']:.1f}s)", flush=True)
+            train_images, train_seconds = train_images + stats["images"], train_seconds + stats["seconds"]
+            val = evaluator(net, splits["val"])
+            curves.append(_curve_row(epoch, stats, val, config, quiet))
+            lr_at_stop = stats["last_lr"]
             if _score(val["miou"]) > best["miou"]:
-                best = {"miou": _score(val["miou"]), "epoch": epoch, "val": val,
-                        "state": copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})}
+                best = {"miou": _score(val["miou"]), "epoch": epoch, "state": _cpu_state(model)}
             if not math.isfinite(val["loss"]):
                 raise _NonFinite(f"non-finite val loss at epoch {epoch}")
             if on_epoch is not None:
                 on_epoch(epoch, {**val, "epoch": epoch, "train_loss": stats["train_loss"]})
-            if stopper.step(val["loss"]):
+            if stopper.step(val[stopper.key]) and epoch < config.epochs:
                 break
     except Pruned as exc:
         status, reason = "pruned", str(exc) or f"pruned at epoch {len(curves)}"
     except _NonFinite as exc:
         status, reason = "failed", str(exc)
 
-    metrics = {}
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-        metrics["val"] = best["val"]
-        if status == "completed" and "test" in splits:
-            metrics["test"] = evaluate(net, splits["test"], num_classes=dataset.num_classes,
-                                       batch_size=config.batch_size, precision=precision)
+    metrics, resolution = _final_metrics(model, net, best["state"], splits, evaluator, test=status == "completed")
     record = records.build(
         config=config, dataset=dataset, metrics=metrics, curves=curves, best_epoch=best["epoch"] or None,
         stopped_epoch=len(curves), status=status, failure_reason=reason, precision=precision, device=device,
         weights_source=weights_source, seconds=time.perf_counter() - start,
         images_per_second=train_images / train_seconds if train_seconds else 0.0,
+        early_stopping=stopper.summary(stopped_epoch=len(curves), budget=config.epochs, best_epoch=best["epoch"],
+                                       completed=status == "completed", lr_at_stop=lr_at_stop),
+        resolution={"curves_resolution": _working(config.image_size), "metrics_resolution": resolution},
     )
     if out_dir is not None:
         records.write(out_dir, record, best["state"])
@@ -302,6 +370,44 @@ def fit_safely(config: TrainConfig, dataset: Dataset | None = None, **kwargs) ->
         return record
 
 
+def _load(config: TrainConfig, cache_dir: str | Path | None, quiet: bool) -> Dataset:
+    dataset = load_dataset(config.data, image_size=config.image_size, num_classes=config.num_classes,
+                           ignore_index=config.ignore_index, val_fraction=config.val_fraction, cache_dir=cache_dir)
+    if not quiet:
+        print(dataset.describe())
+    return dataset
+
+
+def _curve_row(epoch: int, stats: dict, val: dict, config: TrainConfig, quiet: bool) -> dict:
+    """One epoch's row of the curves (val at the working size), printed unless quiet."""
+    if not quiet:
+        print(f"epoch {epoch}/{config.epochs}  train_loss {stats['train_loss']:.4f}  val_loss {val['loss']:.4f}  "
+              f"val_miou {val['miou']:.4f}  val_acc {val['pixel_acc']:.4f}  ({stats['seconds']:.1f}s)", flush=True)
+    return {"epoch": epoch, "train_loss": stats["train_loss"], "val_loss": val["loss"], "val_miou": val["miou"],
+            "val_pixel_acc": val["pixel_acc"], "lr": stats["first_lr"], "last_lr": stats["last_lr"],
+            "seconds": stats["seconds"]}
+
+
+def _final_metrics(model, net, state, splits: dict[str, Split], evaluator, *, test: bool) -> tuple[dict, str]:
+    """Val (and, for a completed run, test) metrics of the best checkpoint, at the masks' own
+    resolution when the dataset keeps them (a Dataset built by hand may not: working size)."""
+    if state is None:
+        return {}, "none"
+    model.load_state_dict(state)
+    native = all(s.native_masks is not None for name, s in splits.items() if name != "train")
+    names = ["val", "test"] if test and "test" in splits else ["val"]
+    metrics = {name: evaluator(net, splits[name], native=native) for name in names}
+    return metrics, "native" if native else _working(tuple(splits["val"].images.shape[-2:]))
+
+
+def _working(size) -> str:
+    return f"working size {size[0]}x{size[1]}"
+
+
+def _cpu_state(model: torch.nn.Module) -> dict:
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
 def _score(miou: float) -> float:
     return miou if miou == miou else -math.inf  # NaN (no class present) never wins
 
@@ -311,4 +417,5 @@ def _on_device(split: Split, device: torch.device) -> Split:
         return split
     # The decoded dataset is small: copy it to the GPU once (pinned, non-blocking).
     return Split(split.images.pin_memory().to(device, non_blocking=True),
-                 split.masks.pin_memory().to(device, non_blocking=True), split.ids)
+                 split.masks.pin_memory().to(device, non_blocking=True), split.ids,
+                 None if split.native_masks is None else [m.to(device) for m in split.native_masks])

@@ -1,8 +1,11 @@
 """Prediction: load a run's best checkpoint, segment images at the trained size, upsample
-the logits to each image's own size, and draw image | colour mask | overlay with a legend."""
+the logits to each image's own size, and draw image | colour mask | overlay with a legend.
+The engine's final metrics use the same upsampling (`native_logits`), so they are scored at
+the masks' own resolution exactly as `ablate predict` + `ablate evaluate` would score them."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -34,19 +37,52 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[t
     return model.to(device).eval(), ckpt
 
 
+def forward_logits(model: torch.nn.Module, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """Images [N,3,H,W] at the working size, values 0..255 (uint8 or float) → float32 logits [N,K,H,W]."""
+    device = next(model.parameters()).device
+    x = images.to(device).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        return model(x).float()
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Logits [N,K,h,w] → [N,K,H,W], bilinear (argmax after this, never before)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@torch.inference_mode()
+def native_logits(model: torch.nn.Module, split, *, batch_size: int,
+                  precision: str = "fp32") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """For each image of a dataset split, in order: its logits [1,K,h,w] from the working-size
+    image, upsampled to the size of its native mask, and that mask [1,h,w] (on the model's device)."""
+    device = next(model.parameters()).device
+    if split.native_masks is None:
+        raise ValueError("this split keeps no native-resolution masks")
+    for start in range(0, len(split), batch_size):
+        logits = forward_logits(model, split.images[start:start + batch_size], precision)
+        for i in range(logits.shape[0]):
+            mask = split.native_masks[start + i].to(device)
+            yield upsample_logits(logits[i:i + 1], tuple(mask.shape)), mask[None]
+
+
+def predict_split(model: torch.nn.Module, split, *, batch_size: int = 16, precision: str = "fp32") -> list[torch.Tensor]:
+    """Label masks (uint8, CPU) for a dataset split, each at its native mask's resolution."""
+    return [logits.argmax(1)[0].to(torch.uint8).cpu() for logits, _ in
+            native_logits(model, split, batch_size=batch_size, precision=precision)]
+
+
 @torch.inference_mode()
 def predict_masks(model: torch.nn.Module, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 images [N,3,H,W] → labels [N,H,W]: resized to the trained `size` for the model,
     logits upsampled (bilinear) back to H×W before the argmax."""
-    device = next(model.parameters()).device
     h, w = images.shape[-2:]
-    x = images.to(device).float() / 255.0
+    x = images.float()
     if (h, w) != tuple(size):
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    logits = model(x.contiguous(memory_format=torch.channels_last)).float()
-    if logits.shape[-2:] != (h, w):
-        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-    return logits.argmax(1).to(torch.uint8).cpu()
+    logits = forward_logits(model, x)
+    return upsample_logits(logits, (h, w)).argmax(1).to(torch.uint8).cpu()
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:

@@ -22,7 +22,11 @@ METRIC_KEYS = ("loss", "pixel_acc", "miou", "mean_acc", "mdice", "class_iou", "c
 
 def build(*, config: TrainConfig, dataset, metrics: dict, curves: list[dict], best_epoch: int | None,
           stopped_epoch: int, status: str, failure_reason: str | None, precision: str, device: torch.device,
-          weights_source: str | None, seconds: float, images_per_second: float) -> dict:
+          weights_source: str | None, seconds: float, images_per_second: float,
+          early_stopping: dict | None = None, resolution: dict | None = None) -> dict:
+    """`early_stopping`: what was monitored and how the run ended (engine.EarlyStopping.summary);
+    `resolution`: where the per-epoch curves and the final metrics (loss included) were scored,
+    e.g. {"curves_resolution": "working size 64x64", "metrics_resolution": "native"}."""
     return {
         "run_id": config.run_id,
         "config": config.to_dict(),
@@ -31,6 +35,8 @@ def build(*, config: TrainConfig, dataset, metrics: dict, curves: list[dict], be
         "curves": curves,
         "best_epoch": best_epoch,
         "stopped_epoch": stopped_epoch,
+        "early_stopping": early_stopping,
+        **(resolution or {}),
         "timing": {"seconds": seconds, "images_per_second": images_per_second},
         "environment": environment(device, precision),
         "weights": weights_source,
@@ -44,7 +50,8 @@ def failed(config: TrainConfig, *, reason: str, tb: str | None) -> dict:
     """The record of a run that crashed before it could produce metrics."""
     return {
         "run_id": config.run_id, "config": config.to_dict(), "dataset": None, "metrics": {}, "curves": [],
-        "best_epoch": None, "stopped_epoch": 0, "timing": {"seconds": 0.0, "images_per_second": 0.0},
+        "best_epoch": None, "stopped_epoch": 0, "early_stopping": None, "curves_resolution": None,
+        "metrics_resolution": None, "timing": {"seconds": 0.0, "images_per_second": 0.0},
         "environment": None, "weights": None, "status": "failed", "failure_reason": reason, "traceback": tb,
     }
 
@@ -97,8 +104,10 @@ def describe(record: dict) -> str:
     for split, m in (record.get("metrics") or {}).items():
         lines.append(f"  {split}: mIoU {_fmt(m['miou'])}  pixel acc {_fmt(m['pixel_acc'])}  "
                      f"mean acc {_fmt(m['mean_acc'])}  loss {_fmt(m['loss'])}")
-    t = record["timing"]
-    lines.append(f"  best epoch {record.get('best_epoch')}, stopped at {record.get('stopped_epoch')}; "
+    t, stop = record["timing"], record.get("early_stopping") or {}
+    early = (f" (early: no {stop['monitor']} gain in {stop['patience']} epochs)" if stop.get("stopped_early") else "")
+    where = f"; metrics at {record['metrics_resolution']} resolution" if record.get("metrics_resolution") else ""
+    lines.append(f"  best epoch {record.get('best_epoch')}, stopped at {record.get('stopped_epoch')}{early}{where}; "
                  f"{t['seconds']:.1f}s, {t['images_per_second']:.1f} img/s")
     return "\n".join(lines)
 

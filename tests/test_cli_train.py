@@ -62,6 +62,19 @@ def test_train_via_subprocess_module_entry(tmp_path, cache_dir):
     assert json.loads((out / "run.json").read_text())["config"]["model"] == "baseline"
 
 
+def test_stopping_and_weighting_flags_reach_the_record(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--model", "baseline", *TINY, "--weighted-loss", "--class-weights", "enet",
+                                       "--early-stop-on", "loss", "--min-delta", "0.01", "--patience", "2", "--quiet",
+                                       "--out", str(out), "--cache-dir", str(cache_dir)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "run.json").read_text())
+    assert record["config"]["class_weights"] == "enet" and record["config"]["early_stop_on"] == "loss"
+    assert record["early_stopping"] == {**record["early_stopping"], "monitor": "val_loss", "patience": 2,
+                                        "min_delta": 0.01, "stopped_early": False, "stopped_epoch": 1}
+    assert record["metrics_resolution"] == "native" and record["curves_resolution"] == "working size 32x32"
+
+
 def _bad_weights(tmp_path):
     path = tmp_path / "wrong.pth"
     torch.save({"conv1.weight": torch.zeros(3, 3, 3, 3)}, path)
@@ -81,6 +94,9 @@ def _bad_weights(tmp_path):
     (["--batch-size", "0"], "--batch-size"),
     (["--image-size", "48"], "--image-size"),
     (["--data", "/nonexistent/data"], "/nonexistent/data"),
+    (["--min-delta", "-0.5"], "--min-delta must be a number >= 0"),
+    (["--early-stop-on", "acc"], "--early-stop-on"),
+    (["--class-weights", "log"], "--class-weights"),
 ])
 def test_bad_train_input_exits_2_with_one_line_and_writes_nothing(args, needle, tmp_path, cache_dir):
     args = [a.format(bad=_bad_weights(tmp_path)) for a in args]

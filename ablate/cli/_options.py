@@ -6,7 +6,7 @@ from typing import Callable
 
 import click
 
-from ablate.config import DEVICES, PRECISIONS
+from ablate.config import CLASS_WEIGHT_SCHEMES, DEVICES, EARLY_STOP_MONITORS, PRECISIONS
 
 
 def _stack(*decorators: Callable) -> Callable:
@@ -49,8 +49,29 @@ def toggle_options(fn: Callable) -> Callable:
         click.option("--scheduler/--no-scheduler", default=False, show_default=True, help="Cosine LR annealing, per step."),
         click.option("--augment/--no-augment", default=False, show_default=True, help="Flip, rotate ±15°, random resized crop."),
         click.option("--weighted-loss/--no-weighted-loss", default=False, show_default=True,
-                     help="Inverse-frequency class weights from the training split."),
+                     help="Class-weighted loss, weights from the training split (scheme: --class-weights)."),
     )(fn)
+
+
+def stopping_options(defaults: bool = True) -> Callable:
+    """Early stopping and class weighting. `defaults=False` (grid): unset flags leave the study
+    file's values alone, so they default to None here."""
+    def default(value):
+        return value if defaults else None
+
+    return _stack(
+        click.option("--patience", type=int, default=default(3), show_default=defaults,
+                     help="Early stopping: epochs in a row without improvement of the monitor; 0 disables."),
+        click.option("--early-stop-on", type=click.Choice(EARLY_STOP_MONITORS), default=default("miou"),
+                     show_default=defaults,
+                     help="Monitor: val mIoU (what picks the checkpoint) or the unweighted val loss (the old rule)."),
+        click.option("--min-delta", type=float, default=default(0.0), show_default=defaults,
+                     help="Early stopping: an improvement must beat the best by more than this."),
+        click.option("--class-weights", type=click.Choice(CLASS_WEIGHT_SCHEMES), default=default("inverse"),
+                     show_default=defaults,
+                     help="Weights when --weighted-loss is on: inverse (1/f, mean 1), median (median(f)/f, SegNet), "
+                          "enet (1/ln(1.02+f))."),
+    )
 
 
 def merge_image_size_args(args: list[str]) -> list[str]:

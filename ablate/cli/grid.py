@@ -8,7 +8,7 @@ import click
 from click.core import ParameterSource
 
 from ablate import data as data_stage
-from ablate.cli._options import data_options, execution_options, results_dir_option
+from ablate.cli._options import data_options, execution_options, results_dir_option, stopping_options
 from ablate.errors import AblateError
 
 # flag parameter -> study key or [train] key it overrides
@@ -16,7 +16,8 @@ _OVERRIDES = {
     "study_name": "name", "models": "models", "toggles": "toggles", "seeds": "seeds", "model_arg": "model_arg",
     "data": "data", "image_size": "image_size", "num_classes": "num_classes", "ignore_index": "ignore_index",
     "val_fraction": "val_fraction", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-    "weight_decay": "weight_decay", "patience": "patience", "device": "device", "precision": "precision",
+    "weight_decay": "weight_decay", "patience": "patience", "early_stop_on": "early_stop_on", "min_delta": "min_delta",
+    "class_weights": "class_weights", "device": "device", "precision": "precision",
     "compile": "compile", "storage": "storage", "workers": "workers", "max_retries": "max_retries",
 }
 
@@ -36,7 +37,7 @@ _OVERRIDES = {
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None)
 @click.option("--weight-decay", type=float, default=None)
-@click.option("--patience", type=int, default=None, help="Early stopping on val loss; 0 disables.")
+@stopping_options(defaults=False)
 @execution_options
 @click.option("--storage", default=None,
               help="Optuna storage URL (postgresql://user:pw@host/db for many machines) or a journal file path "

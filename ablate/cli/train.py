@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ablate.cli._options import data_options, execution_options, toggle_options
+from ablate.cli._options import data_options, execution_options, stopping_options, toggle_options
 from ablate.config import TrainConfig, parse_image_size
 from ablate.errors import AblateError
 
@@ -19,7 +19,7 @@ from ablate.errors import AblateError
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--patience", type=int, default=3, show_default=True, help="Early stopping on val loss; 0 disables.")
+@stopping_options()
 @click.option("--seed", type=int, default=0, show_default=True)
 @toggle_options
 @execution_options
@@ -29,8 +29,8 @@ from ablate.errors import AblateError
               help="Decoded-dataset cache.")
 @click.option("--quiet", is_flag=True, help="Only the final summary.")
 def train(model, model_arg, data, image_size, num_classes, ignore_index, val_fraction, epochs, batch_size, lr,
-          weight_decay, patience, seed, scheduler, augment, weighted_loss, device, precision, compile, out,
-          cache_dir, quiet):
+          weight_decay, patience, early_stop_on, min_delta, class_weights, seed, scheduler, augment, weighted_loss,
+          device, precision, compile, out, cache_dir, quiet):
     """Train one model and write DIR/run.json (atomically) and DIR/best.pt."""
     from ablate.engine import fit
     from ablate.models import parse_model_args
@@ -39,7 +39,8 @@ def train(model, model_arg, data, image_size, num_classes, ignore_index, val_fra
         model=model, model_args=parse_model_args(model, list(model_arg)), data=data,
         image_size=parse_image_size(image_size or 64), num_classes=num_classes, ignore_index=ignore_index,
         val_fraction=val_fraction, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        scheduler=scheduler, augment=augment, weighted_loss=weighted_loss, patience=patience, seed=seed,
+        scheduler=scheduler, augment=augment, weighted_loss=weighted_loss, class_weights=class_weights,
+        patience=patience, early_stop_on=early_stop_on, min_delta=min_delta, seed=seed,
         precision=precision, device=device, compile=compile,
     )
     out = out or Path("results") / "runs" / config.run_id

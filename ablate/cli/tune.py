@@ -35,7 +35,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 @data_options()
 @click.option("--epochs", type=int, default=None,
               help=f"Max epochs per trial (Hyperband's max resource)  [default: {DEFAULT_EPOCHS}]")
-@click.option("--patience", type=int, default=None, help="Early stopping on val loss; 0 disables  [default: 3]")
+@click.option("--patience", type=int, default=None, help="Early stopping on val mIoU; 0 disables  [default: 3]")
 @click.option("--seed", type=int, default=None, help="Training seed of every trial and sampler seed  [default: 0]")
 @toggle_options
 @click.option("--tune-toggles", is_flag=True, default=None,
