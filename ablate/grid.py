@@ -64,7 +64,7 @@ QUICK_STUDY: dict[str, Any] = {
     "models": ["baseline", "custom", "resnet18", "unet"],
     "toggles": list(TOGGLES),
     "seeds": 1,
-    "model_args": {"unet": {"base_channels": 8}},
+    "model_args": {"unet": {"base_channels": 8}, "resnet18": {"weights": "none", "freeze_encoder": False}},
     "train": {"data": "synthetic", "image_size": 64, "epochs": 6, "batch_size": 16, "lr": 1e-3, "patience": 3},
 }
 
@@ -358,13 +358,13 @@ def definition(study: GridStudy, fingerprint: str) -> dict[str, Any]:
 
 
 def check_models(study: GridStudy) -> None:
-    """Build each model once so bad model arguments (e.g. a missing weights file) are input
-    errors now rather than failed cells later."""
-    from ablate.models import create_model
+    """Build each model once so bad model arguments (e.g. a missing weights file, or weights
+    that would have to be downloaded offline) are input errors now rather than failed cells."""
+    from ablate.models import check_model
 
     for model in study.models:
         try:
-            create_model(model, 2, **study.model_args.get(model, {}))
+            check_model(model, study.model_args.get(model, {}))
         except AblateError as exc:
             raise AblateError(f"model {model}: {exc}") from None
 

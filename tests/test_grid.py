@@ -134,8 +134,11 @@ def test_cell_ids_do_not_depend_on_where_the_data_is_mounted(tmp_path):
 
 
 def test_model_args_apply_per_model_or_to_every_model_that_has_them():
-    study = _study(models="unet,resnet18", model_arg=["base_channels=4", "resnet18.freeze_encoder=false"])
-    assert study.model_args == {"unet": {"base_channels": 4}, "resnet18": {"freeze_encoder": False}}
+    study = _study(models="unet,resnet18", model_arg=["base_channels=4", "resnet18.freeze_encoder=true"])
+    # On top of the quick study's resnet18 arguments (random init, encoder trained).
+    assert study.model_args == {"unet": {"base_channels": 4}, "resnet18": {"weights": "none", "freeze_encoder": True}}
+    with pytest.raises(AblateError, match="^model resnet18: model 'resnet18': freeze_encoder=true with weights=none"):
+        grids.check_models(study)
     with pytest.raises(AblateError, match="no model in the grid"):
         _study(models="baseline", model_arg=["base_channels=4"])
     with pytest.raises(AblateError, match="weights file not found"):
