@@ -181,7 +181,7 @@ def test_resnet18_imagenet_offline_and_not_cached_is_one_line_naming_the_cache_f
     with pytest.raises(AblateError) as err:
         create_model("resnet18", NUM_CLASSES, weights="imagenet")
     message = str(err.value)
-    assert "\n" not in message and no_network == ["download.pytorch.org"]  # it did try, once
+    assert "\n" not in message and len(no_network) == 1  # it did try, once (the host, or a proxy)
     assert str(empty_hub_cache / "checkpoints" / CACHE_FILE) in message
     assert "weights=none with freeze_encoder=false" in message
     # The default is imagenet too.

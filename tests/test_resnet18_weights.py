@@ -47,7 +47,7 @@ def test_imagenet_offline_without_the_cache_is_one_line_and_exit_2(tmp_path, cac
     assert result.output.count("\n") == 1 and result.output.startswith("error: "), result.output
     assert str(cache_file) in result.output and "weights=none with freeze_encoder=false" in result.output
     assert "Traceback" not in result.output and not out.exists()
-    assert offline == ["download.pytorch.org"]  # it asked for the file once, then gave up
+    assert len(offline) == 1  # it asked once (for the host, or a proxy), then gave up
     # The default is imagenet, so the plain command says the same.
     default, _ = _train(tmp_path, cache_dir)
     assert default.exit_code == 2 and str(cache_file) in default.output

@@ -97,7 +97,8 @@ def _download_imagenet(progress: bool) -> None:
             f"{cached} (or set TORCH_HOME), or pass weights={NO_WEIGHTS} with freeze_encoder=false") from None
     finally:
         socket.setdefaulttimeout(previous)
-    print(said.getvalue().strip(), file=sys.stderr)
+    if said.getvalue().strip():
+        print(said.getvalue().strip(), file=sys.stderr)
 
 
 def _load_resnet18(weights: str, *, progress: bool = True) -> tuple[torchvision.models.ResNet, str, str | None]:
