@@ -86,10 +86,11 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['model']:<8}  {r['toggles']:<{width}}  {r['seed']:>4}  {r['image_size']:>7}  {_num(r['val_miou']):>8}  "
               f"{_num(r['miou_floor']):>8}  {_num(r['val_pixel_acc']):>7}  {_num(r['acc_floor']):>7}  "
               f"{str(r['best_epoch']) + '/' + str(r['epochs']):>7}  {_num(r['seconds'], 1):>7}  "
-              f"{'pass' if r['passes'] else 'FAIL'}")
+              f"{'pass' if r['passes'] else 'FAIL' if r['status'] == 'completed' else r['status']}")
     passed = sum(r["passes"] for r in rows)
     seconds = sum(r["seconds"] or 0.0 for r in rows)
-    print(f"\n{passed}/{len(rows)} cells pass; per-model: " + ", ".join(
+    unfinished = sum(r["status"] != "completed" for r in rows)
+    print(f"\n{passed}/{len(rows)} cells pass" + (f" ({unfinished} not completed)" if unfinished else "") + "; per-model: " + ", ".join(
         f"{m} {sum(r['passes'] for r in rows if r['model'] == m)}/{sum(r['model'] == m for r in rows)}"
         for m in dict.fromkeys(r["model"] for r in rows)) + f"; training seconds summed over cells: {seconds:.0f}")
 
