@@ -74,7 +74,7 @@ QUICK_STUDY: dict[str, Any] = {
     "name": "quick",
     "description": ("All four architectures x all 8 toggle settings on the embedded synthetic dataset (CPU-sized; "
                     "resnet18 from random weights, encoder trained: offline, no download). Short budget: unet and "
-                    "unweighted baseline cells learn; custom, resnet18 and weighted baseline cells mostly do not."),
+                    "unweighted baseline cells learn; custom, resnet18 and most weighted-loss cells do not."),
     "models": ["baseline", "custom", "resnet18", "unet"],
     "toggles": list(TOGGLES),
     "seeds": 1,
