@@ -89,10 +89,15 @@ class TrainConfig:
         return cls(**d)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that decide what the run computes."""
+        """The fields that decide what the run computes. Model arguments are resolved by
+        the model: defaults filled in, a weights file named by its sha256 prefix (never its
+        path), so the same configuration has one id on every machine."""
+        from ablate.models import model_identity  # models import torch; config stays light
+
         d = self.to_dict()
         for name in OPERATIONAL_FIELDS:
             d.pop(name)
+        d["model_args"] = model_identity(self.model, self.model_args)
         return d
 
     @property

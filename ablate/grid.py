@@ -5,6 +5,15 @@ toggle setting x seed, each identified by a hash of its full training configurat
 on one or many machines claim cells through the Optuna storage under a study-wide lock, so
 every cell runs exactly once; runs.csv and summary.csv are rebuilt from the storage.
 
+Per-model training options ([model_train.MODEL] in the study file: image size, epochs, lr,
+...) override [train] for that model's cells; a flag overrides both. The data is loaded once
+per distinct image size.
+
+Execution is part of a cell's identity: `precision = "auto"` is bf16 on one CPU and fp32 on
+another, so a study records the precision and device kind its creator resolved ("fp32 on
+cpu"), cell ids hash the resolved precision and device kind, and a worker that resolves
+differently refuses to claim cells (exit 2, naming both and the flag that matches).
+
 Exactly once: a trial is only ever created inside `GridStorage.claim`, while holding a lock
 that every process sharing the storage respects (an flock beside a SQLite/journal file, a
 PostgreSQL advisory lock, a MySQL named lock), and only for a cell whose fresh read shows no
@@ -50,7 +59,10 @@ KIND = "grid"
 DEFAULT_STUDY_FILE = Path("studies") / "quick.toml"
 CELL_FIELDS = ("model", "model_args", "seed", *TOGGLES)  # set per cell, never in [train]
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in CELL_FIELDS)
-STUDY_KEYS = ("name", "description", "models", "model_args", "toggles", "seeds", "train",
+# [train] keys a model may not override: one dataset and one execution set-up per study.
+SHARED_KEYS = ("data", "num_classes", "ignore_index", "val_fraction", "precision", "device", "compile")
+MODEL_TRAIN_KEYS = tuple(k for k in TRAIN_KEYS if k not in SHARED_KEYS)
+STUDY_KEYS = ("name", "description", "models", "model_args", "model_train", "toggles", "seeds", "train",
               "max_retries", "workers", "storage")
 INTERRUPTED = "interrupted"  # Ctrl-C: rerun without counting against --max-retries
 WORKER_LOST = "worker lost"  # killed worker: likewise
@@ -60,12 +72,16 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # The built-in quick study: what studies/quick.toml says, for when that file is not around.
 QUICK_STUDY: dict[str, Any] = {
     "name": "quick",
-    "description": "All four architectures x all 8 toggle settings on the embedded synthetic dataset (CPU-sized).",
+    "description": ("All four architectures x all 8 toggle settings on the embedded synthetic dataset (CPU-sized; "
+                    "resnet18 from random weights, encoder trained: offline, no download). Short budget: unet and "
+                    "unweighted baseline cells learn; custom, resnet18 and most weighted-loss cells do not."),
     "models": ["baseline", "custom", "resnet18", "unet"],
     "toggles": list(TOGGLES),
     "seeds": 1,
-    "model_args": {"unet": {"base_channels": 8}},
-    "train": {"data": "synthetic", "image_size": 64, "epochs": 6, "batch_size": 16, "lr": 1e-3, "patience": 3},
+    "max_retries": 1,
+    "model_args": {"unet": {"base_channels": 8}, "resnet18": {"weights": "none", "freeze_encoder": False}},
+    "train": {"data": "synthetic", "image_size": 64, "epochs": 6, "batch_size": 16, "lr": 1e-3, "patience": 0},
+    "model_train": {"unet": {"batch_size": 8, "lr": 2e-3}, "custom": {"epochs": 4}, "resnet18": {"epochs": 4}},
 }
 
 
@@ -77,6 +93,7 @@ class GridStudy:
     name: str = "quick"  # Optuna study name; results go to <results-dir>/<name>/
     models: tuple[str, ...] = ("baseline", "custom", "resnet18", "unet")  # architectures compared
     model_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model constructor options
+    model_train: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model [train] overrides
     toggles: tuple[str, ...] = TOGGLES  # toggles switched on/off (2^k settings); the others stay off
     seeds: tuple[int, ...] = (0,)  # every setting runs once per seed
     train: TrainConfig = field(default_factory=TrainConfig)  # options shared by every cell
@@ -204,15 +221,34 @@ def build_study(raw: dict[str, Any], *, where: str, overrides: dict[str, Any], d
         value, label = pick(key, key.replace("_", "-"), train_raw, "train.")
         if value is not None:
             train_values[key] = _train_value(key, value, label)
+    train = _train_config(train_values, where, "train.", overrides)
+
+    # [model_train.MODEL]: that model's cells train with these instead; a flag wins over both.
+    per_model_raw = _table(raw.get("model_train", {}), f"{where}: model_train")
+    model_train = {}
+    for model in per_model_raw:
+        _known_model(model, f"{where}: model_train", list_models())
+        prefix = f"model_train.{model}."
+        table = _table(per_model_raw[model], f"{where}: model_train.{model}")
+        _reject_unknown(table, MODEL_TRAIN_KEYS, where, prefix=prefix,
+                        hint=f"; {', '.join(SHARED_KEYS)} are shared by every model ([train])")
+        values = {k: _train_value(k, v, f"{where}: {prefix}{k}") for k, v in table.items() if overrides.get(k) is None}
+        _train_config({**train_values, **values}, where, prefix, overrides)  # validated now, not per cell
+        if model in models and values:
+            model_train[model] = values
+    return GridStudy(name=name, models=models, model_args=model_args, model_train=model_train, toggles=toggles,
+                     seeds=seeds, train=train, max_retries=max_retries, workers=workers, storage=storage,
+                     description=description)
+
+
+def _train_config(values: dict[str, Any], where: str, prefix: str, overrides: dict[str, Any]) -> TrainConfig:
     try:
-        train = TrainConfig(**train_values)
+        return TrainConfig(**values)
     except AblateError as exc:  # TrainConfig names the flag; say so when the value came from the file
         flag = re.match(r"--([a-z-]+) (.*)", str(exc))
         if not flag or flag[1].replace("-", "_") in overrides:
             raise
-        raise AblateError(f"{where}: train.{flag[1].replace('-', '_')} {flag[2]}") from None
-    return GridStudy(name=name, models=models, model_args=model_args, toggles=toggles, seeds=seeds, train=train,
-                     max_retries=max_retries, workers=workers, storage=storage, description=description)
+        raise AblateError(f"{where}: {prefix}{flag[1].replace('-', '_')} {flag[2]}") from None
 
 
 def parse_seeds(value: Any, label: str) -> tuple[int, ...]:
@@ -336,42 +372,104 @@ def _type_words(types_: tuple) -> str:
 
 
 # --------------------------------------------------------------------------- cells
+def resolve_execution(train: TrainConfig) -> dict[str, str]:
+    """{"device": "cpu" | "cuda", "precision": "fp32" | "bf16"}: what this process would run
+    `train` on, by the engine's own resolution (`--precision auto` depends on the hardware)."""
+    from ablate.engine import resolve_device, resolve_precision
+
+    device = resolve_device(train.device)
+    return {"device": device.type, "precision": resolve_precision(train.precision, device)}
+
+
 def cell_id(config: TrainConfig, fingerprint: str) -> str:
-    return stable_hash({**config.identity(), "data": fingerprint})
+    """Hash of what the cell computes: its identity (precision included), the device kind
+    and the dataset's fingerprint. Precision and device must be resolved (see `expand`)."""
+    if "auto" in (config.precision, config.device):
+        raise ValueError(f"cell_id needs a resolved precision and device, got {config.precision}/{config.device}")
+    return stable_hash({**config.identity(), "device": config.device, "data": fingerprint})
 
 
-def expand(study: GridStudy, fingerprint: str) -> list[Cell]:
-    """Every cell of the grid, seed-major, then toggle setting, then model."""
+def model_config(study: GridStudy, model: str) -> TrainConfig:
+    """[train] with the model's own overrides: every setting its cells share."""
+    return study.train.replace(model=model, model_args=dict(study.model_args.get(model, {})),
+                               **study.model_train.get(model, {}))
+
+
+def expand(study: GridStudy, fingerprint: str, execution: dict[str, str] | None = None) -> list[Cell]:
+    """Every cell of the grid, seed-major, then toggle setting, then model. Each cell's
+    config carries the resolved precision and device kind (`execution`, default: this
+    process's), so the cell runs what its id says."""
+    execution = execution or resolve_execution(study.train)
     cells = []
     for seed in study.seeds:
         for setting in itertools.product((False, True), repeat=len(study.toggles)):
             on = dict(zip(study.toggles, setting))
             for model in study.models:
-                config = study.train.replace(model=model, model_args=dict(study.model_args.get(model, {})), seed=seed,
-                                             **{t: on.get(t, False) for t in TOGGLES})
+                config = model_config(study, model).replace(seed=seed, **{t: on.get(t, False) for t in TOGGLES},
+                                                            **execution)
                 cells.append(Cell(cell_id(config, fingerprint), config))
     return cells
 
 
-def definition(study: GridStudy, fingerprint: str) -> dict[str, Any]:
+def definition(study: GridStudy, fingerprint: str, execution: dict[str, str] | None = None) -> dict[str, Any]:
     """What makes two grids the same grid. Seeds are replicates, not part of it (asking for
-    more seeds extends a study), and neither are operational settings such as the device."""
-    train = {k: v for k, v in study.train.identity().items() if k not in CELL_FIELDS}
-    train["data"] = fingerprint
-    return {"models": {m: study.model_args.get(m, {}) for m in sorted(study.models)},
-            "toggles": list(study.toggles), "train": train}
+    more seeds extends a study), and neither are operational settings such as the device
+    index; the precision and device kind as resolved are (`execution`)."""
+    execution = execution or resolve_execution(study.train)
+    shared = {k: v for k, v in study.train.identity().items() if k not in CELL_FIELDS and k != "precision"}
+    shared["data"] = fingerprint
+    per_model = {}
+    for model in sorted(study.models):
+        identity = model_config(study, model).identity()
+        per_model[model] = {"args": identity["model_args"],
+                            "train": {k: identity[k] for k in sorted(study.model_train.get(model, {}))}}
+    return {"models": per_model, "toggles": list(study.toggles), "train": shared, "execution": dict(execution)}
+
+
+def check_execution(name: str, grid: dict[str, Any], execution: dict[str, str], train: TrainConfig) -> None:
+    """Refuse a worker whose precision or device kind differs from the study's."""
+    created = grid.get("execution")
+    if not created or created == execution:
+        return
+    asked = " ".join(f"--{k} {getattr(train, k)}" for k in ("device", "precision") if created.get(k) != execution[k])
+    fix = " ".join(f"--{k} {created[k]}" for k in ("device", "precision") if created.get(k) != execution[k])
+    raise AblateError(f"study {name} was created for {created.get('precision')} on {created.get('device')}; this "
+                      f"worker resolves {asked} to {execution['precision']} on {execution['device']}; pass {fix} "
+                      "or use another --study-name")
 
 
 def check_models(study: GridStudy) -> None:
-    """Build each model once so bad model arguments (e.g. a missing weights file) are input
-    errors now rather than failed cells later."""
-    from ablate.models import create_model
+    """Build each model once so bad model arguments (e.g. a missing weights file, or weights
+    that would have to be downloaded offline) are input errors now rather than failed cells."""
+    from ablate.models import check_model
 
     for model in study.models:
         try:
-            create_model(model, 2, **study.model_args.get(model, {}))
+            check_model(model, study.model_args.get(model, {}))
         except AblateError as exc:
             raise AblateError(f"model {model}: {exc}") from None
+
+
+class Datasets:
+    """The grid's dataset at each image size its cells use, loaded on first use (from the
+    decode cache when another process decoded it already)."""
+
+    def __init__(self, train: TrainConfig, cache_dir: Path | None, loaded: Any = None):
+        self._train, self._cache_dir = train, cache_dir
+        self._by_size: dict[tuple[int, int], Any] = {}
+        if loaded is not None:
+            self._by_size[tuple(loaded.image_size)] = loaded
+
+    def __call__(self, image_size: tuple[int, int]) -> Any:
+        size = tuple(image_size)
+        if size not in self._by_size:
+            from ablate.data import load_dataset
+
+            t = self._train
+            self._by_size[size] = load_dataset(t.data, image_size=size, num_classes=t.num_classes,
+                                               ignore_index=t.ignore_index, val_fraction=t.val_fraction,
+                                               cache_dir=self._cache_dir)
+        return self._by_size[size]
 
 
 # --------------------------------------------------------------------------- storage
@@ -499,7 +597,7 @@ class GridStorage:
                 sid = self.storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], self.study_name)
             attrs = self.storage.get_study_user_attrs(sid)
             if attrs:
-                check_same_grid(self.study_name, attrs, grid, self.url)
+                check_same_grid(self.study_name, attrs, grid, self.url, study.train)
             elif self.storage.get_all_trials(sid, deepcopy=False):
                 raise AblateError(f"study {self.study_name!r} in {store.mask_url(self.url)} is not a grid study; "
                                   "use another --study-name")
@@ -586,14 +684,27 @@ def _flock(path: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def check_same_grid(name: str, attrs: dict[str, Any], grid: dict[str, Any], url: str) -> None:
+def check_same_grid(name: str, attrs: dict[str, Any], grid: dict[str, Any], url: str,
+                    train: TrainConfig | None = None) -> None:
+    """Refuse a study of another kind, another execution (when `train`, the requested
+    settings, is given: the message names the flags) or another grid."""
     if attrs.get("kind") != KIND:
         raise AblateError(f"study {name!r} in {store.mask_url(url)} is a {attrs.get('kind') or 'non-grid'} study, "
                           "not a grid; use another --study-name")
     if attrs.get("grid_hash") == stable_hash(grid):
         return
     old = attrs.get("grid") or {}
-    diff = [k for k in ("models", "toggles") if old.get(k) != grid[k]]
+    if train is not None:
+        check_execution(name, old, grid["execution"], train)
+    old_models, new_models = old.get("models") or {}, grid["models"]
+    diff = ["models"] if sorted(old_models) != sorted(new_models) else []
+    for model in sorted(new_models) if not diff else []:
+        was, now = old_models[model] if isinstance(old_models[model], dict) else {}, new_models[model]
+        if was.get("args") != now["args"]:
+            diff.append(f"model_args.{model}")
+        train_keys = sorted(set(was.get("train") or {}) | set(now["train"]))
+        diff += [f"model_train.{model}.{k}" for k in train_keys if (was.get("train") or {}).get(k) != now["train"].get(k)]
+    diff += [k for k in ("toggles", "execution") if old.get(k) != grid[k]]
     diff += [k for k in grid["train"] if (old.get("train") or {}).get(k) != grid["train"][k]]
     diff = [("data (its files changed)" if k == "data" else k) for k in diff]
     raise AblateError(f"study {name!r} in {store.mask_url(url)} holds a different grid (differs in: "
@@ -652,7 +763,7 @@ def _test_hooks(cell: Cell, nth: int) -> None:
 
 def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Path, progress: bool = False,
              nth: int = 1) -> CellResult:
-    """Train one claimed cell and tell the storage how it went."""
+    """Train one claimed cell (on `dataset`, at the cell's image size) and tell the storage how it went."""
     from ablate import record as records
     from ablate.engine import fit_safely
 
@@ -737,9 +848,15 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def work(gs: GridStorage, cells: list[Cell], dataset, *, results_dir: Path, max_retries: int,
-         on_result: Callable[[CellResult], None], progress: bool = False) -> None:
-    """Claim and run cells until none is left to claim and none runs elsewhere."""
+def work(gs: GridStorage, cells: list[Cell], datasets: Callable[[tuple[int, int]], Any], *, results_dir: Path,
+         max_retries: int, on_result: Callable[[CellResult], None], progress: bool = False,
+         requested: TrainConfig | None = None) -> None:
+    """Claim and run cells until none is left to claim and none runs elsewhere. `datasets`
+    gives the data at an image size; `requested` (the study's [train]) is resolved here and
+    must match the execution the study was created for before any cell is claimed."""
+    if requested is not None:
+        check_execution(gs.study_name, (gs.study_attrs() or {}).get("grid") or {}, resolve_execution(requested),
+                        requested)
     poll = max(0.5, min(2.0, store.GRACE_SECONDS / 4))
     runs = store.study_dir(results_dir, gs.study_name) / "runs"
     nth = 0
@@ -752,7 +869,8 @@ def work(gs: GridStorage, cells: list[Cell], dataset, *, results_dir: Path, max_
             continue
         cell, trial_id = claimed
         nth += 1
-        on_result(run_cell(gs, cell, trial_id, dataset, run_dir=runs / cell.cell_id, progress=progress, nth=nth))
+        on_result(run_cell(gs, cell, trial_id, datasets(cell.config.image_size), run_dir=runs / cell.cell_id,
+                           progress=progress, nth=nth))
 
 
 # --------------------------------------------------------------------------- workers
@@ -783,26 +901,27 @@ def _worker_process(env: dict[str, str], threads: int, study: GridStudy, cells: 
     os.environ.update(env)
     import torch
 
-    from ablate.data import load_dataset
-
     torch.set_num_threads(threads)
     try:
-        dataset = load_dataset(study.train.data, image_size=study.train.image_size, num_classes=study.train.num_classes,
-                               ignore_index=study.train.ignore_index, val_fraction=study.train.val_fraction,
-                               cache_dir=cache_dir)
         gs = GridStorage(url, study.name)
-        work(gs, cells, dataset, results_dir=Path(results_dir), max_retries=study.max_retries, on_result=events.put)
+        work(gs, cells, Datasets(study.train, cache_dir), results_dir=Path(results_dir), max_retries=study.max_retries,
+             on_result=events.put, requested=study.train)
     except KeyboardInterrupt:
         sys.exit(130)
+    except AblateError as exc:  # e.g. this worker resolves another precision: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
-def run_workers(study: GridStudy, cells: list[Cell], url: str, *, results_dir: Path, cache_dir: Path, dataset,
-                on_result: Callable[[CellResult], None], progress: bool = False) -> list[int]:
-    """Run the grid on `study.workers` processes (in this process for one; spawned workers
-    load the dataset from `cache_dir`); returns the exit codes of workers that failed."""
+def run_workers(study: GridStudy, cells: list[Cell], url: str, *, results_dir: Path, cache_dir: Path,
+                datasets: Callable[[tuple[int, int]], Any], on_result: Callable[[CellResult], None],
+                progress: bool = False) -> list[int]:
+    """Run the grid on `study.workers` processes (in this process for one, with `datasets`;
+    spawned workers load their data from `cache_dir`); returns the exit codes of workers
+    that failed."""
     if study.workers == 1:
-        work(GridStorage(url, study.name), cells, dataset, results_dir=results_dir, max_retries=study.max_retries,
-             on_result=on_result, progress=progress)
+        work(GridStorage(url, study.name), cells, datasets, results_dir=results_dir, max_retries=study.max_retries,
+             on_result=on_result, progress=progress, requested=study.train)
         return []
     import multiprocessing
 

@@ -12,7 +12,7 @@ from ablate.config import TrainConfig
 from ablate.data import load_dataset
 from ablate.engine import fit
 
-MODEL_ARGS = {"unet": {"base_channels": 16}}
+MODEL_ARGS = {"unet": {"base_channels": 16}, "resnet18": {"weights": "none", "freeze_encoder": False}}  # offline
 
 
 def main(argv=None) -> int:

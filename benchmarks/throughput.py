@@ -37,7 +37,10 @@ from ablate.engine import cpu_has_native_bf16, make_optimizer, resolve_device, r
 from ablate.models import create_model
 from ablate.record import device_name
 
-MODELS = {"baseline": {}, "custom": {}, "resnet18": {}, "unet": {"base_channels": 16}}
+# resnet18 as the quick study runs it: random init, encoder trained (its default, ImageNet
+# weights, needs torchvision's cache or the network).
+MODELS = {"baseline": {}, "custom": {}, "resnet18": {"weights": "none", "freeze_encoder": False},
+          "unet": {"base_channels": 16}}
 
 
 def train_step(model, x, y, optimizer, precision) -> None:

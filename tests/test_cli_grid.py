@@ -176,6 +176,50 @@ def test_a_diverging_cell_fails_alone_is_retried_and_fails_the_command(tmp_path,
     assert len(_trials(f"sqlite:///{results / 'bad' / 'optuna.db'}", "bad")) == 3
 
 
+def test_each_models_cells_train_at_its_own_image_size(tmp_path, cache_dir):
+    study = tmp_path / "sizes.toml"
+    study.write_text('name = "sizes"\nmodels = ["unet", "baseline"]\ntoggles = []\n[train]\ndata = "synthetic"\n'
+                     'image_size = 32\nepochs = 1\n[model_args.unet]\nbase_channels = 4\n'
+                     '[model_train.baseline]\nimage_size = 64\nlr = 3e-3\n')
+    results = tmp_path / "results"
+    result = _grid("--study", str(study), "--results-dir", str(results), "--cache-dir", str(cache_dir), "--no-report")
+    assert result.exit_code == 0, result.output
+    runs = pd.read_csv(results / "sizes" / "runs.csv").set_index("model")
+    records = {m: json.loads((results / "sizes" / "runs" / runs.loc[m, "cell_id"] / "run.json").read_text())
+               for m in ("unet", "baseline")}
+    assert records["unet"]["dataset"]["image_size"] == [32, 32] and records["unet"]["config"]["lr"] == 1e-3
+    assert records["baseline"]["dataset"]["image_size"] == [64, 64] and records["baseline"]["config"]["lr"] == 3e-3
+    assert records["baseline"]["config"]["image_size"] == [64, 64]
+    # A changed per-model setting is another grid.
+    study.write_text(study.read_text().replace("lr = 3e-3", "lr = 1e-2"))
+    again = _grid("--study", str(study), "--results-dir", str(results), "--cache-dir", str(cache_dir), "--no-report")
+    assert again.exit_code == 2 and "differs in: model_train.baseline.lr" in again.stderr, again.output
+
+
+def test_a_worker_that_resolves_another_precision_exits_2_and_claims_nothing(tmp_path, cache_dir, monkeypatch):
+    import ablate.engine
+
+    results = tmp_path / "results"
+    args = [*TINY, "--toggles", "none", "--seeds", "1", "--study-name", "prec", "--results-dir", str(results),
+            "--cache-dir", str(cache_dir)]
+    monkeypatch.setattr(ablate.engine, "cpu_has_native_bf16", lambda: False)
+    first = _grid(*args)
+    assert first.exit_code == 0, first.output
+    monkeypatch.setattr(ablate.engine, "cpu_has_native_bf16", lambda: True)  # another CPU: auto = bf16
+    refused = _grid(*args)
+    assert refused.exit_code == 2, refused.output
+    assert refused.stdout == "" and refused.stderr == (
+        "error: study prec was created for fp32 on cpu; this worker resolves --precision auto to bf16 on cpu; "
+        "pass --precision fp32 or use another --study-name\n")
+    url = f"sqlite:///{results / 'prec' / 'optuna.db'}"
+    assert len(_trials(url, "prec")) == 1
+    matching = _grid(*args, "--precision", "fp32")  # the same cells: nothing left to run
+    assert matching.exit_code == 0, matching.output
+    assert "1 done, 0 to run" in matching.stdout and len(_trials(url, "prec")) == 1
+    record = json.loads(next((results / "prec" / "runs").glob("*/run.json")).read_text())
+    assert record["config"]["precision"] == "fp32" and record["config"]["device"] == "cpu"
+
+
 # --------------------------------------------------------------------------- bad input
 BAD_TOML = {"syntax.toml": 'name = "x"\nmodels = ["unet" "custom"]\n', "unknown.toml": 'name = "x"\nepochs = 3\n'}
 

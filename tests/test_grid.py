@@ -78,6 +78,15 @@ def test_flags_override_the_file(tmp_path):
     ('name = "a/b"\n', "names a folder"),
     ('[train]\nepochs = 0\n', "bad.toml: train.epochs must be a positive integer, got 0"),
     ('[train]\nimage_size = 48\n', "bad.toml: train.image_size must be divisible by 32"),
+    ('[model_train.custom]\nepoch = 3\n', "bad.toml: unknown key 'model_train.custom.epoch'; accepted: image_size"),
+    ('[model_train.custom]\ndata = "x"\n', "unknown key 'model_train.custom.data'.*shared by every model"),
+    ('[model_train.custom]\nprecision = "bf16"\n', "unknown key 'model_train.custom.precision'"),
+    ('[model_train.custom]\nlr = "fast"\n', "bad.toml: model_train.custom.lr must be a number, got 'fast'"),
+    ('[model_train.custom]\nepochs = 2.5\n', "bad.toml: model_train.custom.epochs must be an integer"),
+    ('[model_train.custom]\nimage_size = 100\n', "bad.toml: model_train.custom.image_size must be divisible by 32"),
+    ('[model_train.custom]\nlr = 0\n', "bad.toml: model_train.custom.lr must be > 0"),
+    ('[model_train.vit]\nlr = 1e-3\n', "bad.toml: model_train: unknown model 'vit'"),
+    ('model_train = 3\n', "bad.toml: model_train must be a table"),
 ])
 def test_bad_study_files_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"
@@ -133,13 +142,98 @@ def test_cell_ids_do_not_depend_on_where_the_data_is_mounted(tmp_path):
     assert ids_a == ids_b
 
 
+def _per_model_study(tmp_path, text: str, **overrides):
+    path = tmp_path / "s.toml"
+    path.write_text('name = "pm"\nmodels = ["unet", "custom"]\ntoggles = []\n[train]\nimage_size = 32\nepochs = 3\n'
+                    'lr = 1e-3\n[model_args.unet]\nbase_channels = 4\n' + text)
+    return grids.load_study(path, overrides)
+
+
+def test_per_model_training_options_reach_each_cell_its_identity_and_the_definition(tmp_path):
+    study = _per_model_study(tmp_path, "[model_train.custom]\nimage_size = 64\nlr = 3e-4\nepochs = 5\n")
+    assert study.model_train == {"custom": {"image_size": (64, 64), "lr": 3e-4, "epochs": 5}}
+    cells = {c.config.model: c for c in grids.expand(study, FP)}
+    assert (cells["custom"].config.image_size, cells["custom"].config.lr, cells["custom"].config.epochs) == ((64, 64), 3e-4, 5)
+    assert (cells["unet"].config.image_size, cells["unet"].config.lr, cells["unet"].config.epochs) == ((32, 32), 1e-3, 3)
+    plain = {c.config.model: c for c in grids.expand(_per_model_study(tmp_path, ""), FP)}
+    assert plain["unet"].cell_id == cells["unet"].cell_id and plain["custom"].cell_id != cells["custom"].cell_id
+    grid = grids.definition(study, FP)
+    assert grid["models"]["custom"]["train"] == {"epochs": 5, "image_size": [64, 64], "lr": 3e-4}
+    assert grid["models"]["unet"] == {"args": {"base_channels": 4}, "train": {}}
+    # A flag wins over the file everywhere, per-model values included.
+    flagged = _per_model_study(tmp_path, "[model_train.custom]\nimage_size = 64\nlr = 3e-4\n", image_size=32)
+    assert flagged.model_train == {"custom": {"lr": 3e-4}}
+    assert {c.config.image_size for c in grids.expand(flagged, FP)} == {(32, 32)}
+    # A model not in the grid: its table is checked, then unused.
+    assert _per_model_study(tmp_path, "[model_train.baseline]\nlr = 1e-2\n").model_train == {}
+
+
+def test_a_changed_per_model_setting_is_another_grid(tmp_path):
+    url = _storage_url("journal", tmp_path)
+    study = _per_model_study(tmp_path, "[model_train.custom]\nlr = 3e-4\n")
+    _prepared(url, study)
+    _prepared(url, study)
+    with pytest.raises(AblateError, match=r"differs in: model_train\.custom\.lr\)"):
+        _prepared(url, _per_model_study(tmp_path, "[model_train.custom]\nlr = 1e-4\n"))
+    with pytest.raises(AblateError, match=r"differs in: model_train\.unet\.epochs\)"):
+        _prepared(url, _per_model_study(tmp_path, "[model_train.custom]\nlr = 3e-4\n[model_train.unet]\nepochs = 9\n"))
+    with pytest.raises(AblateError, match=r"differs in: model_args\.unet\)"):
+        _prepared(url, _per_model_study(tmp_path, "[model_train.custom]\nlr = 3e-4\n", model_arg=["base_channels=8"]))
+
+
+def _cpu_with_bf16(monkeypatch, native: bool) -> None:
+    import ablate.engine
+
+    monkeypatch.setattr(ablate.engine, "cpu_has_native_bf16", lambda: native)
+
+
+def test_cell_ids_use_the_precision_and_device_kind_as_resolved(monkeypatch):
+    _cpu_with_bf16(monkeypatch, False)
+    auto_fp32 = grids.expand(_study(device="cpu"), FP)
+    assert {(c.config.precision, c.config.device) for c in auto_fp32} == {("fp32", "cpu")}
+    assert [c.cell_id for c in grids.expand(_study(device="cpu", precision="fp32"), FP)] == [c.cell_id for c in auto_fp32]
+    assert grids.definition(_study(precision="fp32"), FP) == grids.definition(_study(), FP)
+    _cpu_with_bf16(monkeypatch, True)
+    auto_bf16 = grids.expand(_study(device="cpu"), FP)
+    assert {c.config.precision for c in auto_bf16} == {"bf16"}
+    assert {c.cell_id for c in auto_bf16}.isdisjoint(c.cell_id for c in auto_fp32)
+    assert grids.definition(_study(), FP)["execution"] == {"device": "cpu", "precision": "bf16"}
+    # The device kind is part of the id even where the precision agrees.
+    fp32 = _study(device="cpu", precision="fp32")
+    assert (grids.expand(fp32, FP, {"device": "cuda", "precision": "fp32"})[0].cell_id
+            != grids.expand(fp32, FP, {"device": "cpu", "precision": "fp32"})[0].cell_id)
+
+
+def test_a_worker_that_resolves_another_precision_claims_nothing(tmp_path, monkeypatch):
+    url = _storage_url("journal", tmp_path)
+    _cpu_with_bf16(monkeypatch, False)
+    study = _study(seeds=1)
+    gs, cells = _prepared(url, study)
+    _cpu_with_bf16(monkeypatch, True)
+    message = ("study t was created for fp32 on cpu; this worker resolves --precision auto to bf16 on cpu; "
+               "pass --precision fp32 or use another --study-name")
+    with pytest.raises(AblateError) as err:
+        grids.work(gs, cells, lambda size: None, results_dir=tmp_path, max_retries=0,
+                   on_result=lambda r: None, requested=study.train)
+    assert str(err.value) == message
+    with pytest.raises(AblateError) as err:
+        _prepared(url, study)  # cells and definition as this worker resolves them
+    assert str(err.value) == message
+    assert gs.trials() == []
+    _prepared(url, _study(seeds=1, precision="fp32"))  # the flag that matches is the same grid
+
+
 def test_model_args_apply_per_model_or_to_every_model_that_has_them():
-    study = _study(models="unet,resnet18", model_arg=["base_channels=4", "resnet18.freeze_encoder=false"])
-    assert study.model_args == {"unet": {"base_channels": 4}, "resnet18": {"freeze_encoder": False}}
+    study = _study(models="unet,resnet18", model_arg=["base_channels=4", "resnet18.freeze_encoder=true"])
+    # On top of the quick study's resnet18 arguments (random init, encoder trained).
+    assert study.model_args == {"unet": {"base_channels": 4}, "resnet18": {"weights": "none", "freeze_encoder": True}}
+    with pytest.raises(AblateError, match="^model resnet18: model 'resnet18': freeze_encoder=true with weights=none"):
+        grids.check_models(study)
     with pytest.raises(AblateError, match="no model in the grid"):
         _study(models="baseline", model_arg=["base_channels=4"])
     with pytest.raises(AblateError, match="weights file not found"):
         grids.check_models(_study(models="resnet18", model_arg=["resnet18.weights=/nonexistent.pth"]))
+
 
 
 def test_worker_plan_spreads_gpus_round_robin_and_splits_cpu_cores():

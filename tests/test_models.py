@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 
 import pytest
 import torch
@@ -11,11 +12,15 @@ from torch import nn
 
 from ablate.errors import AblateError
 from ablate.models import _registry, create_model, list_models, model_params, parse_model_args, register_model
-from ablate.models.resnet18 import CACHE_FILE, RANDOM_INIT
+from ablate.config import TrainConfig
+from ablate.models import model_identity
+from ablate.models import resnet18 as resnet18_module
+from ablate.models.resnet18 import CACHE_FILE, RANDOM_INIT, file_sha256
 
 NUM_CLASSES = 3
-# Narrower variants where a model offers a width knob, to keep the suite fast on 2 cores.
-FAST_ARGS = {"unet": {"base_channels": 8}}
+# Narrower variants where a model offers a width knob, to keep the suite fast on 2 cores;
+# resnet18 from random weights (its default, imagenet, may need the network).
+FAST_ARGS = {"unet": {"base_channels": 8}, "resnet18": {"weights": "none", "freeze_encoder": False}}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,6 +39,20 @@ def empty_hub_cache(tmp_path, monkeypatch):
     hub = tmp_path / "hub"
     monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
     return hub
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every name lookup fails at once, as offline (and no test downloads 45 MB when online);
+    the list records the hosts asked for."""
+    asked = []
+
+    def offline(host, *args, **kwargs):
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    return asked
 
 
 def _images(n: int, h: int, w: int) -> torch.Tensor:
@@ -107,8 +126,22 @@ def _encoder_bn_stats(model: nn.Module) -> list[torch.Tensor]:
             for t in (m.running_mean, m.running_var)]
 
 
-def test_resnet18_frozen_encoder_stays_fixed_in_train_mode():
-    model = create_model("resnet18", NUM_CLASSES).train()
+def _marked_state_dict() -> dict[str, torch.Tensor]:
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state["conv1.weight"].fill_(0.125)
+    state["layer4.1.bn2.running_mean"].fill_(-3.0)
+    return state
+
+
+@pytest.fixture
+def weights_file(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(_marked_state_dict(), path)
+    return path
+
+
+def test_resnet18_frozen_encoder_stays_fixed_in_train_mode(weights_file):
+    model = create_model("resnet18", NUM_CLASSES, weights=str(weights_file)).train()
     assert all(not p.requires_grad for p in model.encoder.parameters())
     assert all(p.requires_grad for p in model.decoder.parameters())
     assert not model.encoder.training and model.decoder.training
@@ -118,39 +151,90 @@ def test_resnet18_frozen_encoder_stays_fixed_in_train_mode():
 
 
 def test_resnet18_unfrozen_encoder_trains():
-    model = create_model("resnet18", NUM_CLASSES, freeze_encoder=False).train()
+    model = create_model("resnet18", NUM_CLASSES, weights="none", freeze_encoder=False).train()
+    assert model.weights_source == RANDOM_INIT and model.weights_sha256 is None
     assert all(p.requires_grad for p in model.encoder.parameters())
     before = _encoder_bn_stats(model)
     model(_images(2, 64, 64))
     assert not all(torch.equal(a, b) for a, b in zip(before, _encoder_bn_stats(model)))
 
 
-def _marked_state_dict() -> dict[str, torch.Tensor]:
-    state = torchvision.models.resnet18(weights=None).state_dict()
-    state["conv1.weight"].fill_(0.125)
-    state["layer4.1.bn2.running_mean"].fill_(-3.0)
-    return state
+def test_resnet18_refuses_a_frozen_random_encoder():
+    with pytest.raises(AblateError, match="freeze_encoder=true with weights=none would train a decoder on random"):
+        create_model("resnet18", NUM_CLASSES, weights="none")
+    with pytest.raises(AblateError, match="freeze_encoder=true with weights=none"):
+        create_model("resnet18", NUM_CLASSES, weights="none", freeze_encoder=True)
 
 
-def test_resnet18_loads_weights_file(tmp_path):
-    path = tmp_path / "r18.pth"
-    torch.save(_marked_state_dict(), path)
-    model = create_model("resnet18", NUM_CLASSES, weights=str(path))
-    assert model.weights_source == str(path)
+def test_resnet18_loads_weights_file(weights_file):
+    model = create_model("resnet18", NUM_CLASSES, weights=str(weights_file))
+    import hashlib
+
+    sha = hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    assert model.weights_sha256 == sha
+    assert model.weights_source == f"file {weights_file} (sha256 {sha[:8]})"
     assert torch.all(model.encoder[0][0].weight == 0.125)
     assert torch.all(model.encoder[4][1].bn2.running_mean == -3.0)
 
 
-def test_resnet18_uses_local_cache_and_never_downloads(empty_hub_cache):
-    assert create_model("resnet18", NUM_CLASSES).weights_source == RANDOM_INIT
+def test_resnet18_imagenet_offline_and_not_cached_is_one_line_naming_the_cache_file(empty_hub_cache, no_network):
+    with pytest.raises(AblateError) as err:
+        create_model("resnet18", NUM_CLASSES, weights="imagenet")
+    message = str(err.value)
+    assert "\n" not in message and len(no_network) == 1  # it did try, once (the host, or a proxy)
+    assert str(empty_hub_cache / "checkpoints" / CACHE_FILE) in message
+    assert "weights=none with freeze_encoder=false" in message
+    # The default is imagenet too.
+    with pytest.raises(AblateError, match="cannot download"):
+        create_model("resnet18", NUM_CLASSES)
+
+
+def test_resnet18_imagenet_reads_torchvisions_cache_without_the_network(empty_hub_cache, no_network):
     cached = empty_hub_cache / "checkpoints" / CACHE_FILE
     cached.parent.mkdir(parents=True)
-    # Like the real cached file, which predates BN's num_batches_tracked buffers.
+    # Like the real cached file, which predates BN's num_batches_tracked buffers. Its
+    # content is not ImageNet's: torch.hub checks the hash only when it downloads.
     state = {k: v for k, v in _marked_state_dict().items() if not k.endswith("num_batches_tracked")}
     torch.save(state, cached)
     model = create_model("resnet18", NUM_CLASSES)
-    assert model.weights_source == str(cached)
+    sha = file_sha256(cached)
+    assert model.weights_source == f"imagenet (IMAGENET1K_V1, sha256 {sha[:8]})" and model.weights_sha256 == sha
     assert torch.all(model.encoder[0][0].weight == 0.125)
+    assert no_network == []
+
+
+def test_weights_identity_is_the_content_not_the_path(tmp_path, weights_file):
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    home_a.mkdir()
+    home_b.mkdir()
+    (home_a / "w.pth").write_bytes(weights_file.read_bytes())
+    (home_b / "other-name.pth").write_bytes(weights_file.read_bytes())
+
+    def run_id(path) -> str:
+        return TrainConfig(model="resnet18", model_args={"weights": str(path)}).run_id
+
+    assert run_id(home_a / "w.pth") == run_id(home_b / "other-name.pth")
+    identity = TrainConfig(model="resnet18", model_args={"weights": str(home_a / "w.pth")}).identity()
+    assert identity["model_args"] == {"freeze_encoder": True, "weights": f"sha256:{file_sha256(weights_file)[:8]}"}
+    assert str(tmp_path) not in str(identity)
+    before = run_id(home_b / "other-name.pth")
+    state = _marked_state_dict()
+    state["conv1.weight"].fill_(0.5)
+    torch.save(state, home_b / "other-name.pth")  # a changed file: a new run
+    assert run_id(home_b / "other-name.pth") != before
+    with pytest.raises(AblateError, match="weights file not found"):
+        run_id(tmp_path / "gone.pth")
+
+
+def test_identity_fills_in_model_defaults():
+    assert model_identity("resnet18", {}) == {"freeze_encoder": True, "weights": "imagenet:IMAGENET1K_V1"}
+    assert model_identity("resnet18", {"weights": "imagenet"}) == model_identity("resnet18", {})
+    assert model_identity("resnet18", {"weights": "none", "freeze_encoder": False}) == {
+        "freeze_encoder": False, "weights": "none"}
+    assert model_identity("unet", {}) == {"base_channels": 64}
+    explicit = TrainConfig(model="unet", model_args={"base_channels": 64})
+    assert explicit.run_id == TrainConfig(model="unet").run_id != TrainConfig(model="unet", model_args={"base_channels": 8}).run_id
+    assert TrainConfig(model="baseline").identity()["model_args"] == {}
 
 
 def test_resnet18_missing_weights_file(tmp_path):
@@ -190,7 +274,7 @@ def test_model_params_come_from_the_signature():
     assert model_params("unet") == {"base_channels": (int, 64)}
     assert model_params("custom") == {"first_kernel": (int, 11), "encoder_kernel": (int, 3),
                                       "decoder_kernel": (int, 3)}
-    assert model_params("resnet18") == {"freeze_encoder": (bool, True), "weights": (str | None, None)}
+    assert model_params("resnet18") == {"freeze_encoder": (bool, True), "weights": (str, "imagenet")}
     assert model_params("baseline") == {}
 
 
@@ -212,7 +296,8 @@ def test_create_model_unknown_kwarg_lists_accepted():
     ("unet", {"base_channels": True}, "base_channels must be an integer, got True"),
     ("custom", {"first_kernel": 3.0}, "first_kernel must be an integer"),
     ("resnet18", {"freeze_encoder": 1}, "freeze_encoder must be true/false"),
-    ("resnet18", {"weights": 5}, "weights must be a string or none"),
+    ("resnet18", {"weights": 5}, "weights must be a string, got 5"),
+    ("resnet18", {"weights": None}, "weights must be a string, got None"),
 ])
 def test_create_model_wrong_type(name, kwargs, needle):
     with pytest.raises(AblateError, match=needle):
@@ -266,7 +351,8 @@ def test_parse_model_args_types_values():
     assert parse_model_args("unet", ["base_channels=16"]) == {"base_channels": 16}
     assert parse_model_args("resnet18", ["freeze_encoder=false", "weights=/p/x.pth"]) == {
         "freeze_encoder": False, "weights": "/p/x.pth"}
-    assert parse_model_args("resnet18", ["weights=none"]) == {"weights": None}
+    assert parse_model_args("resnet18", ["weights=none"]) == {"weights": "none"}
+    assert parse_model_args("resnet18", ["weights=imagenet"]) == {"weights": "imagenet"}
     assert parse_model_args("resnet18", ["weights=a=b.pth"]) == {"weights": "a=b.pth"}
     assert parse_model_args("custom", []) == {}
     for text, value in [("true", True), ("1", True), ("YES", True), ("False", False), ("0", False), ("no", False)]:

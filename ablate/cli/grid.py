@@ -76,28 +76,23 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
         return
 
     grids.check_models(study)
-    if study.train.device == "cuda":
-        from ablate.engine import resolve_device
-
-        resolve_device("cuda")
+    execution = grids.resolve_execution(study.train)  # also: --device cuda without a GPU is an input error
     fingerprint = data_stage.fingerprint(study.train.data)
-    cells = grids.expand(study, fingerprint)
-    definition = grids.definition(study, fingerprint)
+    cells = grids.expand(study, fingerprint, execution)
+    definition = grids.definition(study, fingerprint, execution)
     exists = _storage_exists(url)
     gs = grids.GridStorage(url, study.name) if exists else None
     attrs = gs.study_attrs() if gs else None
     if attrs:
-        grids.check_same_grid(study.name, attrs, definition, url)
+        grids.check_same_grid(study.name, attrs, definition, url, study.train)
     if dry_run:
         _print_dry_run(study, cells, gs.trials() if attrs else [], url, exists)
         return
 
-    from ablate.data import load_dataset
-
     cache_dir = cache_dir or results_dir / ".cache"
-    dataset = load_dataset(study.train.data, image_size=study.train.image_size, num_classes=study.train.num_classes,
-                           ignore_index=study.train.ignore_index, val_fraction=study.train.val_fraction,
-                           cache_dir=cache_dir)
+    datasets = grids.Datasets(study.train, cache_dir)  # one per image size the cells use, loaded when first needed
+    sizes = [c.config.image_size for c in cells]
+    dataset = datasets(study.train.image_size if study.train.image_size in sizes else sizes[0])
     gs = gs or grids.GridStorage(url, study.name)
     attrs = gs.prepare(study, cells, definition)
     folder = store.study_dir(results_dir, study.name)
@@ -110,7 +105,7 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
 
     printer = _CellPrinter(gs, briefs, results_dir, study.max_retries, initial=start.completed + start.failed)
     try:
-        crashed = grids.run_workers(study, cells, url, results_dir=results_dir, cache_dir=cache_dir, dataset=dataset,
+        crashed = grids.run_workers(study, cells, url, results_dir=results_dir, cache_dir=cache_dir, datasets=datasets,
                                     on_result=printer, progress=printer.tty and study.workers == 1)
     except KeyboardInterrupt:
         printer.close()

@@ -33,7 +33,7 @@ def train(model, model_arg, data, image_size, num_classes, ignore_index, val_fra
           device, precision, compile, out, cache_dir, quiet):
     """Train one model and write DIR/run.json (atomically) and DIR/best.pt."""
     from ablate.engine import fit
-    from ablate.models import parse_model_args
+    from ablate.models import check_model, parse_model_args
 
     config = TrainConfig(
         model=model, model_args=parse_model_args(model, list(model_arg)), data=data,
@@ -46,6 +46,7 @@ def train(model, model_arg, data, image_size, num_classes, ignore_index, val_fra
     out = out or Path("results") / "runs" / config.run_id
     if out.exists() and not out.is_dir():
         raise AblateError(f"--out {out} is a file; give a folder")
+    check_model(config.model, config.model_args)  # e.g. weights offline: one line before the data loads
     record = fit(config, out_dir=out, quiet=quiet, cache_dir=cache_dir)
     if quiet:
         from ablate.record import describe

@@ -5,6 +5,8 @@ Every model takes float images in [0, 1] (normalised inside) and returns logits
 """
 
 from ablate.models import baseline, custom, resnet18, unet  # noqa: F401  (registers the models)
-from ablate.models._registry import create_model, list_models, model_params, parse_model_args, register_model
+from ablate.models._registry import (check_model, create_model, list_models, model_identity, model_params,
+                                     parse_model_args, register_model)
 
-__all__ = ["create_model", "list_models", "model_params", "parse_model_args", "register_model"]
+__all__ = ["check_model", "create_model", "list_models", "model_identity", "model_params", "parse_model_args",
+           "register_model"]

@@ -1,5 +1,5 @@
-"""Model stage: the name → entry-point registry, `create_model`, and typed parsing of
-`--model-arg key=value` overrides."""
+"""Model stage: the name → entry-point registry, `create_model`, typed parsing of
+`--model-arg key=value` overrides, and what a model's arguments mean for a run's identity."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ ModelFn = Callable[..., nn.Module]
 
 _MODELS: dict[str, ModelFn] = {}
 _PARAMS: dict[str, dict[str, tuple[Any, Any]]] = {}
+_IDENTITY: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 # The argument types an entry point may declare; parse_model_args knows how to read each.
 _SCALARS = (bool, int, float, str)
@@ -58,6 +59,24 @@ def register_model(fn: ModelFn) -> ModelFn:
     _MODELS[name] = fn
     _PARAMS[name] = options
     return fn
+
+
+def register_identity(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Let model `name` say what its (defaults-filled) arguments mean for a run's identity,
+    e.g. a weights file by its content hash instead of its path."""
+    _require_known(name)
+    _IDENTITY[name] = fn
+
+
+def model_identity(name: str, model_args: dict[str, Any]) -> dict[str, Any]:
+    """`model_args` with every default filled in (so an argument given explicitly at its
+    default is the same run, and a changed default is a new one), resolved by the model's
+    identity hook."""
+    _require_known(name)
+    args = {key: default for key, (_, default) in _PARAMS[name].items()}
+    args.update(model_args)
+    hook = _IDENTITY.get(name)
+    return dict(sorted((hook(args) if hook else args).items()))
 
 
 def list_models() -> list[str]:
@@ -115,6 +134,12 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
             raise AblateError(f"model {name!r} has no argument {key!r}; accepted: {_accepted(name)}")
         checked[key] = _check_value(name, key, value, params[key][0])
     return _MODELS[name](num_classes, **checked)
+
+
+def check_model(name: str, model_args: dict[str, Any]) -> None:
+    """Build model `name` once with `model_args`, so a bad argument (a missing weights file,
+    weights that cannot be downloaded) is an input error before any data loads or trains."""
+    create_model(name, 2, **model_args)
 
 
 def _parse_value(key: str, text: str, annotation: Any) -> Any:

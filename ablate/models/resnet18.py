@@ -1,41 +1,121 @@
 """Model stage: transfer learning from a torchvision ResNet-18 body (frozen by default)
-with a 5-level deconv decoder; weights come only from a local file, never the network."""
+with a 5-level deconv decoder.
+
+The encoder's weights are explicit (`weights=`): `imagenet` (torchvision's
+ResNet18_Weights.IMAGENET1K_V1 through its standard hub cache, downloaded only when not
+cached), `none` (random init; then the encoder must train) or the path of a state_dict file.
+Nothing is ever silently replaced by random weights. A run's identity names the weights by
+content (`weights_identity`: a file's sha256 prefix, never its path) and the model says
+which weights ran (`weights_source`, `weights_sha256`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import os
+import socket
+import sys
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
+from torchvision.models import ResNet18_Weights
 
 from ablate.errors import AblateError
 from ablate.models._blocks import DeconvBNReLU, Normalize, mirrored_forward, xavier_init_
-from ablate.models._registry import register_model
+from ablate.models._registry import register_identity, register_model
 
-# The file name torchvision gives ResNet18_Weights.IMAGENET1K_V1 in its hub cache.
-CACHE_FILE = "resnet18-f37072fd.pth"
+IMAGENET = "imagenet"
+NO_WEIGHTS = "none"
+IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
+# The file name torchvision gives IMAGENET1K_V1 in its hub cache (resnet18-f37072fd.pth).
+CACHE_FILE = os.path.basename(IMAGENET_WEIGHTS.url)
 RANDOM_INIT = "none (random init)"
+SHA_PREFIX = 8  # hex digits of a weights file's sha256 in identities and records
+# Per socket operation while downloading: an online user's download proceeds, a network
+# that drops packets fails within this instead of hanging.
+DOWNLOAD_TIMEOUT_S = 30.0
 DECODER_WIDTHS = (512, 512, 256, 128, 64, 32)
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def cached_weights_path() -> Path:
-    """Where torchvision would have cached the ImageNet ResNet-18 weights."""
+    """Where torchvision's hub cache keeps IMAGENET1K_V1 ($TORCH_HOME/hub/checkpoints/...)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / CACHE_FILE
 
 
-def _load_resnet18(weights: str | None) -> tuple[torchvision.models.ResNet, str]:
-    """A torchvision ResNet-18 with weights from `weights`, else the cache, else random."""
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, hashed once per process per (path, size, mtime)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def _weights_file(weights: str) -> Path:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise AblateError(f"weights file not found: {path} (weights= takes {IMAGENET}, {NO_WEIGHTS} or a file)")
+    return path
+
+
+def weights_identity(weights: str) -> str:
+    """What `weights` means for a run's identity: 'imagenet:IMAGENET1K_V1', 'none', or
+    'sha256:<prefix>' of the file (so the same file under two home folders is one run, and
+    a changed file is a new one)."""
+    if weights == IMAGENET:
+        return f"{IMAGENET}:{IMAGENET_WEIGHTS.name}"
+    if weights == NO_WEIGHTS:
+        return NO_WEIGHTS
+    return f"sha256:{file_sha256(_weights_file(weights))[:SHA_PREFIX]}"
+
+
+def _download_imagenet(progress: bool) -> None:
+    """Fetch IMAGENET1K_V1 into the hub cache with torchvision's own mechanism
+    (`weights.get_state_dict`, which verifies the hash prefix in the file name on download).
+    Offline: one line naming the file to place, and the `none` alternative."""
+    cached = cached_weights_path()
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    said = io.StringIO()  # torch.hub announces the download on stdout; keep stdout for results
+    try:
+        with contextlib.redirect_stdout(said):
+            IMAGENET_WEIGHTS.get_state_dict(progress=progress, check_hash=True)
+    except (OSError, RuntimeError) as exc:  # URLError, timeouts, HTTP errors; RuntimeError: bad hash
+        reason = str(getattr(exc, "reason", None) or exc).strip().splitlines()[0]
+        raise AblateError(
+            f"resnet18 weights={IMAGENET}: cannot download {IMAGENET_WEIGHTS.url} ({reason}); place that file at "
+            f"{cached} (or set TORCH_HOME), or pass weights={NO_WEIGHTS} with freeze_encoder=false") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    if said.getvalue().strip():
+        print(said.getvalue().strip(), file=sys.stderr)
+
+
+def _load_resnet18(weights: str, *, progress: bool = True) -> tuple[torchvision.models.ResNet, str, str | None]:
+    """A torchvision ResNet-18 body (fc removed) with `weights`; also says which weights ran
+    and their sha256."""
     net = torchvision.models.resnet18(weights=None)
-    if weights is None:
-        cached = cached_weights_path()
-        if not cached.is_file():
-            return net, RANDOM_INIT
-        path = cached
+    net.fc = nn.Identity()
+    if weights == NO_WEIGHTS:
+        return net, RANDOM_INIT, None
+    if weights == IMAGENET:
+        path = cached_weights_path()
+        if not path.is_file():  # the cache first: no network unless the file is missing
+            _download_imagenet(progress)
     else:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise AblateError(f"weights file not found: {path}")
+        path = _weights_file(weights)
+    # torch.hub reads a cached file with torch.load and no hash check (the hash is verified
+    # only on download); reading it here the same way adds the checks below.
     not_resnet = f"{path} is not a torchvision ResNet-18 state_dict"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -45,12 +125,14 @@ def _load_resnet18(weights: str | None) -> tuple[torchvision.models.ResNet, str]
         raise AblateError(f"{not_resnet} (it holds a {type(state).__name__})")
     # The fc head is discarded, so a body fine-tuned with another head is still accepted.
     body = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
-    net.fc = nn.Identity()
     problem = _state_dict_mismatch(net.state_dict(), body)
     if problem:
         raise AblateError(f"{not_resnet} ({problem})")
     net.load_state_dict(body)
-    return net, str(path)
+    sha = file_sha256(path)
+    if weights == IMAGENET:
+        return net, f"{IMAGENET} ({IMAGENET_WEIGHTS.name}, sha256 {sha[:SHA_PREFIX]})", sha
+    return net, f"file {path} (sha256 {sha[:SHA_PREFIX]})", sha
 
 
 def _state_dict_mismatch(expected: dict, given: dict) -> str:
@@ -70,9 +152,12 @@ class ResNet18Seg(nn.Module):
     """ResNet-18 without avgpool/fc (5 stride-2 stages, 512 ch at 1/32) → 5 × deconv-BN-ReLU
     512→512→256→128→64→32 → 1×1 classifier."""
 
-    def __init__(self, num_classes: int, *, freeze_encoder: bool = True, weights: str | None = None):
+    def __init__(self, num_classes: int, *, freeze_encoder: bool = True, weights: str = IMAGENET):
         super().__init__()
-        net, self.weights_source = _load_resnet18(weights)
+        if freeze_encoder and weights == NO_WEIGHTS:
+            raise AblateError(f"model 'resnet18': freeze_encoder=true with weights={NO_WEIGHTS} would train a "
+                              "decoder on random features; pass freeze_encoder=false, or weights=imagenet or a file")
+        net, self.weights_source, self.weights_sha256 = _load_resnet18(weights)
         self.freeze_encoder = freeze_encoder
         self.normalize = Normalize()
         # Grouped so each stage halves the size once; the decoder mirrors them.
@@ -104,5 +189,9 @@ class ResNet18Seg(nn.Module):
 
 
 @register_model
-def resnet18(num_classes: int, *, freeze_encoder: bool = True, weights: str | None = None) -> nn.Module:
+def resnet18(num_classes: int, *, freeze_encoder: bool = True, weights: str = IMAGENET) -> nn.Module:
+    """weights: 'imagenet' (torchvision IMAGENET1K_V1), 'none' (random init) or a state_dict file."""
     return ResNet18Seg(num_classes, freeze_encoder=freeze_encoder, weights=weights)
+
+
+register_identity("resnet18", lambda args: {**args, "weights": weights_identity(args["weights"])})
