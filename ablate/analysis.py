@@ -30,7 +30,7 @@ NO_INTERVAL = "n=1, no interval"
 TRACEBACK_LINES = 12
 IMPORTANCE_EVALUATOR = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, target quantile 0.1; deterministic)"
 METRICS = ("val_miou", "test_miou", "val_pixel_acc", "test_pixel_acc")
-METRIC_LABELS = {"val_miou": "val mIoU", "test_miou": "test mIoU", "val_pixel_acc": "val pixel acc",
+METRIC_LABELS = {"val_loss": "val loss", "val_miou": "val mIoU", "test_miou": "test mIoU", "val_pixel_acc": "val pixel acc",
                  "test_pixel_acc": "test pixel acc", "seconds": "seconds", "images_per_second": "images/s"}
 TOGGLE_LABELS = {"scheduler": "cosine scheduler", "augment": "augmentation", "weighted_loss": "weighted loss"}
 
@@ -636,6 +636,34 @@ def overview(study: Study) -> dict:
                      for k, n in hardware.items()],
         "seeds": seeds, "counts": {str(k): int(v) for k, v in counts.items()}, "total_seconds": float(seconds),
     }
+
+
+def training_setup(study: Study) -> pd.DataFrame:
+    """Per architecture, how its runs were trained, as the records say: epoch budget, the
+    early-stopping rule, the weights it started from, and the resolution of its metrics.
+    Several values in one column mean the runs differ (e.g. a study extended with a flag)."""
+    rows: dict[str, dict[str, set]] = {}
+    for rec in study.records.values():
+        cfg = rec.get("config") or {}
+        if not cfg or rec.get("status") != "completed":
+            continue
+        row = rows.setdefault(str(cfg.get("model")), {k: set() for k in ("epochs", "early_stopping", "weights", "metrics")})
+        row["epochs"].add(str(cfg.get("epochs")))
+        row["early_stopping"].add(_stopping_rule(rec.get("early_stopping"), cfg))
+        row["weights"].add(str(rec.get("weights") or "random init (architecture without pretrained weights)"))
+        row["metrics"].add(str(rec.get("metrics_resolution") or "working size"))
+    return pd.DataFrame([{"model": m, **{k: "; ".join(sorted(v)) for k, v in r.items()}} for m, r in sorted(rows.items())],
+                        columns=["model", "epochs", "early_stopping", "weights", "metrics"])
+
+
+def _stopping_rule(stop: dict | None, cfg: dict) -> str:
+    patience = (stop or {}).get("patience", cfg.get("patience"))
+    if not patience:
+        return "off (every run trains its whole budget)"
+    monitor = (stop or {}).get("monitor") or ("val_loss" if cfg.get("early_stop_on") == "loss" else "val_miou")
+    delta = (stop or {}).get("min_delta", cfg.get("min_delta")) or 0
+    return f"on {METRIC_LABELS.get(monitor, monitor.replace('_', ' '))}, patience {patience}" + (
+        f", min delta {delta}" if delta else "")
 
 
 # --------------------------------------------------------------------------- tune

@@ -145,12 +145,23 @@ def _overview(study: Study) -> str:
         ("Classes", f"{len(names)} — {classes} <small>(share of non-void train pixels)</small>"),
         ("Hardware", f"<ul>{hardware}</ul>"),
         ("Seeds", _seeds_text(ov["seeds"])),
+        ("Training", _training_setup(analysis.training_setup(study))),
         (unit.capitalize(), counts),
         ("Total compute", f"{_duration(ov['total_seconds'])} (sum of run wall times)"),
         ("Storage", f"<code>{esc(ov['storage'] or '–')}</code>"),
         ("Folder", f"<code>{esc(study.folder)}</code>"),
     ]
     return "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
+
+
+def _training_setup(setup: pd.DataFrame) -> str:
+    """Per architecture: epoch budget, early-stopping rule, starting weights, metric resolution."""
+    if setup.empty:
+        return "–"
+    items = "".join(f"<li><b>{esc(r.model)}</b>: {esc(r.epochs)} epochs; early stopping {esc(r.early_stopping)}; "
+                    f"weights {esc(r.weights)}; val/test metrics at {esc(r.metrics)} resolution</li>"
+                    for r in setup.itertuples())
+    return f"<ul>{items}</ul>"
 
 
 def _seeds_text(seeds: list[int]) -> str:

@@ -277,3 +277,22 @@ def test_corrupted_run_record_is_an_error_naming_it(tmp_path):
     (folder / "runs" / "abc" / "run.json").write_text('{"run_id": "abc", "conf')
     with pytest.raises(analysis.AblateError, match=r"runs/abc/run.json: corrupted run record"):
         analysis.load_study(tmp_path, "s")
+
+
+def test_training_setup_says_per_architecture_how_runs_were_trained(tmp_path):
+    def rec(model, *, patience, monitor="val_miou", weights=None, epochs=6, status="completed"):
+        return {"status": status, "config": {"model": model, "epochs": epochs, "patience": patience},
+                "early_stopping": {"monitor": monitor, "patience": patience, "min_delta": 0.0},
+                "weights": weights, "metrics_resolution": "native"}
+
+    study = analysis.Study(name="s", folder=tmp_path, kind="grid", meta={}, table=pd.DataFrame(), records={
+        "a": rec("resnet18", patience=3, weights="imagenet (IMAGENET1K_V1, sha256 f37072fd)"),
+        "b": rec("resnet18", patience=3, weights="none (random init)"),
+        "c": rec("unet", patience=0),
+        "d": rec("unet", patience=2, monitor="val_loss", status="failed"),  # failed runs say nothing
+    })
+    setup = analysis.training_setup(study).set_index("model")
+    assert setup.loc["resnet18", "early_stopping"] == "on val mIoU, patience 3"
+    assert setup.loc["resnet18", "weights"] == "imagenet (IMAGENET1K_V1, sha256 f37072fd); none (random init)"
+    assert setup.loc["unet", "early_stopping"] == "off (every run trains its whole budget)"
+    assert setup.loc["unet", "metrics"] == "native" and setup.loc["unet", "epochs"] == "6"

@@ -122,6 +122,9 @@ def test_report_is_self_contained_and_escaped(report_html):
                     "Intermediate values", "Parallel coordinates", "Learning rate × batch size"):
         assert f"{heading}</h" in text, heading
     assert "weighted loss" in text and "PED-ANOVA" in text
+    # the overview states each architecture's training once: budget, stopping rule, weights
+    assert "<b>baseline</b>: 2 epochs; early stopping on val mIoU, patience 1;" in text
+    assert "val/test metrics at native resolution" in text
     # Findings first: above the overview and every table, with the seeds banner and its command.
     findings = text.index('-findings"><h3>Findings</h3>')
     assert findings < text.index("<table") and findings < text.index("1. Overview</h3>")
