@@ -45,6 +45,7 @@ class Study:
     meta: dict  # study.json
     table: pd.DataFrame  # runs.csv (grid) or trials.csv (tune), as written
     records: dict[str, dict] = field(default_factory=dict)  # run folder name -> run record
+    run_dirs: dict[str, Path] = field(default_factory=dict)  # the same keys -> the record's folder
 
     @property
     def dataset(self) -> dict:
@@ -74,15 +75,19 @@ def load_study(results_dir: str | Path, study_name: str) -> Study:
     except (OSError, ValueError) as exc:
         raise AblateError(f"{meta_path}: cannot read study description ({exc})") from None
     kind = meta.get("kind") or ("tune" if (folder / "trials.csv").is_file() else "grid")
-    records = {}
-    for path in sorted((folder / "runs").glob("*/run.json")):
+    records, run_dirs = {}, {}
+    for key, run_dir in _run_folders(folder, kind):
+        path = run_dir / "run.json"
+        if not path.is_file():
+            continue  # the attempt is still running, or failed before writing a record
         # Records are written atomically (temp file + rename, `ablate._io`), so a file that
         # does not parse is damaged, not half-written: say which one rather than skip it.
         try:
-            records[path.parent.name] = json.loads(path.read_text())
+            records[key] = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise AblateError(f"{path}: corrupted run record ({type(exc).__name__}: {exc}); "
                               "delete its folder to rerun the cell, or restore the file") from None
+        run_dirs[key] = run_dir
     table_path = folder / ("trials.csv" if kind == "tune" else "runs.csv")
     if table_path.is_file():
         table = pd.read_csv(table_path)
@@ -92,7 +97,17 @@ def load_study(results_dir: str | Path, study_name: str) -> Study:
         table = pd.DataFrame([{"cell_id": key, **summary(r)} for key, r in records.items()])
     else:
         table = pd.DataFrame()
-    return Study(name=study_name, folder=folder, kind=kind, meta=meta, table=table, records=records)
+    return Study(name=study_name, folder=folder, kind=kind, meta=meta, table=table, records=records, run_dirs=run_dirs)
+
+
+def _run_folders(folder: Path, kind: str) -> list[tuple[str, Path]]:
+    """(key, folder) of each run record: a grid's runs.csv names, per cell, the folder of the
+    attempt that speaks for it (runs/<cell_id>/<trial number>/); else runs/<key>/."""
+    if kind == "grid" and (folder / "runs.csv").is_file():
+        table = pd.read_csv(folder / "runs.csv")
+        if "run_dir" in table:
+            return [(str(k), folder / d) for k, d in zip(table["cell_id"], table["run_dir"]) if isinstance(d, str)]
+    return [(p.parent.name, p.parent) for p in sorted((folder / "runs").glob("*/run.json"))]
 
 
 def _as_bool(col: pd.Series) -> pd.Series:
@@ -777,7 +792,7 @@ def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = 4, cache_dir: s
                   [im.permute(1, 2, 0).numpy() for im in images], [m.numpy() for m in val.masks[idx]], [])
     for label, key in chosen:
         try:
-            model, ckpt = load_run(study.folder / "runs" / key)
+            model, ckpt = load_run(study.run_dirs.get(key, study.folder / "runs" / key))
         except AblateError as exc:
             out.notes.append(f"{label}: {exc}")
             continue

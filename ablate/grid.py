@@ -30,15 +30,10 @@ import hashlib
 import itertools
 import json
 import math
-import os
-import queue
 import re
 import signal
-import socket
 import sys
-import threading
 import time
-import tomllib
 import types
 import typing
 import warnings
@@ -51,9 +46,11 @@ from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from ablate import _io, store
+from ablate import _io, store, workers
 from ablate.config import TOGGLES, TrainConfig, parse_image_size, stable_hash
 from ablate.errors import AblateError
+from ablate.studyfile import read_toml
+from ablate.workers import INTERRUPTED, WORKER_LOST  # failure reasons, shared with the tuner
 
 KIND = "grid"
 DEFAULT_STUDY_FILE = Path("studies") / "quick.toml"
@@ -64,9 +61,8 @@ SHARED_KEYS = ("data", "num_classes", "ignore_index", "val_fraction", "precision
 MODEL_TRAIN_KEYS = tuple(k for k in TRAIN_KEYS if k not in SHARED_KEYS)
 STUDY_KEYS = ("name", "description", "models", "model_args", "model_train", "toggles", "seeds", "train",
               "max_retries", "workers", "storage")
-INTERRUPTED = "interrupted"  # Ctrl-C: rerun without counting against --max-retries
-WORKER_LOST = "worker lost"  # killed worker: likewise
-_HEARTBEAT = "ablate:heartbeat"  # trial system attr, refreshed while a cell runs
+RUNS = "runs"  # attempt folders: <study>/runs/<cell_id>/<trial number>/
+POLL_SECONDS = 1.0  # how often an idle worker looks again while other workers' cells run
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # The built-in quick study: what studies/quick.toml says, for when that file is not around.
@@ -139,28 +135,6 @@ def default_study_file() -> Path | None:
         if (root / DEFAULT_STUDY_FILE).is_file():
             return root / DEFAULT_STUDY_FILE
     return None
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AblateError(f"--study {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AblateError(f"--study {path}: cannot read it ({exc})") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        msg = str(exc)
-        at = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
-        if at:
-            raise AblateError(f"{path}: line {at[1]}, column {at[2]}: {msg[:at.start()]}") from None
-        end = re.search(r"\s*\(at end of document\)$", msg)
-        if end:
-            lines = text.split("\n")
-            raise AblateError(f"{path}: line {len(lines)}, column {len(lines[-1]) + 1}: {msg[:end.start()]} "
-                              "(at the end of the file)") from None
-        raise AblateError(f"{path}: {msg}") from None
 
 
 def load_study(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> GridStudy:
@@ -478,7 +452,7 @@ class CellState:
     status: str  # completed | running | failed | retry | pending
     trial: FrozenTrial | None  # the trial that speaks for the cell (complete, running or latest)
     attempts: int  # trials so far
-    failures: int  # genuine failures (interrupted or lost workers excluded)
+    failures: int  # failures charged to --max-retries (see charged_failures)
 
 
 def cell_states(cells: list[dict], trials: list[FrozenTrial], max_retries: int | None = None) -> dict[str, CellState]:
@@ -489,7 +463,7 @@ def cell_states(cells: list[dict], trials: list[FrozenTrial], max_retries: int |
             by_cell[t.user_attrs["cell_id"]].append(t)
     states = {}
     for cid, ts in by_cell.items():
-        failures = [t for t in ts if t.state == TrialState.FAIL and not _transient(failure_reason(t))]
+        failures = charged_failures(ts)
         complete = [t for t in ts if t.state == TrialState.COMPLETE]
         running = [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
         if complete:
@@ -511,24 +485,24 @@ def failure_reason(trial: FrozenTrial) -> str | None:
     return trial.user_attrs.get("failure_reason") or f"{WORKER_LOST} (trial failed by the storage)"
 
 
-def _transient(reason: str | None) -> bool:
-    return bool(reason) and (reason == INTERRUPTED or reason.startswith(WORKER_LOST))
-
-
-def _node() -> str:
-    """This host and PID namespace: a PID means the same process only within one node."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-        pidns = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        boot, pidns = "", 0
-    return f"{socket.gethostname()}/{boot}/{pidns}"
-
-
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return True  # unknown: let the heartbeat decide
-    return store.process_alive(pid)
+def charged_failures(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The failed trials of one cell (in creation order) that count against --max-retries:
+    genuine failures, and every crash (worker lost: killed, OOM killer, segfault, silent)
+    after the cell's first, which is free since the machine may simply have gone down. A
+    cell that kills its own process every time therefore stops; an interruption never counts."""
+    charged, crashes = [], 0
+    for t in trials:
+        if t.state != TrialState.FAIL:
+            continue
+        reason = failure_reason(t)
+        if reason == INTERRUPTED:
+            continue
+        if workers.is_crash(reason):
+            crashes += 1
+            if crashes == 1:
+                continue
+        charged.append(t)
+    return charged
 
 
 class GridStorage:
@@ -541,12 +515,9 @@ class GridStorage:
         if self._dialect not in ("file", "sqlite", "postgresql", "mysql", "mariadb"):
             raise AblateError(f"--storage {store.mask_url(url)}: a grid needs PostgreSQL, MySQL, SQLite or a journal "
                               f"file (it has no cross-process lock for {self._dialect!r})")
-        with warnings.catch_warnings():  # open_storage turns on Optuna's "experimental" RDB heartbeats
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.storage = store.open_storage(url)
+        self.storage = store.open_storage(url)
         self.running = 0  # RUNNING trials seen at the last claim (other workers' cells)
-        self._seen: dict[int, tuple[Any, float]] = {}  # trial id -> (heartbeat, when it last changed)
-        self._node = _node()
+        self._reclaimer = workers.Reclaimer()
 
     # ---- the lock
     @contextlib.contextmanager
@@ -616,7 +587,7 @@ class GridStorage:
         with self.lock():
             sid = self.study_id()
             trials = self.storage.get_all_trials(sid, deepcopy=False)
-            if self._reclaim(trials):
+            if self._reclaimer.reclaim(self.storage, trials):
                 trials = self.storage.get_all_trials(sid, deepcopy=False)
             states = cell_states([c.brief() for c in cells], trials, max_retries)
             self.running = sum(s.status == "running" for s in states.values())
@@ -639,36 +610,9 @@ class GridStorage:
             state=TrialState.RUNNING, params=params, distributions=distributions,
             user_attrs={"label": trial_label(c.model, cell.toggles, c.seed), "cell_id": cell.cell_id, "seed": c.seed,
                         "toggles": cell.toggles, "model_args": json.dumps(c.model_args),
-                        "worker": {"host": socket.gethostname(), "node": self._node, "pid": os.getpid()}},
-            system_attrs={_HEARTBEAT: time.time()},
+                        "worker": workers.identity()},
+            system_attrs=workers.owner_system_attrs(),
         )
-
-    def _reclaim(self, trials: list[FrozenTrial]) -> bool:
-        """Fail RUNNING trials whose worker died (same node, process gone) or whose heartbeat
-        has not moved for the grace period (as timed by this process: no clock comparisons)."""
-        now, grace, reclaimed = time.monotonic(), store.GRACE_SECONDS, False
-        for t in trials:
-            if t.state != TrialState.RUNNING:
-                continue
-            worker = t.user_attrs.get("worker") or {}
-            if worker.get("node") == self._node and worker.get("pid") != os.getpid() and not _pid_alive(worker.get("pid")):
-                reason = f"{WORKER_LOST}: process {worker.get('pid')} on {worker.get('host')} died"
-            else:
-                beat = t.system_attrs.get(_HEARTBEAT)
-                seen = self._seen.get(t._trial_id)
-                if seen is None or seen[0] != beat:
-                    self._seen[t._trial_id] = (beat, now)
-                    continue
-                if now - seen[1] < grace:
-                    continue
-                reason = f"{WORKER_LOST}: no heartbeat for {grace} s"
-            try:
-                self.storage.set_trial_user_attr(t._trial_id, "failure_reason", reason)
-                self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-                reclaimed = True
-            except UpdateFinishedTrialError:
-                reclaimed = True  # its worker finished it meanwhile
-        return reclaimed
 
 
 @contextlib.contextmanager
@@ -724,46 +668,9 @@ class CellResult:
     failure_reason: str | None = None
 
 
-class _Heartbeat:
-    """Refreshes the trial's heartbeat attr while the cell runs (a daemon thread)."""
-
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int):
-        self._storage, self._trial_id, self._stop = storage, trial_id, threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(store.HEARTBEAT_SECONDS):
-            try:
-                self._storage.set_trial_system_attr(self._trial_id, _HEARTBEAT, time.time())
-            except Exception:  # noqa: BLE001 - a missed beat must not kill the run; the next one retries
-                pass
-
-    def __enter__(self) -> "_Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _test_hooks(cell: Cell, nth: int) -> None:
-    """Test-only: ABLATE_TEST_EXEC_LOG appends one line per cell execution;
-    ABLATE_TEST_SLEEP_IN_CELL='N:SECONDS' sleeps inside the N-th cell this process runs."""
-    log = os.environ.get("ABLATE_TEST_EXEC_LOG")
-    if log:
-        with open(log, "a") as handle:
-            handle.write(f"{cell.cell_id} {os.getpid()}\n")
-    nth_sleep = os.environ.get("ABLATE_TEST_SLEEP_IN_CELL")
-    if nth_sleep:
-        n, _, seconds = nth_sleep.partition(":")
-        if int(n) == nth:
-            time.sleep(float(seconds))
-
-
-def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Path, progress: bool = False,
-             nth: int = 1) -> CellResult:
-    """Train one claimed cell (on `dataset`, at the cell's image size) and tell the storage how it went."""
+def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Path, progress: bool = False) -> CellResult:
+    """Train one claimed cell (on `dataset`, at the cell's image size) into its attempt's own folder (`run_dir`: a worker that was
+    reclaimed while alive writes beside the rerun, never over it) and tell the storage."""
     from ablate import record as records
     from ablate.engine import fit_safely
 
@@ -775,8 +682,7 @@ def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Pa
 
     start = time.perf_counter()
     try:
-        with _Heartbeat(storage, trial_id):
-            _test_hooks(cell, nth)
+        with workers.Heartbeat(storage, trial_id):
             try:
                 record = fit_safely(cell.config, dataset, out_dir=run_dir, on_epoch=on_epoch, quiet=True, progress=progress)
             except AblateError as exc:  # e.g. a batch larger than the split: this cell's problem only
@@ -784,9 +690,7 @@ def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Pa
                 records.write(run_dir, record, None)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the bookkeeping
-        with contextlib.suppress(UpdateFinishedTrialError):
-            storage.set_trial_user_attr(trial_id, "failure_reason", INTERRUPTED)
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        workers.fail_trial(storage, trial_id, INTERRUPTED)
         raise
     return _tell(storage, cell, trial_id, record, time.perf_counter() - start, run_dir=run_dir)
 
@@ -811,10 +715,10 @@ def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, r
             if why:
                 print(f"warning: cell {cell.label}: run.json not attached on the dashboard ({why})", file=sys.stderr)
         storage.set_trial_state_values(trial_id, TrialState.COMPLETE if ok else TrialState.FAIL, [value] if ok else None)
-    except UpdateFinishedTrialError:
-        print(f"warning: cell {cell.label} was reclaimed while it ran (no heartbeat for {store.GRACE_SECONDS} s); "
-              "its result here is dropped", file=sys.stderr)
-        reason = f"{WORKER_LOST}: reclaimed while running"
+    except UpdateFinishedTrialError:  # another worker reclaimed it; the cell's result is that worker's
+        print(f"warning: cell {cell.label} was reclaimed by another worker while it ran; this attempt's result "
+              "is dropped", file=sys.stderr)
+        reason = workers.RECLAIMED
         ok = False
     return CellResult(cell.cell_id, cell.label, "completed" if ok else "failed", row.get("val_miou"),
                       row.get("test_miou"), seconds, reason)
@@ -857,57 +761,28 @@ def work(gs: GridStorage, cells: list[Cell], datasets: Callable[[tuple[int, int]
     if requested is not None:
         check_execution(gs.study_name, (gs.study_attrs() or {}).get("grid") or {}, resolve_execution(requested),
                         requested)
-    poll = max(0.5, min(2.0, store.GRACE_SECONDS / 4))
-    runs = store.study_dir(results_dir, gs.study_name) / "runs"
-    nth = 0
+    folder = store.study_dir(results_dir, gs.study_name)
     while True:
         claimed = gs.claim(cells, max_retries=max_retries)
         if claimed is None:
             if not gs.running:
                 return
-            time.sleep(poll)  # other workers' cells may fail (retry) or turn out lost (reclaim)
+            time.sleep(POLL_SECONDS)  # other workers' cells may fail (retry) or turn out lost (reclaim)
             continue
         cell, trial_id = claimed
-        nth += 1
-        on_result(run_cell(gs, cell, trial_id, datasets(cell.config.image_size), run_dir=runs / cell.cell_id,
-                           progress=progress, nth=nth))
+        run_dir = f"{RUNS}/{cell.cell_id}/{gs.storage.get_trial_number_from_id(trial_id)}"
+        gs.storage.set_trial_user_attr(trial_id, "run_dir", run_dir)  # relative to the study folder
+        on_result(run_cell(gs, cell, trial_id, datasets(cell.config.image_size), run_dir=folder / run_dir,
+                           progress=progress))
 
 
 # --------------------------------------------------------------------------- workers
-def worker_plan(workers: int, *, device: str, gpu_ids: list[str], cores: int) -> list[tuple[dict[str, str], int]]:
-    """(environment overrides, torch threads) for each worker process: GPUs round-robin when
-    several are visible, CPU cores split evenly."""
-    threads = max(1, cores // workers)
-    plans = []
-    for i in range(workers):
-        env = {"CUDA_VISIBLE_DEVICES": gpu_ids[i % len(gpu_ids)]} if device != "cpu" and len(gpu_ids) > 1 else {}
-        plans.append((env, threads))
-    return plans
-
-
-def visible_gpus() -> list[str]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [x.strip() for x in env.split(",") if x.strip()] if env else []
-    return ids or [str(i) for i in range(torch.cuda.device_count())]
-
-
-def _worker_process(env: dict[str, str], threads: int, study: GridStudy, cells: list[Cell], url: str,
-                    results_dir: Path, cache_dir: Path, events) -> None:
-    """Entry point of a spawned worker: environment first (before CUDA initialises), then work."""
-    os.environ.update(env)
-    import torch
-
-    torch.set_num_threads(threads)
+def _worker(index: int, events, study: GridStudy, cells: list[Cell], url: str, results_dir: Path,
+            cache_dir: Path) -> None:
+    """A spawned grid worker (`workers.supervise`): data from the cache, per image size, then cells."""
     try:
-        gs = GridStorage(url, study.name)
-        work(gs, cells, Datasets(study.train, cache_dir), results_dir=Path(results_dir), max_retries=study.max_retries,
-             on_result=events.put, requested=study.train)
-    except KeyboardInterrupt:
-        sys.exit(130)
+        work(GridStorage(url, study.name), cells, Datasets(study.train, cache_dir), results_dir=Path(results_dir),
+             max_retries=study.max_retries, on_result=events.put, requested=study.train)
     except AblateError as exc:  # e.g. this worker resolves another precision: one line, exit 2
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -918,50 +793,24 @@ def run_workers(study: GridStudy, cells: list[Cell], url: str, *, results_dir: P
                 progress: bool = False) -> list[int]:
     """Run the grid on `study.workers` processes (in this process for one, with `datasets`;
     spawned workers load their data from `cache_dir`); returns the exit codes of workers
-    that failed."""
+    that failed. A worker killed by a signal is replaced: each crash of a cell after its
+    first is charged to --max-retries, so the replacements are bounded by the cells' retry budgets."""
     if study.workers == 1:
-        work(GridStorage(url, study.name), cells, datasets, results_dir=results_dir, max_retries=study.max_retries,
-             on_result=on_result, progress=progress, requested=study.train)
+        with workers.sigterm_interrupts():
+            work(GridStorage(url, study.name), cells, datasets, results_dir=results_dir,
+                 max_retries=study.max_retries, on_result=on_result, progress=progress, requested=study.train)
         return []
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    events = ctx.Queue()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    plans = worker_plan(study.workers, device=study.train.device, gpu_ids=visible_gpus(), cores=cores)
-    procs = [ctx.Process(target=_worker_process, args=(env, threads, study, cells, url, results_dir, cache_dir, events))
-             for env, threads in plans]
-    for p in procs:
-        p.start()
-    try:
-        while any(p.is_alive() for p in procs):
-            with contextlib.suppress(queue.Empty):
-                on_result(events.get(timeout=0.5))
-    except KeyboardInterrupt:
-        # The terminal sent SIGINT to the workers too; give them time to mark their cells.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
-        raise
-    while True:
-        try:
-            on_result(events.get(timeout=0.2))
-        except queue.Empty:
-            break
-    for p in procs:
-        p.join()
-    if any(p.exitcode == 130 for p in procs):
-        raise KeyboardInterrupt
-    return [p.exitcode for p in procs if p.exitcode]
+    return workers.supervise(_worker, (study, cells, url, results_dir, cache_dir), workers=study.workers,
+                             device=study.train.device, on_event=on_result,
+                             respawns=len(cells) * (study.max_retries + 2))
 
 
 # --------------------------------------------------------------------------- tables
 RUN_COLUMNS = ("cell_id", "run_id", "label", "model", "model_args", "toggles", *TOGGLES, "seed", "status", "attempts",
-               "trial_number", "did_not_learn", "best_is_last", "early_stopped", "flags", "val_miou", "val_pixel_acc", "val_mean_acc", "val_mdice", "val_loss", "test_miou",
-               "test_pixel_acc", "test_mean_acc", "test_mdice", "test_loss", "best_epoch", "stopped_epoch", "max_epochs", "seconds",
-               "images_per_second", "precision", "failure_reason")
+               "trial_number", "did_not_learn", "best_is_last", "early_stopped", "flags", "val_miou", "val_pixel_acc",
+               "val_mean_acc", "val_mdice", "val_loss", "test_miou", "test_pixel_acc", "test_mean_acc", "test_mdice",
+               "test_loss", "best_epoch", "stopped_epoch", "max_epochs", "seconds", "images_per_second", "precision",
+               "failure_reason", "run_dir")
 SUMMARY_METRICS = ("val_miou", "test_miou", "val_pixel_acc", "test_pixel_acc")
 
 
@@ -984,7 +833,8 @@ def runs_table(cells: list[dict], trials: list[FrozenTrial], *, results_dir: Pat
         t = state.trial
         if t is not None:
             attrs = dict(t.user_attrs)
-            run_json = (store.study_dir(results_dir, study_name) / "runs" / cell["cell_id"]) if results_dir else None
+            run_json = (store.study_dir(results_dir, study_name) / attrs.get("run_dir", f"{RUNS}/{cell['cell_id']}")
+                        if results_dir else None)
             if state.status == "completed" and attrs.get("val_miou") is None and run_json and (run_json / records.RECORD_FILE).is_file():
                 record = records.read(run_json)
                 attrs.update(records.summary(record))

@@ -1,11 +1,9 @@
 """Results store stage: where Optuna studies live (SQLite, a journal file, or any SQLAlchemy
-URL such as PostgreSQL), opened with heartbeats so dead workers' trials are reclaimed, and
-with credentials masked in everything printed or written."""
+URL such as PostgreSQL), with credentials masked in everything printed or written. Liveness
+of workers is not the storage's business: see `ablate.workers` (one heartbeat for every kind)."""
 from __future__ import annotations
 
-import os
 import random
-import os
 import re
 import time
 from pathlib import Path
@@ -16,12 +14,6 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from ablate.errors import AblateError
-
-# A RUNNING trial whose worker sent no heartbeat for GRACE_SECONDS is failed and its work
-# redone. ABLATE_GRACE_SECONDS shortens it (tests that kill workers must not wait 2 minutes).
-GRACE_SECONDS = int(os.environ.get("ABLATE_GRACE_SECONDS", "120"))
-HEARTBEAT_SECONDS = max(1, min(30, GRACE_SECONDS // 4))
-
 
 def study_dir(results_dir: str | Path, study_name: str) -> Path:
     return Path(results_dir) / study_name
@@ -73,10 +65,9 @@ def _open_rdb(url: str, attempts: int = 6) -> RDBStorage:
 
     for attempt in range(attempts):
         try:
-            return RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                engine_kwargs=_engine_kwargs(url),
-            )
+            # No Optuna RDB heartbeat: it exists for RDB storages only; ablate.workers beats
+            # the same way for every storage kind.
+            return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             # Several workers opening a fresh database at once all create Optuna's tables; the
             # losers of that race see "duplicate key"/"already exists" and simply try again.
@@ -93,20 +84,6 @@ def _engine_kwargs(url: str) -> dict:
     if url.startswith("postgresql"):
         return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     return {}
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a worker process on this machine still runs (a zombie counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def dashboard_command(url: str, artifact_dir: str | Path | None = None) -> str:

@@ -8,26 +8,22 @@ space and fixed settings in its user attributes and refuses to continue with oth
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
 import re
-import signal
-import socket
 import sys
 import time
-import threading
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-from optuna.trial import TrialState
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 
-from ablate import _io, store
-from ablate.config import TOGGLES, TrainConfig, stable_hash
+from ablate import _io, store, workers
+from ablate.config import TOGGLES, TrainConfig, parse_image_size, stable_hash
 from ablate.errors import AblateError
+from ablate.studyfile import read_toml
 
 DEFAULT_N_TRIALS = 12  # with DEFAULT_EPOCHS and Hyperband: about 10 min on a quiet 2-core CPU (estimate)
 DEFAULT_EPOCHS = 4  # max epochs per trial = Hyperband's max_resource
@@ -228,20 +224,7 @@ def read_study_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     patience, pruner, sampler, seed, tune_toggles), which wins. Every other key of `[tune]`
     is a search-space parameter (see `apply_overrides`)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AblateError(f"--study {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AblateError(f"--study {path}: cannot read it ({exc})") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        msg = str(exc)
-        at = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
-        if at:
-            raise AblateError(f"{path}: line {at[1]}, column {at[2]}: {msg[:at.start()]}") from None
-        raise AblateError(f"{path}: {msg}") from None
+    doc = read_toml(path)
     tune, train = doc.get("tune"), doc.get("train", {})
     if not isinstance(tune, dict):
         raise AblateError(f"--study {path}: no [tune] table; add one (see studies/tune-custom.toml)")
@@ -325,6 +308,89 @@ def validate(spec: TuneSpec) -> None:
             raise AblateError(f"parameter {name!r} does not apply to model {spec.base.model!r}")
 
 
+# --------------------------------------------------------------------------- resolving flags
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_DEFAULTS = {"model": "custom", "n_trials": DEFAULT_N_TRIALS, "epochs": DEFAULT_EPOCHS, "image_size": DEFAULT_IMAGE_SIZE,
+             "pruner": "hyperband", "sampler": "tpe", "patience": 3, "seed": 0, "tune_toggles": False}
+_TYPE_WORDS = {str: "a string", int: "an integer", bool: "true or false"}
+
+
+def resolve_spec(flags: dict[str, Any], *, given: set[str], study_file: Path | None, workers: int,
+                 storage: str | None, results_dir: Path, keep_checkpoints: bool = False) -> TuneSpec:
+    """The tune asked for: each setting from its flag when given on the command line (`given`),
+    else from the study file, else the flag's default, else ours; validated."""
+    from ablate.models import list_models
+
+    settings, overrides = read_study_file(study_file) if study_file else ({}, {})
+
+    def value(key: str) -> Any:
+        if key in flags and key in given:
+            return flags[key]
+        if key in settings:
+            return settings[key]
+        return flags[key] if flags.get(key) is not None else _DEFAULTS.get(key)
+
+    model = _typed(value("model"), str, "model")
+    if model not in list_models():
+        raise AblateError(f"unknown model {model!r}; choose from: {', '.join(list_models())}")
+    n_trials = _typed(value("n_trials"), int, "n-trials")
+    if n_trials < 1:
+        raise AblateError(f"--n-trials must be >= 1, got {n_trials}")
+    study_name = _typed(value("study_name") or f"tune-{model}", str, "study-name")
+    if not _NAME_RE.match(study_name):
+        raise AblateError(f"--study-name must be letters, digits, '.', '_' or '-' (it names a folder), got {study_name!r}")
+    timeout = value("timeout")
+    if timeout is not None:
+        timeout = float(_typed(timeout, (int, float), "timeout"))
+    where = f"{study_file}: [tune]" if study_file else "[tune]"
+    space, base = _space_and_base(model, flags, given, value, overrides, where)
+    if workers < 1:
+        raise AblateError(f"--workers must be >= 1, got {workers}")
+    spec = TuneSpec(
+        study_name=study_name, storage=storage or store.default_storage(results_dir, study_name, workers),
+        results_dir=Path(results_dir), space=space, base=base, n_trials=n_trials, timeout=timeout,
+        pruner=value("pruner"), sampler=value("sampler"), workers=workers, cache_dir=Path(results_dir) / ".cache",
+        keep_checkpoints=keep_checkpoints,
+    )
+    validate(spec)
+    return spec
+
+
+def _space_and_base(model: str, flags: dict[str, Any], given: set[str], value: Callable[[str], Any],
+                    overrides: dict[str, Any], where: str) -> tuple[dict[str, Param], TrainConfig]:
+    """The search space after the study file's bounds, and the fixed configuration; a
+    --model-arg or toggle flag given on the command line wins over the study file."""
+    from ablate.models import parse_model_args
+
+    model_args = parse_model_args(model, list(flags.get("model_arg") or ()))
+    space = default_space(model, tune_toggles=_typed(value("tune_toggles"), bool, "tune-toggles"))
+    space, fixed = apply_overrides(model, space, overrides, where=where)
+    toggles = {t: flags[t] for t in TOGGLES if t not in space and (t in given or t not in fixed)}
+    for key in (*model_args, *toggles):
+        space.pop(key, None)
+        fixed.pop(key, None)
+    optional = {key: value(key) for key in ("num_classes", "val_fraction")}
+    for key, v in optional.items():
+        if v is not None:
+            _typed(v, (int, float) if key == "val_fraction" else int, key.replace("_", "-"))
+    base = TrainConfig(
+        model=model, model_args=model_args, data=_typed(value("data"), str, "data"),
+        image_size=parse_image_size(value("image_size")), **optional,
+        ignore_index=_typed(value("ignore_index"), int, "ignore-index"), epochs=_typed(value("epochs"), int, "epochs"),
+        patience=_typed(value("patience"), int, "patience"), seed=_typed(value("seed"), int, "seed"),
+        precision=flags["precision"], device=flags["device"], compile=flags["compile"], **toggles,
+    )
+    return space, config_for(base, fixed)
+
+
+def _typed(v: Any, types: type | tuple, option: str) -> Any:
+    """Type-check a setting that may come from the study file (flags are typed by click)."""
+    allowed = types if isinstance(types, tuple) else (types,)
+    if not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed):
+        raise AblateError(f"--{option} (or its study-file key): expected {_TYPE_WORDS.get(types, 'a number')}, got {v!r}")
+    return v
+
+
 # --------------------------------------------------------------------------- study
 ATTR = "ablate"  # study user attribute holding TuneSpec.identity() and its hash
 
@@ -332,9 +398,7 @@ ATTR = "ablate"  # study user attribute holding TuneSpec.identity() and its hash
 def open_study(spec: TuneSpec, *, sampler: optuna.samplers.BaseSampler | None = None,
                create: bool = True) -> optuna.Study:
     """Create or load the study; refuse one made for another model, space or settings."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # RDB heartbeats
-        storage = store.open_storage(spec.storage)
+    storage = store.open_storage(spec.storage)
     pruner = make_pruner(spec.pruner, epochs=spec.base.epochs)
     if create:
         study = optuna.create_study(storage=storage, study_name=spec.study_name, direction="maximize",
@@ -406,7 +470,6 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study) -> Callable[[optuna
         if len(ahead) >= spec.n_trials:
             trial.set_user_attr("failure_reason", "surplus: other workers had already started the last trials")
             raise _Surplus("surplus")
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {name: param.suggest(trial, name) for name, param in spec.space.items()}
         config = config_for(spec.base, params)
         out_dir = spec.folder / "runs" / str(trial.number)
@@ -422,9 +485,6 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study) -> Callable[[optuna
         try:
             record = fit_safely(config, dataset, out_dir=out_dir, on_epoch=on_epoch, quiet=True,
                                 progress=False, cache_dir=spec.cache_dir)
-        except KeyboardInterrupt:
-            trial.set_user_attr("failure_reason", "interrupted")
-            raise
         except AblateError as exc:  # e.g. a batch larger than the split: this trial's problem only
             trial.set_user_attr("failure_reason", str(exc))
             raise TrialFailed(str(exc)) from None
@@ -462,8 +522,9 @@ def _attr(value: Any) -> Any:
 # --------------------------------------------------------------------------- workers
 def run_worker(spec: TuneSpec, *, index: int = 0, dataset=None, echo: Callable[[str], None] = print) -> None:
     """Run trials until the study holds `n_trials` COMPLETE+PRUNED trials (counting every
-    worker's), or `timeout` passes. Trials of dead workers are failed: at once for a process
-    of this machine, after the heartbeat grace period for others (RDB storages)."""
+    worker's), or `timeout` passes. RUNNING trials whose worker is lost (`workers.Reclaimer`:
+    its process gone on this node, or its heartbeat silent for the grace it recorded) are
+    failed on the way, for every storage kind."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is ours to print
     if dataset is None:
         dataset = load_dataset_for(spec)
@@ -473,21 +534,24 @@ def run_worker(spec: TuneSpec, *, index: int = 0, dataset=None, echo: Callable[[
     seed = int(stable_hash([spec.base.seed, index, len(study.trials)], 8), 16)
     study.sampler = make_sampler(spec.sampler, seed=seed, n_trials=spec.n_trials, workers=spec.workers)
     objective = _objective(spec, dataset, study)
+    reclaimer = workers.Reclaimer()
     prefix = f"[worker {index}] " if spec.workers > 1 else ""
     start, failures, waited = time.monotonic(), 0, False
 
-    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def after_trial(trial: FrozenTrial) -> None:
         nonlocal failures
-        if (trial.user_attrs.get("failure_reason") or "").startswith("surplus"):
+        reason = trial.user_attrs.get("failure_reason") or ""
+        if reason.startswith("surplus"):
             return
-        failures = failures + 1 if trial.state == TrialState.FAIL else 0
+        if not workers.is_crash(reason):  # reclaimed from us: not this configuration's failure
+            failures = failures + 1 if trial.state == TrialState.FAIL else 0
         echo(prefix + describe_trial(trial))
         write_trials_csv(study, spec.folder / "trials.csv")
         if not spec.keep_checkpoints:
             prune_checkpoints(study)
 
     while True:
-        reclaim_dead_trials(study)
+        reclaimer.reclaim(study._storage, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         c = counts(study)
         if c["finished"] >= spec.n_trials:
             break
@@ -503,28 +567,29 @@ def run_worker(spec: TuneSpec, *, index: int = 0, dataset=None, echo: Callable[[
                 waited = True
             time.sleep(POLL_SECONDS)
             continue
-        study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[after_trial])
+        after_trial(run_trial(study, objective))
 
 
-def reclaim_dead_trials(study: optuna.Study) -> None:
-    """FAIL the RUNNING trials whose worker is gone: by heartbeat (RDB storages) and, for a
-    process of this machine (any storage, journal files included), at once by its pid.
-    (A journal file shared by several machines has no heartbeat: a trial of a dead process
-    elsewhere stays RUNNING; share a study between machines through PostgreSQL.)"""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    host = socket.gethostname()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker", "")
-        name, _, pid = worker.rpartition(":")
-        if name != host or not pid.isdigit() or int(pid) == os.getpid() or store.process_alive(int(pid)):
-            continue
-        try:
-            study._storage.set_trial_user_attr(t._trial_id, "failure_reason", f"worker process {pid} died")
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        except (RuntimeError, ValueError):
-            pass  # another worker reclaimed it first
+def run_trial(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
+    """Ask for a trial, stamp it with this worker (`workers.take_ownership`), run `objective`
+    under its heartbeat and tell the outcome. A trial another worker reclaimed meanwhile stays
+    as the reclaimer left it (FAIL, worker lost) and this worker moves on."""
+    trial = study.ask()
+    storage, trial_id = study._storage, trial._trial_id
+    workers.take_ownership(storage, trial_id)
+    value, state = None, TrialState.FAIL
+    try:
+        with workers.Heartbeat(storage, trial_id):
+            value, state = objective(trial), TrialState.COMPLETE
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except (TrialFailed, UpdateFinishedTrialError):
+        pass  # the reason is on the trial already (ours, or the reclaimer's)
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a bug: FAIL the trial, then let it propagate
+        workers.fail_trial(storage, trial_id, workers.INTERRUPTED if isinstance(exc, KeyboardInterrupt)
+                           else f"{type(exc).__name__}: {exc}")
+        raise
+    return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
 
 
 def load_dataset_for(spec: TuneSpec):
@@ -535,39 +600,20 @@ def load_dataset_for(spec: TuneSpec):
                         val_fraction=b.val_fraction, cache_dir=spec.cache_dir)
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _worker_process(spec: TuneSpec, index: int) -> None:
-    """Entry point of a spawned worker: its share of the cores, then the trial loop."""
-    import torch
-
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # the parent's terminate(): FAIL the trial, exit
-    torch.set_num_threads(max(1, _cores() // spec.workers))
+def _worker(index: int, events, spec: TuneSpec) -> None:
+    """A spawned tune worker (`workers.supervise`): its lines go to the parent to print."""
     try:
-        run_worker(spec, index=index, echo=lambda line: print(line, flush=True))
+        run_worker(spec, index=index, echo=events.put)
     except AblateError as exc:
         print(f"error: [worker {index}] {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
 
 
 def tune(spec: TuneSpec, *, echo: Callable[[str], None] = print) -> optuna.Study:
     """Validate, create/resume the study, run `spec.workers` workers, write the tables.
     Ctrl-C or SIGTERM marks the running trial FAIL and raises KeyboardInterrupt: rerun to resume."""
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
-    try:
+    with workers.sigterm_interrupts():
         return _tune(spec, echo)
-    finally:
-        if main_thread and previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _tune(spec: TuneSpec, echo: Callable[[str], None]) -> optuna.Study:
@@ -595,25 +641,9 @@ def _tune(spec: TuneSpec, echo: Callable[[str], None]) -> optuna.Study:
 
 
 def _run_processes(spec: TuneSpec, echo: Callable[[str], None]) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_process, args=(spec, i), name=f"ablate-tune-{i}") for i in range(spec.workers)]
-    for p in procs:
-        p.start()
-    try:
-        while any(p.is_alive() for p in procs):  # is_alive() reaps a worker that died at once
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        # Ctrl-C reached the workers too; a SIGTERM to this process alone did not: pass it on.
-        deadline = time.monotonic() + 5
-        for p in procs:
-            p.join(timeout=max(0.0, deadline - time.monotonic()))
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(timeout=30)
-        raise
-    bad = [f"worker {i} exited with code {p.exitcode}" for i, p in enumerate(procs) if p.exitcode]
+    codes = workers.supervise(_worker, (spec,), workers=spec.workers, device=spec.base.device, on_event=echo,
+                              respawns=spec.n_trials)
+    bad = [f"a worker exited with code {code}" for code in codes]
     if bad and counts(open_study(spec, create=False))["finished"] < spec.n_trials:
         raise AblateError("; ".join(bad) + "; rerun the same command to resume")
     if bad:  # the others finished its share

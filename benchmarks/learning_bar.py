@@ -32,12 +32,14 @@ class Bar:
 
 
 def learning_bar(val_frequency: list[float]) -> Bar:
-    """The bar from the val split's per-class pixel fractions."""
-    present = [f for f in val_frequency if f > 0]
-    if not present:
+    """The bar from the val split's per-class pixel fractions (the all-majority prediction's
+    scores as `ablate.stats.majority_bar` computes them for the report's flags)."""
+    from ablate.stats import majority_bar
+
+    base = majority_bar({"split_class_frequency": {"val": val_frequency}})
+    if base is None:
         raise ValueError("the val split has no labelled pixels")
-    share = max(present)
-    return Bar(majority_share=share, majority_miou=share / len(present))
+    return Bar(majority_share=base["pixel_acc"], majority_miou=base["miou"])
 
 
 def passes(bar: Bar, *, val_miou: float | None, val_pixel_acc: float | None) -> bool:
@@ -55,7 +57,8 @@ def cell_table(results_dir: Path, study_name: str) -> list[dict]:
     runs = pd.read_csv(folder / "runs.csv")
     rows = []
     for _, run in runs.iterrows():
-        record_file = folder / "runs" / str(run["cell_id"]) / "run.json"
+        run_dir = run.get("run_dir")  # the attempt that speaks for the cell (runs/<cell_id>/<trial>/)
+        record_file = folder / (run_dir if isinstance(run_dir, str) else f"runs/{run['cell_id']}") / "run.json"
         record = json.loads(record_file.read_text()) if record_file.is_file() else {}
         dataset = record.get("dataset") or {}
         val = (record.get("metrics") or {}).get("val") or {}

@@ -21,9 +21,11 @@ from optuna.trial import TrialState
 
 from ablate import data as data_stage
 from ablate import grid as grids
+from ablate import record as records
 from ablate.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+FAULTS = Path(__file__).resolve().parent / "faults"  # sitecustomize.py: faults injected from outside
 TINY = ["--models", "unet", "--model-arg", "base_channels=4", "--image-size", "32", "--epochs", "1", "--data", "synthetic",
         "--no-report"]
 
@@ -45,10 +47,13 @@ def _complete_once(trials, n_cells: int) -> None:
 def _tables_match_storage(results: Path, name: str, trials, n_cells: int) -> pd.DataFrame:
     runs = pd.read_csv(results / name / "runs.csv")
     assert len(runs) == n_cells and set(runs["status"]) == {"completed"}
-    value = {t.user_attrs["cell_id"]: t.value for t in trials if t.state == TrialState.COMPLETE}
-    assert dict(zip(runs["cell_id"], runs["val_miou"])) == pytest.approx(value)
-    for cell_id in runs["cell_id"]:
-        assert (results / name / "runs" / cell_id / "run.json").is_file()
+    complete = {t.user_attrs["cell_id"]: t for t in trials if t.state == TrialState.COMPLETE}
+    assert dict(zip(runs["cell_id"], runs["val_miou"])) == pytest.approx({k: t.value for k, t in complete.items()})
+    # Each row points at its COMPLETE attempt's own folder, runs/<cell_id>/<trial number>/.
+    assert dict(zip(runs["cell_id"], runs["run_dir"])) == {
+        k: f"runs/{k}/{t.number}" for k, t in complete.items()} == {k: t.user_attrs["run_dir"] for k, t in complete.items()}
+    for run_dir, value in zip(runs["run_dir"], runs["val_miou"]):
+        assert records.summary(records.read(results / name / run_dir))["val_miou"] == pytest.approx(value)
     return runs
 
 
@@ -59,7 +64,11 @@ def _executions(log: Path) -> list[tuple[str, int]]:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("ABLATE_TEST_")}, **extra}
+    """This environment without stray FAULT_ settings, plus `extra`; with tests/faults first on
+    PYTHONPATH so that its sitecustomize injects the FAULT_ settings into every process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAULT_") and k != "ABLATE_GRACE_SECONDS"}
+    path = [str(FAULTS), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep)), str(REPO)]
+    return {**env, "PYTHONPATH": os.pathsep.join(path), **extra}
 
 
 def _default_sigint() -> None:
@@ -160,7 +169,7 @@ def test_a_diverging_cell_fails_alone_is_retried_and_fails_the_command(tmp_path,
     runs = pd.read_csv(results / "bad" / "runs.csv").set_index("toggles")
     assert runs.loc["scheduler", "status"] == "failed" and runs.loc["none", "status"] == "completed"
     assert "non-finite" in runs.loc["scheduler", "failure_reason"] and runs.loc["scheduler", "attempts"] == 2
-    record = json.loads((results / "bad" / "runs" / runs.loc["scheduler", "cell_id"] / "run.json").read_text())
+    record = json.loads((results / "bad" / runs.loc["scheduler", "run_dir"] / "run.json").read_text())
     assert record["status"] == "failed" and "non-finite" in record["failure_reason"]
     # Retries are spent: a rerun adds nothing and still says which cell failed; a broken
     # report is a warning, never the grid's failure.
@@ -279,7 +288,7 @@ def test_ctrl_c_and_sigkill_mid_cell_then_rerun_runs_every_cell_once(tmp_path, c
     results, log = tmp_path / "results", tmp_path / "executions.log"
     args = [*TINY, "--toggles", "none", "--seeds", "3", "--study-name", "kill", "--results-dir", str(results),
             "--cache-dir", str(cache_dir), "--max-retries", "0"]
-    hooks = _env(ABLATE_TEST_EXEC_LOG=str(log), ABLATE_TEST_SLEEP_IN_CELL="2:600")
+    hooks = _env(FAULT_LOG=str(log), FAULT_SLEEP="2:600")
 
     first = _spawn(args, hooks)
     _wait_for_lines(log, 2, first)
@@ -293,7 +302,7 @@ def test_ctrl_c_and_sigkill_mid_cell_then_rerun_runs_every_cell_once(tmp_path, c
     second.kill()
     second.wait()
 
-    third = subprocess.run([sys.executable, "-m", "ablate", "grid", *args], env=_env(ABLATE_TEST_EXEC_LOG=str(log)),
+    third = subprocess.run([sys.executable, "-m", "ablate", "grid", *args], env=_env(FAULT_LOG=str(log)),
                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stdout + third.stderr
 
@@ -315,7 +324,7 @@ def test_three_workers_on_the_journal_file_run_every_cell_once(tmp_path, cache_d
             "--cache-dir", str(cache_dir), "--workers", "3"]
     # Each worker lingers in its first cell, so all three are busy before the grid drains.
     proc = subprocess.run([sys.executable, "-m", "ablate", "grid", *args, "--storage", str(results / "jn.journal")],
-                          env=_env(ABLATE_TEST_EXEC_LOG=str(log), ABLATE_TEST_SLEEP_IN_CELL="1:4"),
+                          env=_env(FAULT_LOG=str(log), FAULT_SLEEP="1:4"),
                           cwd=REPO, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     executions = _executions(log)
@@ -333,7 +342,7 @@ def test_workers_and_machines_share_a_postgresql_study_exactly_once(tmp_path, ca
     results, log = tmp_path / "results", tmp_path / "executions.log"
     args = [*TINY, "--toggles", "scheduler,weighted_loss", "--seeds", "2", "--study-name", "pg",
             "--results-dir", str(results), "--cache-dir", str(cache_dir), "--storage", postgres_url]
-    env = _env(ABLATE_TEST_EXEC_LOG=str(log), ABLATE_TEST_SLEEP_IN_CELL="1:2")
+    env = _env(FAULT_LOG=str(log), FAULT_SLEEP="1:2")
     procs = [_spawn([*args, "--workers", "3"], env), _spawn([*args, "--workers", "1"], env)]
     outputs = [p.communicate(timeout=500) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
@@ -343,3 +352,97 @@ def test_workers_and_machines_share_a_postgresql_study_exactly_once(tmp_path, ca
     assert len(trials) == 8 and len({t.user_attrs["cell_id"] for t in trials}) == 8
     _complete_once(trials, 8)
     _tables_match_storage(results, "pg", trials, 8)
+
+
+# --------------------------------------------------------------------------- lost workers
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_stalled_worker_is_reclaimed_and_the_winner_speaks_for_the_cell(kind, tmp_path, cache_dir, request):
+    """Worker A claims the only cell and its heartbeat stalls (tests/faults holds it inside the
+    cell, beats suspended). Worker B, whose own grace setting is 10 minutes, must honour the 2 s
+    A recorded on the trial: it reclaims the cell and completes it. Then A wakes up and
+    finishes too: one COMPLETE trial, B's; the tables and the run folder they point to are
+    B's, and A's late attempt wrote only into its own folder."""
+    results, log, release = tmp_path / "results", tmp_path / "executions.log", tmp_path / "release"
+    url = request.getfixturevalue("postgres_url") if kind == "postgresql" else f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = [*TINY, "--toggles", "none", "--seeds", "1", "--study-name", "stall", "--results-dir", str(results),
+            "--cache-dir", str(cache_dir), "--storage", url]
+    stalled = _spawn(args, _env(FAULT_LOG=str(log), FAULT_HOLD=f"1:{release}", ABLATE_GRACE_SECONDS="2"))
+    _wait_for_lines(log, 1, stalled)
+    rescuer = _spawn(args, _env(FAULT_LOG=str(log), ABLATE_GRACE_SECONDS="600"))
+    out, err = rescuer.communicate(timeout=300)
+    assert rescuer.returncode == 0, out + err
+    runs = pd.read_csv(results / "stall" / "runs.csv")
+    winner_dir = results / "stall" / runs.loc[0, "run_dir"]
+    winner_record = (winner_dir / "run.json").read_text()
+
+    release.touch()
+    out, err = stalled.communicate(timeout=300)
+    assert stalled.returncode == 0, out + err
+    assert "reclaimed by another worker while it ran" in err
+
+    trials = _trials(url, "stall")
+    _complete_once(trials, 1)
+    [winner] = [t for t in trials if t.state == TrialState.COMPLETE]
+    [loser] = [t for t in trials if t.state == TrialState.FAIL]
+    assert [pid for _, pid in _executions(log)] == [stalled.pid, rescuer.pid]
+    assert winner.user_attrs["worker"]["pid"] == rescuer.pid and loser.user_attrs["worker"]["pid"] == stalled.pid
+    assert loser.user_attrs["failure_reason"] == "worker lost: no heartbeat for 2 s"
+    assert "val_miou" not in loser.user_attrs  # A's late result was refused by the storage
+    assert loser.system_attrs["ablate:grace_seconds"] == 2 and winner.system_attrs["ablate:grace_seconds"] == 600
+    runs = _tables_match_storage(results, "stall", trials, 1)  # rewritten by A at its end: still B's
+    assert results / "stall" / runs.loc[0, "run_dir"] == winner_dir
+    assert (winner_dir / "run.json").read_text() == winner_record  # A never wrote there
+    loser_dir = results / "stall" / loser.user_attrs["run_dir"]
+    assert loser_dir != winner_dir and records.read(loser_dir)["status"] == "failed"
+    assert (winner_dir / "best.pt").is_file() and not (loser_dir / "best.pt").exists()
+    # The analysis reads the winner's record and checkpoint for the cell.
+    from ablate import analysis
+    from ablate.predict import load_run
+
+    study = analysis.load_study(results, "stall")
+    cell_id = winner.user_attrs["cell_id"]
+    assert study.run_dirs[cell_id] == winner_dir and study.records[cell_id] == json.loads(winner_record)
+    assert load_run(study.run_dirs[cell_id])[1]["config"] == study.records[cell_id]["config"]
+
+
+def test_a_cell_that_kills_its_process_every_time_fails_after_its_retries(tmp_path, cache_dir):
+    """Seed 1's cell SIGKILLs whichever worker runs it. The supervisor replaces the dead
+    worker; the first loss is free, the next two are charged (--max-retries 1): the cell ends
+    FAIL, the other cell completes, the grid exits 1 naming the cell, and a rerun runs nothing."""
+    results = tmp_path / "results"
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = [*TINY, "--toggles", "none", "--seeds", "2", "--study-name", "poison", "--results-dir", str(results),
+            "--cache-dir", str(cache_dir), "--storage", url, "--workers", "2", "--max-retries", "1"]
+    command = [sys.executable, "-m", "ablate", "grid", *args]
+    done = subprocess.run(command, env=_env(FAULT_KILL_SEED="1"), cwd=REPO, capture_output=True, text=True, timeout=500)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert re.search(r"error: 1 cell\(s\) failed: unet none seed 1 \(worker lost: process \d+ on \S+ died\)",
+                     done.stderr), done.stderr
+    assert re.search(r"warning: worker \d died \(SIGKILL\); starting another", done.stderr)
+    trials = _trials(url, "poison")
+    poison = [t for t in trials if t.params["seed"] == 1]
+    assert [t.state for t in poison] == [TrialState.FAIL] * 3
+    assert all(t.user_attrs["failure_reason"].startswith("worker lost: process") for t in poison)
+    _complete_once([t for t in trials if t.params["seed"] == 0], 1)
+    again = subprocess.run(command, env=_env(FAULT_KILL_SEED="1"), cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 1 and "unet none seed 1 (worker lost" in again.stderr, again.stderr
+    assert len(_trials(url, "poison")) == len(trials)
+
+
+def test_sigterm_to_a_multi_worker_grid_marks_its_running_cells_interrupted(tmp_path, cache_dir):
+    """SIGTERM (a scheduler's stop) to the parent alone is passed on to the workers and
+    handled like Ctrl-C: each running cell is marked interrupted, the command exits 130."""
+    results, log = tmp_path / "results", tmp_path / "executions.log"
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = [*TINY, "--toggles", "none", "--seeds", "3", "--study-name", "term", "--results-dir", str(results),
+            "--cache-dir", str(cache_dir), "--storage", url, "--workers", "2"]
+    proc = _spawn(args, _env(FAULT_LOG=str(log), FAULT_SLEEP="1:600"))
+    _wait_for_lines(log, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err and "Traceback" not in err
+    trials = _trials(url, "term")
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert [t.user_attrs["failure_reason"] for t in trials] == ["interrupted"] * 2

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from ablate import data as data_stage
 from ablate import grid as grids
-from ablate import store
+from ablate import workers
 from ablate.config import TOGGLES
 from ablate.errors import AblateError
 
@@ -235,14 +235,6 @@ def test_model_args_apply_per_model_or_to_every_model_that_has_them():
         grids.check_models(_study(models="resnet18", model_arg=["resnet18.weights=/nonexistent.pth"]))
 
 
-
-def test_worker_plan_spreads_gpus_round_robin_and_splits_cpu_cores():
-    plan = grids.worker_plan(3, device="cuda", gpu_ids=["0", "1"], cores=16)
-    assert [env["CUDA_VISIBLE_DEVICES"] for env, _ in plan] == ["0", "1", "0"]
-    assert grids.worker_plan(4, device="cpu", gpu_ids=["0", "1"], cores=2) == [({}, 1)] * 4
-    assert grids.worker_plan(2, device="auto", gpu_ids=["3"], cores=8) == [({}, 4)] * 2
-
-
 # --------------------------------------------------------------------------- the claim lock
 def _storage_url(kind: str, tmp_path: Path, postgres_url=None) -> str:
     return {"journal": str(tmp_path / "optuna.journal"), "sqlite": f"sqlite:///{tmp_path / 'optuna.db'}",
@@ -288,23 +280,23 @@ def test_concurrent_claims_give_every_cell_exactly_one_trial(kind, tmp_path, req
     assert all(t.state == TrialState.COMPLETE for t in trials)
 
 
-def test_dead_workers_cells_are_reclaimed_and_failures_retried(tmp_path, monkeypatch):
+def test_dead_workers_cells_are_reclaimed_and_failures_retried(tmp_path):
     url = _storage_url("journal", tmp_path)
     study = _study(toggles="none", seeds=3)  # 3 cells
     gs, cells = _prepared(url, study)
-    # Cell 0: claimed by a process that then died (a real, reaped PID).
+    # Cell 0: claimed by a process of this node that then died (a real, reaped PID).
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    gs._node = "this-node"
     (_, t0), (_, t1), (_, t2) = (gs.claim(cells, max_retries=1) for _ in range(3))
-    gs.storage.set_trial_user_attr(t0, "worker", {"host": "h", "node": "this-node", "pid": dead.pid})
-    # Cell 1: claimed on another machine that went silent (no heartbeat moves).
+    gs.storage.set_trial_user_attr(t0, "worker", {**workers.identity(), "pid": dead.pid})
+    # Cell 1: claimed on another machine that went silent (no heartbeat moves); its owner
+    # recorded a 1 s grace, which is what this observer must wait (not its own 120 s).
     gs.storage.set_trial_user_attr(t1, "worker", {"host": "far", "node": "elsewhere", "pid": 1})
+    gs.storage.set_trial_system_attr(t1, workers.GRACE_ATTR, 1.0)
     # Cell 2: failed for real, once.
     gs.storage.set_trial_user_attr(t2, "failure_reason", "non-finite loss at epoch 1 step 2")
     gs.storage.set_trial_state_values(t2, TrialState.FAIL)
 
-    monkeypatch.setattr(store, "GRACE_SECONDS", 1)
     cell, again0 = gs.claim(cells, max_retries=1)  # the dead worker's cell comes back at once
     assert cell == cells[0]
     trial0 = gs.storage.get_trial(t0)
@@ -316,7 +308,20 @@ def test_dead_workers_cells_are_reclaimed_and_failures_retried(tmp_path, monkeyp
         gs.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.5])
     time.sleep(1.2)
     cell, _ = gs.claim(cells, max_retries=1)
-    assert cell == cells[1] and "no heartbeat" in gs.storage.get_trial(t1).user_attrs["failure_reason"]
+    assert cell == cells[1] and gs.storage.get_trial(t1).user_attrs["failure_reason"] == "worker lost: no heartbeat for 1 s"
+
+
+def test_the_first_crash_of_a_cell_is_free_and_later_ones_are_charged(tmp_path):
+    url = _storage_url("journal", tmp_path)
+    gs, cells = _prepared(url, _study(toggles="none", seeds=1))
+    crashed = f"{grids.WORKER_LOST}: process 7 on h died"
+    steps = [(grids.INTERRUPTED, "pending"), (crashed, "pending"), (crashed, "retry"), (crashed, "failed")]
+    for reason, expected in steps:
+        _, trial_id = gs.claim(cells, max_retries=1)
+        workers.fail_trial(gs.storage, trial_id, reason)
+        state = grids.cell_states([c.brief() for c in cells], gs.trials(), max_retries=1)[cells[0].cell_id]
+        assert state.status == expected, (reason, state)
+    assert gs.claim(cells, max_retries=1) is None and state.failures == 2  # a poison cell stops
 
 
 def test_retry_budget_counts_genuine_failures_only(tmp_path):

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from ablate import record as records
 from ablate import tune as tuning
+from ablate import workers
 from ablate.cli import main
 from ablate.config import TrainConfig
 from ablate.errors import AblateError
@@ -368,22 +369,67 @@ def test_ctrl_c_fails_the_running_trial_and_a_rerun_resumes(tmp_path, monkeypatc
     assert _states(study)["finished"] == 3 and len(study.trials) == 4
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
-def test_trial_of_a_dead_process_is_reclaimed(tmp_path, cache_dir):
-    import socket
-
-    spec = _spec(tmp_path, cache_dir=cache_dir)
+def test_a_live_trial_of_a_worker_in_another_pid_namespace_is_left_alone(tmp_path, monkeypatch, cache_dir):
+    """Worker B runs in a container with this host's name and boot but its own PID namespace;
+    its PID names a dead process here. This worker must judge B by its heartbeat only, so B's
+    live trial survives this worker's run and B can still complete it."""
+    spec = _spec(tmp_path, cache_dir=cache_dir, n_trials=3)
     study = tuning.open_study(spec)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    trial = study.ask()
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
-    alive = study.ask()
-    alive.set_user_attr("worker", f"{socket.gethostname()}:{1}")  # pid 1 is alive
-    tuning.reclaim_dead_trials(study)
-    states = {t.number: t.state for t in study.get_trials()}
-    assert states == {0: TrialState.FAIL, 1: TrialState.RUNNING}
-    assert study.trials[0].user_attrs["failure_reason"] == f"worker process {dead.pid} died"
+    me = workers.identity()
+    other = {**me, "pidns": me["pidns"] + 1, "pid": dead.pid, "node": f"{me['host']}/{me['boot']}/{me['pidns'] + 1}"}
+    real_identity = workers.identity
+    monkeypatch.setattr(workers, "identity", lambda: other)
+    foreign = study.ask()
+    workers.take_ownership(study._storage, foreign._trial_id)
+    monkeypatch.setattr(workers, "identity", real_identity)
+    calls = []
+
+    def fake_fit(config, dataset, **kwargs):
+        calls.append(config)
+        if len(calls) == 2:  # meanwhile B finishes its trial (refused if this worker had failed it)
+            study._storage.set_trial_state_values(foreign._trial_id, TrialState.COMPLETE, [0.9])
+        return _fake_record(config, miou=0.1 * len(calls))
+
+    monkeypatch.setattr("ablate.engine.fit", fake_fit)
+    done = tuning.tune(spec, echo=lambda line: None)
+    assert [t.state for t in done.trials] == [TrialState.COMPLETE] * 3 and len(calls) == 2
+    assert done.trials[0].value == 0.9 and done.trials[0].user_attrs["worker"]["pidns"] == me["pidns"] + 1
+    assert done.trials[1].user_attrs["worker"] == me
+
+
+def test_a_trial_reclaimed_while_it_runs_does_not_crash_its_worker(tmp_path, monkeypatch, cache_dir):
+    spec = _spec(tmp_path, cache_dir=cache_dir, n_trials=2)
+    calls = []
+
+    def fake_fit(config, dataset, **kwargs):
+        calls.append(config)
+        if len(calls) == 1:  # another worker saw this trial's heartbeat stall and failed it
+            storage = _load(spec.storage, "f")._storage
+            [running] = _load(spec.storage, "f").get_trials(states=(TrialState.RUNNING,))
+            workers.fail_trial(storage, running._trial_id, "worker lost: no heartbeat for 2 s")
+        return _fake_record(config, miou=0.1 * len(calls))
+
+    monkeypatch.setattr("ablate.engine.fit", fake_fit)
+    lines: list[str] = []
+    study = tuning.tune(spec, echo=lines.append)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert study.trials[0].user_attrs["failure_reason"] == "worker lost: no heartbeat for 2 s"
+    assert "val_miou" not in study.trials[0].user_attrs  # the late result was refused, not mixed in
+    assert "worker lost: no heartbeat" in lines[1] and study.best_value == pytest.approx(0.3)
+
+
+def test_tune_workers_are_planned_on_the_configured_device(tmp_path, monkeypatch):
+    """--device cuda --workers 2: the tune hands its device to the shared supervisor, whose
+    plan (tests/test_workers.py runs it for real) puts worker i on GPU i mod n."""
+    seen = {}
+    monkeypatch.setattr(workers, "supervise", lambda target, args, **kw: seen.update(kw) or [])
+    spec = _spec(tmp_path, base=TrainConfig(model="custom", image_size=(32, 32), epochs=2, device="cuda"), workers=2)
+    tuning._run_processes(spec, echo=lambda line: None)
+    assert (seen["device"], seen["workers"]) == ("cuda", 2)
+    plan = workers.worker_plan(seen["workers"], device=seen["device"], gpu_ids=["0", "1"], cores=16)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env, _ in plan] == ["0", "1"]
 
 
 # --------------------------------------------------------------------------- several workers

@@ -117,7 +117,7 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
     grids.write_tables(gs, results_dir)
     final = grids.progress(briefs, gs.trials(), study.max_retries)
     _print_table(folder / "summary.csv")
-    click.echo(f"\nresults: {folder}/ (runs.csv, summary.csv, study.json, runs/<cell_id>/)")
+    click.echo(f"\nresults: {folder}/ (runs.csv, summary.csv, study.json, runs/<cell_id>/<trial>/)")
     if report:
         _write_report(results_dir, study.name)
     from ablate.dashboard import ARTIFACT_DIR

@@ -1,7 +1,6 @@
 """`ablate tune`: an Optuna search (TPE + pruning) over one model's hyperparameters, resumable."""
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,10 +9,7 @@ import click
 from click.core import ParameterSource
 
 from ablate.cli._options import data_options, execution_options, results_dir_option, toggle_options
-from ablate.errors import AblateError
 from ablate.tune import DEFAULT_EPOCHS, DEFAULT_N_TRIALS, PRUNERS, SAMPLERS
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @click.command()
@@ -61,8 +57,10 @@ def tune(ctx: click.Context, study_file: Path | None, workers: int, storage: str
     from ablate import store
     from ablate import tune as tuning
 
-    spec = _spec(ctx, flags, study_file=study_file, workers=workers, storage=storage, results_dir=results_dir,
-                 keep_checkpoints=keep_checkpoints)
+    given = {name for name in flags
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    spec = tuning.resolve_spec(flags, given=given, study_file=study_file, workers=workers, storage=storage,
+                               results_dir=results_dir, keep_checkpoints=keep_checkpoints)
     if dry_run:
         _print_plan(spec)
         return
@@ -77,89 +75,6 @@ def tune(ctx: click.Context, study_file: Path | None, workers: int, storage: str
     if export_path is not None:
         path = tuning.export_grid_study(spec, study, export_path)
         click.echo(f"exported: {path}  (run it: ablate grid --study {path})")
-
-
-def _spec(ctx: click.Context, flags: dict[str, Any], *, study_file: Path | None, workers: int, storage: str | None,
-          results_dir: Path, keep_checkpoints: bool):
-    """Resolve flags over the study file over the defaults, and validate it all."""
-    from ablate import store
-    from ablate import tune as tuning
-    from ablate.config import TOGGLES, TrainConfig, parse_image_size
-    from ablate.models import list_models, parse_model_args
-
-    settings, overrides = tuning.read_study_file(study_file) if study_file else ({}, {})
-    defaults = {"model": "custom", "n_trials": tuning.DEFAULT_N_TRIALS, "epochs": tuning.DEFAULT_EPOCHS,
-                "image_size": tuning.DEFAULT_IMAGE_SIZE, "pruner": "hyperband", "sampler": "tpe", "patience": 3,
-                "seed": 0, "tune_toggles": False}
-
-    def value(key: str) -> Any:
-        """The flag when given on the command line, else the study file, else the default."""
-        if key in flags and _given(ctx, key):
-            return flags[key]
-        if key in settings:
-            return settings[key]
-        return flags[key] if flags.get(key) is not None else defaults.get(key)
-
-    model = _typed(value("model"), str, "model")
-    if model not in list_models():
-        raise AblateError(f"unknown model {model!r}; choose from: {', '.join(list_models())}")
-    n_trials = _typed(value("n_trials"), int, "n-trials")
-    if n_trials < 1:
-        raise AblateError(f"--n-trials must be >= 1, got {n_trials}")
-    study_name = _typed(value("study_name") or f"tune-{model}", str, "study-name")
-    if not _NAME_RE.match(study_name):
-        raise AblateError(f"--study-name must be letters, digits, '.', '_' or '-' (it names a folder), got {study_name!r}")
-    tune_toggles = _typed(value("tune_toggles"), bool, "tune-toggles")
-    timeout = value("timeout")
-    if timeout is not None:
-        timeout = float(_typed(timeout, (int, float), "timeout"))
-
-    model_args = parse_model_args(model, list(flags["model_arg"]))
-    space = tuning.default_space(model, tune_toggles=tune_toggles)
-    where = f"{study_file}: [tune]" if study_file else "[tune]"
-    space, fixed = tuning.apply_overrides(model, space, overrides, where=where)
-    # --model-arg and toggle flags given on the command line win over the study file.
-    toggles = {t: flags[t] for t in TOGGLES if t not in space and (_given(ctx, t) or t not in fixed)}
-    for key in (*model_args, *toggles):
-        space.pop(key, None)
-        fixed.pop(key, None)
-    optional = {key: value(key) for key in ("num_classes", "val_fraction")}
-    for key, v in optional.items():
-        if v is not None:
-            _typed(v, (int, float) if key == "val_fraction" else int, key.replace("_", "-"))
-    base = TrainConfig(
-        model=model, model_args=model_args, data=_typed(value("data"), str, "data"),
-        image_size=parse_image_size(value("image_size")), **optional,
-        ignore_index=_typed(value("ignore_index"), int, "ignore-index"), epochs=_typed(value("epochs"), int, "epochs"),
-        patience=_typed(value("patience"), int, "patience"), seed=_typed(value("seed"), int, "seed"),
-        precision=flags["precision"], device=flags["device"], compile=flags["compile"], **toggles,
-    )
-    base = tuning.config_for(base, fixed)
-    if workers < 1:
-        raise AblateError(f"--workers must be >= 1, got {workers}")
-    url = storage or store.default_storage(results_dir, study_name, workers)
-    spec = tuning.TuneSpec(
-        study_name=study_name, storage=url, results_dir=Path(results_dir), space=space, base=base, n_trials=n_trials,
-        timeout=timeout, pruner=value("pruner"), sampler=value("sampler"), workers=workers,
-        cache_dir=Path(results_dir) / ".cache", keep_checkpoints=keep_checkpoints,
-    )
-    tuning.validate(spec)
-    return spec
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-
-
-_TYPE_WORDS = {str: "a string", int: "an integer", bool: "true or false"}
-
-
-def _typed(v: Any, types: type | tuple, option: str) -> Any:
-    """Type-check a setting that may come from the study file (flags are typed by click)."""
-    allowed = types if isinstance(types, tuple) else (types,)
-    if not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed):
-        raise AblateError(f"--{option} (or its study-file key): expected {_TYPE_WORDS.get(types, 'a number')}, got {v!r}")
-    return v
 
 
 def _print_plan(spec) -> None:

@@ -1,0 +1,327 @@
+"""Worker stage, shared by the grid and the tuner: who a worker is, its heartbeat, the reclaim
+of trials whose worker died or went silent, spawning and supervising worker processes, and
+which GPU and how many threads each process gets.
+
+Liveness is judged the same way for every storage kind (SQLite, journal file, PostgreSQL,
+MySQL): the owner of a RUNNING trial refreshes a system attr (`HEARTBEAT_ATTR`) from a daemon
+thread and records on the trial how often it beats and how long others must wait before
+they may call it lost (`GRACE_ATTR`). An observer honours the trial's recorded grace, never
+its own setting, and times the silence on its own monotonic clock (no clock comparisons
+between machines). A worker of the same host, boot and PID namespace whose process is gone is
+lost at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from ablate.errors import AblateError
+
+# Failure reasons (trial user attr "failure_reason"). INTERRUPTED is never charged to a
+# retry budget; a WORKER_LOST... reason is a crash: the first per cell is free (the machine
+# may have been rebooted), later ones are charged, so a cell that kills its process stops.
+INTERRUPTED = "interrupted"
+WORKER_LOST = "worker lost"
+RECLAIMED = f"{WORKER_LOST}: reclaimed while running"
+
+# Trial system attrs written by the owner of a RUNNING trial.
+HEARTBEAT_ATTR = "ablate:heartbeat"  # time.time() of the last beat (only its changes matter)
+GRACE_ATTR = "ablate:grace_seconds"  # silence after which observers may reclaim the trial
+INTERVAL_ATTR = "ablate:heartbeat_seconds"  # how often the owner beats
+
+GRACE_ENV = "ABLATE_GRACE_SECONDS"  # this process's grace as an OWNER (tests shorten it)
+DEFAULT_GRACE_SECONDS = 120.0  # also assumed for trials that recorded none (older versions)
+
+
+def is_crash(reason: str | None) -> bool:
+    return bool(reason) and reason.startswith(WORKER_LOST)
+
+
+# --------------------------------------------------------------------------- identity
+def identity() -> dict[str, Any]:
+    """This process: host name, boot id and PID namespace (a PID names the same process only
+    within one boot of one namespace: containers share host names and reuse PIDs), its PID,
+    and `node`, the three joined, which is what two workers compare."""
+    host = socket.gethostname()
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        boot, pidns = "", 0
+    return {"host": host, "boot": boot, "pidns": pidns, "pid": os.getpid(), "node": f"{host}/{boot}/{pidns}"}
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this node still runs (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# --------------------------------------------------------------------------- heartbeat
+def grace_seconds() -> float:
+    """The grace this process, as an owner, records on its trials."""
+    text = os.environ.get(GRACE_ENV)
+    if text is None:
+        return DEFAULT_GRACE_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise AblateError(f"{GRACE_ENV} must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def heartbeat_seconds(grace: float) -> float:
+    """Four beats per grace period (at most one per 30 s): one late beat is never a loss."""
+    return max(0.25, min(30.0, grace / 4))
+
+
+def owner_system_attrs(grace: float | None = None) -> dict[str, float]:
+    """The system attrs a new RUNNING trial starts with: a first beat and the owner's timing."""
+    grace = grace_seconds() if grace is None else grace
+    return {HEARTBEAT_ATTR: time.time(), GRACE_ATTR: grace, INTERVAL_ATTR: heartbeat_seconds(grace)}
+
+
+def take_ownership(storage, trial_id: int) -> None:
+    """Stamp a trial created elsewhere (Optuna's `ask`) with this worker and its timing."""
+    storage.set_trial_user_attr(trial_id, "worker", identity())
+    for key, value in owner_system_attrs().items():
+        storage.set_trial_system_attr(trial_id, key, value)
+
+
+def recorded_grace(trial: FrozenTrial) -> float:
+    value = trial.system_attrs.get(GRACE_ATTR)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return float(value) if ok else DEFAULT_GRACE_SECONDS
+
+
+class Heartbeat:
+    """Refreshes the trial's heartbeat attr while a cell or trial runs (a daemon thread, so a
+    training step holding the GIL for long only delays a beat). Stops by itself once the trial
+    is finished by someone else (reclaimed): `lost` then says so."""
+
+    def __init__(self, storage, trial_id: int, interval: float | None = None):
+        self._storage, self._trial_id = storage, trial_id
+        self._interval = heartbeat_seconds(grace_seconds()) if interval is None else interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+        self.lost = False
+
+    def beat(self) -> None:
+        self._storage.set_trial_system_attr(self._trial_id, HEARTBEAT_ATTR, time.time())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.beat()
+            except UpdateFinishedTrialError:
+                self.lost = True
+                return
+            except Exception:  # noqa: BLE001 - a missed beat must not kill the run; the next one retries
+                pass
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --------------------------------------------------------------------------- reclaim
+def fail_trial(storage, trial_id: int, reason: str) -> bool:
+    """FAIL a RUNNING trial with `reason`; False when it was finished meanwhile (by its worker
+    or another reclaimer), which is no error."""
+    try:
+        storage.set_trial_user_attr(trial_id, "failure_reason", reason)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        return False
+    return True
+
+
+class Reclaimer:
+    """Decides which RUNNING trials lost their worker. Keep one per worker process: it
+    remembers when it first saw each trial's current heartbeat."""
+
+    def __init__(self) -> None:
+        self._me = identity()
+        self._seen: dict[int, tuple[Any, float]] = {}  # trial id -> (heartbeat, when it last changed)
+
+    def verdict(self, trial: FrozenTrial, now: float | None = None) -> str | None:
+        """The failure reason if `trial`'s worker is lost, else None."""
+        now = time.monotonic() if now is None else now
+        worker = trial.user_attrs.get("worker")
+        worker = worker if isinstance(worker, dict) else {}
+        pid = worker.get("pid")
+        if (worker.get("node") == self._me["node"] and isinstance(pid, int) and pid != self._me["pid"]
+                and not process_alive(pid)):
+            return f"{WORKER_LOST}: process {pid} on {worker.get('host')} died"
+        beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+        seen = self._seen.get(trial._trial_id)
+        if seen is None or seen[0] != beat:
+            self._seen[trial._trial_id] = (beat, now)
+            return None
+        grace = recorded_grace(trial)  # the owner's setting, not ours
+        if now - seen[1] < grace:
+            return None
+        return f"{WORKER_LOST}: no heartbeat for {grace:g} s"
+
+    def reclaim(self, storage, trials: list[FrozenTrial]) -> bool:
+        """FAIL every RUNNING trial whose worker is lost; True if any trial changed state."""
+        changed = False
+        for t in trials:
+            if t.state == TrialState.RUNNING and (reason := self.verdict(t)) is not None:
+                fail_trial(storage, t._trial_id, reason)
+                changed = True  # failed by us, or finished meanwhile: either way no longer RUNNING
+        return changed
+
+
+# --------------------------------------------------------------------------- processes
+def worker_plan(workers: int, *, device: str, gpu_ids: list[str], cores: int) -> list[tuple[dict[str, str], int]]:
+    """(environment overrides, torch threads) for each worker process: GPUs round-robin when
+    several are visible, CPU cores split evenly."""
+    threads = max(1, cores // workers)
+    plans = []
+    for i in range(workers):
+        env = {"CUDA_VISIBLE_DEVICES": gpu_ids[i % len(gpu_ids)]} if device != "cpu" and len(gpu_ids) > 1 else {}
+        plans.append((env, threads))
+    return plans
+
+
+def visible_gpus() -> list[str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [x.strip() for x in env.split(",") if x.strip()] if env else []
+    return ids or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler, `kill`) behaves like Ctrl-C: the running trial is marked
+    interrupted and a rerun continues. Only the main thread can install the handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _child(env: dict[str, str], threads: int, target: Callable, index: int, events, args: tuple) -> None:
+    """Entry point of every spawned worker: environment first (before CUDA initialises), its
+    share of the cores, SIGTERM as Ctrl-C, then `target(index, events, *args)`."""
+    os.environ.update(env)
+    import torch
+
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        target(index, events, *args)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def supervise(target: Callable, args: tuple, *, workers: int, device: str, on_event: Callable[[Any], None],
+              respawns: int = 0, warn: Callable[[str], None] | None = None) -> list[int]:
+    """Run `target(index, events, *args)` in `workers` spawned processes (GPU and threads from
+    `worker_plan`) and pass what they put on `events` to `on_event`. A worker killed by a
+    signal other than SIGINT/SIGTERM (OOM killer, segfault, SIGKILL) is replaced, at most
+    `respawns` times in all; its trial is reclaimed by the others at once (same node).
+    Ctrl-C or SIGTERM here: the workers get time to mark their trials interrupted, then
+    KeyboardInterrupt is raised. Returns the non-zero exit codes of the last workers."""
+    warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+    ctx = multiprocessing.get_context("spawn")
+    plans = worker_plan(workers, device=device, gpu_ids=visible_gpus(), cores=cores())
+
+    def start(i: int) -> tuple[Any, Any]:
+        # A queue per process: one killed while it held its queue's lock blocks no other.
+        events = ctx.Queue()
+        p = ctx.Process(target=_child, args=(*plans[i], target, i, events, args), name=f"ablate-worker-{i}")
+        p.start()
+        return p, events
+
+    def drain(events) -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                on_event(events.get_nowait())
+
+    running, codes = {i: start(i) for i in range(workers)}, {}
+    with sigterm_interrupts():
+        try:
+            while running:
+                time.sleep(0.2)
+                for i, (p, events) in list(running.items()):
+                    drain(events)
+                    if p.is_alive():  # is_alive() also reaps a dead worker, so its PID reads as gone
+                        continue
+                    drain(events)
+                    crashed = p.exitcode < 0 and -p.exitcode not in (signal.SIGINT, signal.SIGTERM)
+                    if crashed and respawns > 0:
+                        respawns -= 1
+                        warn(f"warning: worker {i} died ({signal.Signals(-p.exitcode).name}); starting another")
+                        running[i] = start(i)
+                    else:
+                        codes[i] = p.exitcode
+                        del running[i]
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the bookkeeping
+            _stop([p for p, _ in running.values()])
+            for _, events in running.values():
+                drain(events)
+            raise
+    if any(code in (130, -signal.SIGINT, -signal.SIGTERM) for code in codes.values()):
+        raise KeyboardInterrupt
+    return [code for _, code in sorted(codes.items()) if code]
+
+
+def _stop(procs: list) -> None:
+    """Ctrl-C reached the workers too (same process group); SIGTERM sent to the parent alone
+    did not: after a moment pass it on, then wait, then kill what is left."""
+    deadline = time.monotonic() + 5
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+            p.join()

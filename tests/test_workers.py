@@ -1,0 +1,124 @@
+"""The worker stage shared by grid and tune: identity, the heartbeat, reclaim by the owner's
+recorded grace, and supervised worker processes (GPU round-robin, a killed worker replaced)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from ablate import store, workers
+from ablate.errors import AblateError
+
+
+def _study(tmp_path: Path) -> optuna.Study:
+    return optuna.create_study(storage=store.open_storage(str(tmp_path / "w.journal")), study_name="w")
+
+
+def _owned(study: optuna.Study, owner: dict, grace: float) -> int:
+    """A RUNNING trial as `owner` leaves it: its identity, a first beat and its grace."""
+    trial_id = study.ask()._trial_id
+    study._storage.set_trial_user_attr(trial_id, "worker", owner)
+    for key, value in workers.owner_system_attrs(grace).items():
+        study._storage.set_trial_system_attr(trial_id, key, value)
+    return trial_id
+
+
+def _dead_pid() -> int:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return dead.pid
+
+
+def test_identity_names_host_boot_pid_namespace_and_pid():
+    me = workers.identity()
+    assert set(me) == {"host", "boot", "pidns", "pid", "node"} and me["pid"] == os.getpid()
+    assert me["pidns"] == os.stat("/proc/self/ns/pid").st_ino and me["node"] == f"{me['host']}/{me['boot']}/{me['pidns']}"
+
+
+def test_a_dead_process_of_this_node_is_reclaimed_at_once_a_namespace_twin_is_not(tmp_path):
+    study = _study(tmp_path)
+    me, pid = workers.identity(), _dead_pid()
+    twin = {**me, "pidns": me["pidns"] + 1, "node": f"{me['host']}/{me['boot']}/{me['pidns'] + 1}", "pid": pid}
+    here = _owned(study, {**me, "pid": pid}, grace=600)
+    elsewhere = _owned(study, twin, grace=600)  # same host name, its own PID namespace
+    alive = _owned(study, {**me, "pid": 1}, grace=600)
+    assert workers.Reclaimer().reclaim(study._storage, study.get_trials(deepcopy=False)) is True
+    states = {t._trial_id: t.state for t in study.get_trials()}
+    assert states == {here: TrialState.FAIL, elsewhere: TrialState.RUNNING, alive: TrialState.RUNNING}
+    assert study._storage.get_trial(here).user_attrs["failure_reason"] == f"worker lost: process {pid} on {me['host']} died"
+
+
+def test_observers_honour_the_grace_the_owner_recorded_not_their_own(tmp_path, monkeypatch):
+    study = _study(tmp_path)
+    far = {"host": "far", "boot": "b", "pidns": 1, "pid": 1, "node": "far/b/1"}
+    short = _owned(study, far, grace=0.5)
+    long = _owned(study, far, grace=600)
+    monkeypatch.setenv(workers.GRACE_ENV, "0.1")  # this observer's own setting: must not matter
+    reclaimer = workers.Reclaimer()
+    trials = lambda: study.get_trials(deepcopy=False)  # noqa: E731
+    assert reclaimer.reclaim(study._storage, trials()) is False  # first sight of both heartbeats
+    time.sleep(0.7)
+    assert reclaimer.reclaim(study._storage, trials()) is True
+    assert study._storage.get_trial(short).user_attrs["failure_reason"] == "worker lost: no heartbeat for 0.5 s"
+    assert study._storage.get_trial(long).state == TrialState.RUNNING
+
+
+def test_a_moving_heartbeat_keeps_a_trial_alive_and_stops_once_it_is_reclaimed(tmp_path):
+    study = _study(tmp_path)
+    trial_id = _owned(study, {"node": "far/b/1", "pid": 1}, grace=0.6)
+    reclaimer = workers.Reclaimer()
+    with workers.Heartbeat(study._storage, trial_id, interval=0.1) as beat:
+        for _ in range(8):  # 1.6 s, well past the grace: the beats keep it alive
+            reclaimer.reclaim(study._storage, study.get_trials(deepcopy=False))
+            time.sleep(0.2)
+        assert study._storage.get_trial(trial_id).state == TrialState.RUNNING
+        assert workers.fail_trial(study._storage, trial_id, "worker lost: test") is True
+        time.sleep(0.4)
+        assert beat.lost  # the owner's thread noticed and stopped writing
+    assert workers.fail_trial(study._storage, trial_id, "again") is False  # finished meanwhile: no error
+    assert study._storage.get_trial(trial_id).user_attrs["failure_reason"] == "worker lost: test"
+
+
+def test_the_owners_grace_comes_from_its_environment(monkeypatch):
+    monkeypatch.setenv(workers.GRACE_ENV, "8")
+    attrs = workers.owner_system_attrs()
+    assert attrs[workers.GRACE_ATTR] == 8 and attrs[workers.INTERVAL_ATTR] == 2
+    monkeypatch.setenv(workers.GRACE_ENV, "soon")
+    with pytest.raises(AblateError, match="^ABLATE_GRACE_SECONDS must be a number of seconds > 0, got 'soon'$"):
+        workers.owner_system_attrs()
+
+
+def test_worker_plan_spreads_gpus_round_robin_and_splits_cpu_cores():
+    plan = workers.worker_plan(3, device="cuda", gpu_ids=["0", "1"], cores=16)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env, _ in plan] == ["0", "1", "0"]
+    assert workers.worker_plan(4, device="cpu", gpu_ids=["0", "1"], cores=2) == [({}, 1)] * 4
+    assert workers.worker_plan(2, device="auto", gpu_ids=["3"], cores=8) == [({}, 4)] * 2
+
+
+def report_and_die_once(index: int, events, marker: str) -> None:
+    """A worker target: say which GPU and how many threads it got; worker 0 SIGKILLs itself once."""
+    import torch
+
+    events.put((index, os.environ.get("CUDA_VISIBLE_DEVICES"), torch.get_num_threads()))
+    events.close()
+    events.join_thread()  # delivered before the kill
+    if index == 0 and not Path(marker).exists():
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_supervised_workers_get_their_gpu_and_a_killed_one_is_replaced(tmp_path, monkeypatch):
+    monkeypatch.setattr(workers, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(workers, "cores", lambda: 4)
+    events, warnings = [], []
+    codes = workers.supervise(report_and_die_once, (str(tmp_path / "died"),), workers=2, device="cuda",
+                              on_event=events.append, respawns=1, warn=warnings.append)
+    assert codes == [] and sorted(events) == [(0, "0", 2), (0, "0", 2), (1, "1", 2)]
+    assert warnings == ["warning: worker 0 died (SIGKILL); starting another"]
