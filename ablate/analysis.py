@@ -105,8 +105,9 @@ def _run_folders(folder: Path, kind: str) -> list[tuple[str, Path]]:
     attempt that speaks for it (runs/<cell_id>/<trial number>/); else runs/<key>/."""
     if kind == "grid" and (folder / "runs.csv").is_file():
         table = pd.read_csv(folder / "runs.csv")
-        if "run_dir" in table:
-            return [(str(k), folder / d) for k, d in zip(table["cell_id"], table["run_dir"]) if isinstance(d, str)]
+        if "run_dir" in table:  # a cell run before per-attempt folders has its record in runs/<cell_id>/
+            return [(str(k), folder / (d if isinstance(d, str) else f"runs/{k}"))
+                    for k, d in zip(table["cell_id"], table["run_dir"])]
     return [(p.parent.name, p.parent) for p in sorted((folder / "runs").glob("*/run.json"))]
 
 

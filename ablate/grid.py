@@ -669,7 +669,7 @@ class CellResult:
 
 
 def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Path, progress: bool = False) -> CellResult:
-    """Train one claimed cell (on `dataset`, at the cell's image size) into its attempt's own folder (`run_dir`: a worker that was
+    """Train one claimed cell (on `dataset`, at its image size) into its attempt's own folder (`run_dir`: a worker
     reclaimed while alive writes beside the rerun, never over it) and tell the storage."""
     from ablate import record as records
     from ablate.engine import fit_safely
