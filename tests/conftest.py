@@ -61,3 +61,18 @@ def chromium() -> str:
 def cache_dir(tmp_path_factory) -> Path:
     """One decode cache for the whole session, so tests share decoded datasets."""
     return tmp_path_factory.mktemp("cache")
+
+
+def wsgi_json_getter(app):
+    """GET `path` from a WSGI app in-process (optuna-dashboard's API) and return its JSON."""
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    def get(path: str) -> dict:
+        environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+        setup_testing_defaults(environ)
+        status = []
+        body = b"".join(app(environ, lambda s, h, *a: status.append(s)))
+        assert status[0].startswith("200"), (path, status, body[:300])
+        return json.loads(body)
+    return get

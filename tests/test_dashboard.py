@@ -4,10 +4,10 @@ importance can rank), per-epoch curves, and the study and trial notes the report
 from __future__ import annotations
 
 import json
-from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
+from conftest import wsgi_json_getter
 
 from ablate import analysis, dashboard, store
 from ablate import grid as grids
@@ -56,14 +56,7 @@ def _api(storage):
 
     app = wsgi(storage)
 
-    def get(path: str) -> dict:
-        environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
-        setup_testing_defaults(environ)
-        status = []
-        body = b"".join(app(environ, lambda s, h, *a: status.append(s)))
-        assert status[0].startswith("200"), (path, status, body[:300])
-        return json.loads(body)
-    return get
+    return wsgi_json_getter(app)
 
 
 def test_dashboard_shows_names_labels_flags_and_notes(grid_study):

@@ -10,9 +10,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from wsgiref.util import setup_testing_defaults
 
 import pytest
+from conftest import wsgi_json_getter
 from optuna.trial import TrialState
 
 from ablate import data as data_stage
@@ -422,13 +422,7 @@ def test_optuna_dashboard_opens_the_storage(tmp_path):
     gs, cells = _finished_study(tmp_path)
     app = create_app(grids.GridStorage(gs.url, gs.study_name).storage)
 
-    def get(path: str) -> dict:
-        environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
-        setup_testing_defaults(environ)
-        status = []
-        body = b"".join(app(environ, lambda s, h, *a: status.append(s)))
-        assert status[0].startswith("200"), (path, status, body[:300])
-        return json.loads(body)
+    get = wsgi_json_getter(app)
 
     studies = get("/api/studies")["study_summaries"]
     assert [s["study_name"] for s in studies] == [gs.study_name]
