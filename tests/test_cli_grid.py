@@ -194,7 +194,7 @@ def test_each_models_cells_train_at_its_own_image_size(tmp_path, cache_dir):
     result = _grid("--study", str(study), "--results-dir", str(results), "--cache-dir", str(cache_dir), "--no-report")
     assert result.exit_code == 0, result.output
     runs = pd.read_csv(results / "sizes" / "runs.csv").set_index("model")
-    records = {m: json.loads((results / "sizes" / "runs" / runs.loc[m, "cell_id"] / "run.json").read_text())
+    records = {m: json.loads((results / "sizes" / runs.loc[m, "run_dir"] / "run.json").read_text())
                for m in ("unet", "baseline")}
     assert records["unet"]["dataset"]["image_size"] == [32, 32] and records["unet"]["config"]["lr"] == 1e-3
     assert records["baseline"]["dataset"]["image_size"] == [64, 64] and records["baseline"]["config"]["lr"] == 3e-3
@@ -225,7 +225,7 @@ def test_a_worker_that_resolves_another_precision_exits_2_and_claims_nothing(tmp
     matching = _grid(*args, "--precision", "fp32")  # the same cells: nothing left to run
     assert matching.exit_code == 0, matching.output
     assert "1 done, 0 to run" in matching.stdout and len(_trials(url, "prec")) == 1
-    record = json.loads(next((results / "prec" / "runs").glob("*/run.json")).read_text())
+    record = json.loads(next((results / "prec" / "runs").rglob("run.json")).read_text())
     assert record["config"]["precision"] == "fp32" and record["config"]["device"] == "cpu"
 
 

@@ -47,7 +47,7 @@ def test_the_table_of_a_tiny_real_grid(tmp_path, cache_dir):
     rows = learning_bar.cell_table(results, "bar")
     assert [(r["model"], r["toggles"]) for r in rows] == [("unet", "none"), ("unet", "weighted_loss")]
     for row in rows:
-        record = json.loads(next(p for p in (results / "bar" / "runs").glob("*/run.json")
+        record = json.loads(next(p for p in (results / "bar" / "runs").rglob("run.json")
                                  if json.loads(p.read_text())["config"]["weighted_loss"] == (row["toggles"] != "none"))
                             .read_text())
         frequency = record["dataset"]["split_class_frequency"]["val"]
