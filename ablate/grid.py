@@ -573,9 +573,11 @@ class GridStorage:
                 raise AblateError(f"study {self.study_name!r} in {store.mask_url(self.url)} is not a grid study; "
                                   "use another --study-name")
             known = {c["cell_id"] for c in attrs.get("cells", [])}
-            new = {"kind": KIND, "grid": grid, "grid_hash": stable_hash(grid), "description": study.description,
+            # grid_hash last: a reader outside the lock that sees it sees the whole definition
+            new = {"kind": KIND, "grid": grid, "description": study.description,
                    "seeds": sorted(set(attrs.get("seeds", [])) | set(study.seeds)),
-                   "cells": attrs.get("cells", []) + [c.brief() for c in cells if c.cell_id not in known]}
+                   "cells": attrs.get("cells", []) + [c.brief() for c in cells if c.cell_id not in known],
+                   "grid_hash": stable_hash(grid)}
             for key, value in new.items():
                 if attrs.get(key) != value:
                     self.storage.set_study_user_attr(sid, key, value)

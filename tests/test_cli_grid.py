@@ -420,10 +420,10 @@ def test_a_cell_that_kills_its_process_every_time_fails_after_its_retries(tmp_pa
                      done.stderr), done.stderr
     assert re.search(r"warning: worker \d died \(SIGKILL\); starting another", done.stderr)
     trials = _trials(url, "poison")
-    poison = [t for t in trials if t.params["seed"] == 1]
+    poison = [t for t in trials if t.user_attrs["seed"] == 1]
     assert [t.state for t in poison] == [TrialState.FAIL] * 3
     assert all(t.user_attrs["failure_reason"].startswith("worker lost: process") for t in poison)
-    _complete_once([t for t in trials if t.params["seed"] == 0], 1)
+    _complete_once([t for t in trials if t.user_attrs["seed"] == 0], 1)
     again = subprocess.run(command, env=_env(FAULT_KILL_SEED="1"), cwd=REPO, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 1 and "unet none seed 1 (worker lost" in again.stderr, again.stderr

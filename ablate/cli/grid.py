@@ -83,7 +83,9 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
     exists = _storage_exists(url)
     gs = grids.GridStorage(url, study.name) if exists else None
     attrs = gs.study_attrs() if gs else None
-    if attrs:
+    # An early check for a quick answer; `prepare` checks again under the study lock. Another
+    # process may be writing the attrs one by one right now: judge only a complete set.
+    if attrs and "grid_hash" in attrs:
         grids.check_same_grid(study.name, attrs, definition, url, study.train)
     if dry_run:
         _print_dry_run(study, cells, gs.trials() if attrs else [], url, exists)
