@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import sys
 from dataclasses import dataclass
@@ -68,7 +67,9 @@ def _import_path(name: str) -> ExternalModel:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    from ablate.models.resnet18 import file_sha256
+
+    return file_sha256(path)[:16]
 
 
 # --------------------------------------------------------------------------- smp
