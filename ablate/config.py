@@ -14,6 +14,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 EARLY_STOP_MONITORS = ("miou", "loss")
 CLASS_WEIGHT_SCHEMES = ("inverse", "median", "enet")
+# mirrors of ablate.losses.LOSSES and ablate.optim.OPTIMIZERS / SCHEDULES (config stays torch-free;
+# tests/test_optim.py and tests/test_losses.py check they agree)
+LOSSES = ("ce", "dice", "focal", "lovasz", "ce+dice")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("none", "cosine", "poly", "onecycle")
 
 # Fields that say *where/how fast* a run executes, not *what* it computes: they are saved in
 # the record but left out of the run id, so a grid resumed on another machine keeps its ids.
@@ -31,11 +36,16 @@ class TrainConfig:
     val_fraction: float | None = None  # carve val from train when the dataset has no val split
     epochs: int = 10  # maximum epochs (early stopping may end sooner)
     batch_size: int = 16
-    lr: float = 1e-3  # AdamW learning rate (peak, when the scheduler is on)
-    weight_decay: float = 1e-4  # AdamW weight decay
+    lr: float = 1e-3  # learning rate (peak, when the scheduler is on)
+    weight_decay: float = 1e-4  # decoupled (AdamW) or L2 (SGD) weight decay
+    optimizer: str = "adamw"  # adamw | sgd (momentum below)
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # SGD: Nesterov momentum
+    loss: str = "ce"  # training loss: ce | dice | focal | lovasz | ce+dice (class weights apply to ce/focal)
     # toggle: cosine annealing from lr to 0, stepped per iteration, over the run's epoch budget
     # (epochs x steps per epoch); a run that stops early ends above 0 (record: early_stopping.lr_at_stop)
     scheduler: bool = False
+    schedule: str = "cosine"  # the lr shape when `scheduler` is on: cosine | poly (power 0.9) | onecycle | none
     augment: bool = False  # toggle: flip, rotate ±15° (void fill), random resized crop
     weighted_loss: bool = False  # toggle: class-weighted training loss, weights from the training split
     # weighting scheme when weighted_loss is on (void excluded, absent classes 0): "inverse" 1/f_c
@@ -64,6 +74,12 @@ class TrainConfig:
             raise AblateError(f"--early-stop-on must be one of {', '.join(EARLY_STOP_MONITORS)}, got {self.early_stop_on!r}")
         if isinstance(self.min_delta, bool) or not (isinstance(self.min_delta, (int, float)) and self.min_delta >= 0):
             raise AblateError(f"--min-delta must be a number >= 0, got {self.min_delta!r}")
+        for option, value, known in (("--optimizer", self.optimizer, OPTIMIZERS), ("--loss", self.loss, LOSSES),
+                                     ("--schedule", self.schedule, SCHEDULES)):
+            if value not in known:
+                raise AblateError(f"{option} must be one of {', '.join(known)}, got {value!r}")
+        if isinstance(self.momentum, bool) or not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise AblateError(f"--momentum must be a number in [0, 1), got {self.momentum!r}")
         if self.class_weights not in CLASS_WEIGHT_SCHEMES:
             raise AblateError(f"--class-weights must be one of {', '.join(CLASS_WEIGHT_SCHEMES)}, got {self.class_weights!r}")
         if self.precision not in PRECISIONS:

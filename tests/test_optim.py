@@ -74,3 +74,15 @@ def test_frozen_parameters_are_left_out():
 def test_bad_names_are_one_line_errors(call, match):
     with pytest.raises(AblateError, match=match):
         call(torch.nn.Linear(2, 2))
+
+
+def test_config_names_the_same_optimizers_schedules_and_losses_as_the_library():
+    # config.py keeps torch-free copies of these names; a level added to one side only would
+    # be accepted by the config and then fail inside training (or never be reachable)
+    import ablate.config as config
+    import ablate.losses as losses
+    import ablate.optim as optim
+
+    assert config.OPTIMIZERS == optim.OPTIMIZERS
+    assert config.SCHEDULES == optim.SCHEDULES
+    assert config.LOSSES == losses.LOSSES
