@@ -1,0 +1,86 @@
+"""Where does a grid's wall time go, and how should a machine's cores be split?
+
+Runs the same `ablate grid` twice, side by side in one invocation, each in a fresh results
+folder: one worker process with every core as torch threads, and `--workers auto` (here: one
+process per core, one thread each). For each it prints
+
+  wall          seconds from the command's start to its exit (start-up, dataset synthesis,
+                claiming, tables and checkpoint writes included)
+  cells         the cells' own seconds (each run record's timing: model build, training,
+                validation, final metrics), summed, divided by the worker count
+  share         cells / wall: the part of the wall time the workers spent inside cells (goal >= 0.92)
+  checkpoints   bytes of *.pt files the grid left under its results folder
+
+and the wall-time ratio of the two arrangements.
+
+    python benchmarks/grid_overhead.py                                  # the default study
+    python benchmarks/grid_overhead.py -- --study studies/quick.toml --models unet   # args for ablate grid
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def machine() -> str:
+    import torch
+
+    from ablate.engine import cpu_has_native_bf16
+    from ablate.record import device_name
+    from ablate.workers import cores
+
+    return (f"{device_name(torch.device('cpu'))}; {cores()} cores; native bf16: {cpu_has_native_bf16()}; "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads by default); python {platform.python_version()}")
+
+
+def run_grid(label: str, workers: str, grid_args: list[str], *, study_name: str) -> dict:
+    results = Path(tempfile.mkdtemp(prefix=f"grid-overhead-{label}-"))
+    command = [sys.executable, "-m", "ablate", "grid", "--results-dir", str(results), "--workers", workers, *grid_args]
+    print("$ " + " ".join(command), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wall = time.perf_counter() - start
+    used = _workers_used(proc.stdout)
+    runs = list(csv.DictReader((results / study_name / "runs.csv").open()))
+    seconds = sum(float(r["seconds"]) for r in runs if r.get("seconds"))
+    checkpoints = sum(p.stat().st_size for p in results.rglob("*.pt"))
+    return {"label": label, "exit": proc.returncode, "wall": wall, "cells": seconds / used, "workers": used,
+            "runs": len(runs), "checkpoints": checkpoints, "folder": results}
+
+
+def _workers_used(stdout: str) -> int:
+    """The worker count the grid announced ("study quick: ..., 2 workers; storage ...")."""
+    found = re.search(r"(\d+) workers?;", stdout)
+    if not found:
+        raise SystemExit(f"grid_overhead.py: `ablate grid` did not say how many workers it ran:\n{stdout[-2000:]}")
+    return int(found.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study-name", default="quick", help="The study's name (as in its TOML) [quick].")
+    parser.add_argument("grid_args", nargs="*", help="Passed to `ablate grid` (after --).")
+    args = parser.parse_args()
+    print(machine(), flush=True)
+    rows = [run_grid("one-process", "1", args.grid_args, study_name=args.study_name),
+            run_grid("auto", "auto", args.grid_args, study_name=args.study_name)]
+    print(f"\n{'arrangement':<12} {'workers':>7} {'runs':>4} {'exit':>4} {'wall s':>7} {'cells s':>7} {'share':>6} "
+          f"{'checkpoints':>11}")
+    for r in rows:
+        print(f"{r['label']:<12} {r['workers']:>7} {r['runs']:>4} {r['exit']:>4} {r['wall']:7.1f} {r['cells']:7.1f} "
+              f"{r['cells'] / r['wall']:6.1%} {r['checkpoints'] / 1e6:9.1f} MB")
+    one, auto = rows
+    print(f"\nwall one-process / auto: {one['wall'] / auto['wall']:.2f}x; results left in {one['folder']} and {auto['folder']}")
+    return 0 if all(r["exit"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
