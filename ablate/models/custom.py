@@ -25,38 +25,35 @@ class CustomNet(nn.Module):
     the input size."""
 
     def __init__(self, num_classes: int, *, first_kernel: int = 11, encoder_kernel: int = 3,
-                 decoder_kernel: int = 3, width: int = 32):
+                 decoder_kernel: int = 3):
         super().__init__()
-        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-            raise AblateError(f"model 'custom': width must be a positive integer (the seed's is 32), got {width!r}")
         for arg, k in (("first_kernel", first_kernel), ("encoder_kernel", encoder_kernel),
                        ("decoder_kernel", decoder_kernel)):
             if k < 1 or k % 2 == 0:
                 raise AblateError(f"model 'custom': {arg} must be an odd integer >= 1, got {k}")
         enc, dec = encoder_kernel, decoder_kernel
-        c1, c2, c3, c4, c5, c6 = (width * 2**i for i in range(6))  # the seed's 32 ... 1024
         self.normalize = Normalize()
         self.encoder = nn.ModuleList([
-            ConvBNReLU(3, c1, first_kernel, stride=2),
-            ConvBNReLU(c1, c2, enc, stride=2),
+            ConvBNReLU(3, 32, first_kernel, stride=2),
+            ConvBNReLU(32, 64, enc, stride=2),
             _pool(),
-            ConvBNReLU(c2, c3, enc, stride=2),
-            ConvBNReLU(c3, c4, enc, stride=2),
+            ConvBNReLU(64, 128, enc, stride=2),
+            ConvBNReLU(128, 256, enc, stride=2),
             _pool(),
-            ConvBNReLU(c4, c5, enc, stride=2),
-            ConvBNReLU(c5, c6, enc, stride=2),
+            ConvBNReLU(256, 512, enc, stride=2),
+            ConvBNReLU(512, 1024, enc, stride=2),
         ])
         self.decoder = nn.ModuleList([
-            DeconvBNReLU(c6, c5, dec),
-            DeconvBNReLU(c5, c4, dec),
+            DeconvBNReLU(1024, 512, dec),
+            DeconvBNReLU(512, 256, dec),
             nn.MaxUnpool2d(2, 2),
-            DeconvBNReLU(c4, c3, dec),
-            DeconvBNReLU(c3, c2, dec),
+            DeconvBNReLU(256, 128, dec),
+            DeconvBNReLU(128, 64, dec),
             nn.MaxUnpool2d(2, 2),
-            DeconvBNReLU(c2, c1, dec),
-            DeconvBNReLU(c1, c1, dec),
+            DeconvBNReLU(64, 32, dec),
+            DeconvBNReLU(32, 32, dec),
         ])
-        self.classifier = nn.Conv2d(c1, num_classes, 1)
+        self.classifier = nn.Conv2d(32, num_classes, 1)
         xavier_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +62,6 @@ class CustomNet(nn.Module):
 
 @register_model
 def custom(num_classes: int, *, first_kernel: int = 11, encoder_kernel: int = 3,
-           decoder_kernel: int = 3, width: int = 32) -> nn.Module:
-    """`width`: channels of the first stage (the seed's 32); every stage keeps the seed's
-    doubling (32 -> 1024 at the default), so 8 is the same shape at 1/16 of the weights."""
+           decoder_kernel: int = 3) -> nn.Module:
     return CustomNet(num_classes, first_kernel=first_kernel, encoder_kernel=encoder_kernel,
-                     decoder_kernel=decoder_kernel, width=width)
+                     decoder_kernel=decoder_kernel)
