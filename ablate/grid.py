@@ -94,7 +94,7 @@ class GridStudy:
     seeds: tuple[int, ...] = (0,)  # every setting runs once per seed
     train: TrainConfig = field(default_factory=TrainConfig)  # options shared by every cell
     max_retries: int = 1  # a failed cell runs again up to this many times (this run or a later one)
-    workers: int = 1  # worker processes on this machine
+    workers: int | str = "auto"  # worker processes on this machine; "auto": `resolve_workers`
     storage: str | None = None  # Optuna storage URL; None: a file under <results-dir>/<name>/
     description: str = ""  # free text for the report
 
@@ -177,7 +177,7 @@ def build_study(raw: dict[str, Any], *, where: str, overrides: dict[str, Any], d
     value, label = pick("max_retries", "max-retries")
     max_retries = _integer(value if value is not None else 1, label, minimum=0)
     value, label = pick("workers", "workers")
-    workers = _integer(value if value is not None else 1, label, minimum=1)
+    workers = _workers(value if value is not None else "auto", label)
     value, label = pick("storage", "storage")
     storage = _string(value, label) if value is not None else None
     description = raw.get("description", "")
@@ -271,6 +271,23 @@ def _integer(value: Any, label: str, *, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise AblateError(f"{label} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _workers(value: Any, label: str) -> int | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and not value.strip().isdigit():
+        raise AblateError(f"{label} must be 'auto' or an integer >= 1, got {value!r}")
+    return _integer(value, label, minimum=1)
+
+
+def resolve_workers(study: GridStudy, cells: list[Cell], execution: dict[str, str]) -> GridStudy:
+    """`workers = "auto"` made a number for these cells on this machine (`workers.auto_workers`)."""
+    if study.workers != "auto":
+        return study
+    n = workers.auto_workers(len(cells), device=execution["device"], gpus=len(workers.visible_gpus()),
+                             cores=workers.cores())
+    return dataclasses.replace(study, workers=n)
 
 
 def _choices(value: Any, label: str, known: typing.Sequence[str], what: str, allow_none: bool = False) -> tuple[str, ...]:

@@ -212,6 +212,33 @@ def worker_plan(workers: int, *, device: str, gpu_ids: list[str], cores: int) ->
     return plans
 
 
+WORKER_MEMORY_BYTES = 2 * 1024**3  # what one CPU worker may need at most (a 256 px U-Net at batch 16 stays below)
+
+
+def auto_workers(cells: int, *, device: str, gpus: int, cores: int, memory: int | None = None) -> int:
+    """Processes for `--workers auto`: on GPUs one per GPU; on a CPU one per core, each with
+    one torch thread (`worker_plan`), as many as the memory allows. Measured on 2 cores: the
+    default grid's cells are small (64 px, 8-32 channels wide) and run 1.27x faster as two
+    one-thread processes than as one two-thread process (intra-op threads scale poorly on
+    such small convolutions); never more processes than cells."""
+    if device == "cuda" and gpus:
+        return max(1, min(gpus, cells))
+    memory = available_memory() if memory is None else memory
+    by_memory = max(1, memory // WORKER_MEMORY_BYTES) if memory else cores
+    return max(1, min(cores, cells, by_memory))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (Linux /proc/meminfo), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def visible_gpus() -> list[str]:
     import torch
 

@@ -22,12 +22,15 @@ from optuna.trial import TrialState
 from ablate import data as data_stage
 from ablate import grid as grids
 from ablate import record as records
+from ablate import store, workers
 from ablate.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = Path(__file__).resolve().parent / "faults"  # sitecustomize.py: faults injected from outside
+# one worker in this process unless a test asks for more (`--workers auto` would spawn one per core,
+# out of reach of monkeypatching)
 TINY = ["--models", "unet", "--model-arg", "base_channels=4", "--image-size", "32", "--epochs", "1", "--data", "synthetic",
-        "--no-report"]
+        "--no-report", "--workers", "1"]
 
 
 def _grid(*args: str):
@@ -103,7 +106,7 @@ def test_grid_runs_resumes_and_reports(tmp_path, cache_dir):
     lines = [l for l in first.stdout.splitlines() if l.startswith("[")]
     assert len(lines) == 4 and re.fullmatch(r"\[1/4\] unet none seed 0: val mIoU \d\.\d{3} test \d\.\d{3} \(\d+s\)", lines[0])
     assert re.search(r"unet      scheduler   2  \d\.\d{3} ± \d\.\d{3}", first.stdout) and str(results / "acc") in first.stdout
-    url = f"sqlite:///{results / 'acc' / 'optuna.db'}"
+    url = store.default_storage(results, 'acc')
     trials = _trials(url, "acc")
     assert len(trials) == 4 and len({t.user_attrs["cell_id"] for t in trials}) == 4
     _complete_once(trials, 4)
@@ -162,7 +165,7 @@ def test_a_diverging_cell_fails_alone_is_retried_and_fails_the_command(tmp_path,
     result = _grid(*args)
     assert result.exit_code == 1, result.output
     assert re.search(r"error: 1 cell\(s\) failed: unet scheduler seed 0 \(non-finite loss", result.stderr), result.output
-    trials = _trials(f"sqlite:///{results / 'bad' / 'optuna.db'}", "bad")
+    trials = _trials(store.default_storage(results, 'bad'), "bad")
     states = Counter((t.user_attrs["toggles"], t.state) for t in trials)
     assert states == {("none", TrialState.COMPLETE): 1, ("scheduler", TrialState.FAIL): 2}  # run + 1 retry
     assert all("non-finite" in t.user_attrs["failure_reason"] for t in trials if t.state == TrialState.FAIL)
@@ -182,7 +185,7 @@ def test_a_diverging_cell_fails_alone_is_retried_and_fails_the_command(tmp_path,
     rerun = _grid(*[a for a in args if a != "--no-report"])
     assert rerun.exit_code == 1 and "unet scheduler seed 0" in rerun.stderr
     assert "warning: no report written (RuntimeError: no plotly today)" in rerun.stderr
-    assert len(_trials(f"sqlite:///{results / 'bad' / 'optuna.db'}", "bad")) == 3
+    assert len(_trials(store.default_storage(results, 'bad'), "bad")) == 3
 
 
 def test_each_models_cells_train_at_its_own_image_size(tmp_path, cache_dir):
@@ -220,7 +223,7 @@ def test_a_worker_that_resolves_another_precision_exits_2_and_claims_nothing(tmp
     assert refused.stdout == "" and refused.stderr == (
         "error: study prec was created for fp32 on cpu; this worker resolves --precision auto to bf16 on cpu; "
         "pass --precision fp32 or use another --study-name\n")
-    url = f"sqlite:///{results / 'prec' / 'optuna.db'}"
+    url = store.default_storage(results, 'prec')
     assert len(_trials(url, "prec")) == 1
     matching = _grid(*args, "--precision", "fp32")  # the same cells: nothing left to run
     assert matching.exit_code == 0, matching.output
@@ -240,7 +243,7 @@ BAD_TOML = {"syntax.toml": 'name = "x"\nmodels = ["unet" "custom"]\n', "unknown.
     (["--seeds", "1.5"], "--seeds expects"),
     (["--seeds", "0,x"], "--seeds expects"),
     (["--workers", "0"], "--workers must be an integer >= 1"),
-    (["--workers", "many"], "--workers must be an integer >= 1"),
+    (["--workers", "many"], "--workers must be 'auto' or an integer >= 1"),
     (["--study", "{tmp}/syntax.toml"], "syntax.toml: line 2, column 18: Unclosed array"),
     (["--study", "{tmp}/unknown.toml"], "unknown.toml: unknown key 'epochs'"),
     (["--study", "{tmp}/missing.toml"], "missing.toml: no such file"),
@@ -266,7 +269,7 @@ def test_a_different_grid_under_an_existing_name_is_refused(tmp_path, cache_dir)
     results = tmp_path / "results"
     study = grids.load_study(overrides={"name": "same", "models": "unet", "toggles": "none", "epochs": 1})
     fp = data_stage.fingerprint("synthetic")
-    gs = grids.GridStorage(f"sqlite:///{results / 'same' / 'optuna.db'}", "same")
+    gs = grids.GridStorage(store.default_storage(results, 'same'), "same")
     gs.prepare(study, grids.expand(study, fp), grids.definition(study, fp))
     result = _grid("--models", "unet", "--toggles", "none", "--epochs", "2", "--study-name", "same",
                    "--results-dir", str(results), "--cache-dir", str(cache_dir))
@@ -306,7 +309,7 @@ def test_ctrl_c_and_sigkill_mid_cell_then_rerun_runs_every_cell_once(tmp_path, c
                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stdout + third.stderr
 
-    url = f"sqlite:///{results / 'kill' / 'optuna.db'}"
+    url = store.default_storage(results, 'kill')
     trials = _trials(url, "kill")
     _complete_once(trials, 3)
     reasons = sorted(t.user_attrs["failure_reason"] for t in trials if t.state == TrialState.FAIL)
@@ -446,3 +449,17 @@ def test_sigterm_to_a_multi_worker_grid_marks_its_running_cells_interrupted(tmp_
     trials = _trials(url, "term")
     assert [t.state for t in trials] == [TrialState.FAIL] * 2
     assert [t.user_attrs["failure_reason"] for t in trials] == ["interrupted"] * 2
+
+
+@pytest.mark.skipif(workers.cores() < 2, reason="needs 2 cores to split")
+def test_workers_auto_is_the_default_one_process_per_core_on_journal_storage(tmp_path):
+    results = tmp_path / "results"
+    args = [a for a in TINY if a not in ("--workers", "1")]
+    result = subprocess.run([sys.executable, "-m", "ablate", "grid", *args, "--toggles", "augment", "--seeds", "1",
+                             "--study-name", "auto", "--results-dir", str(results), "--cache-dir", str(tmp_path / "c")],
+                            env=_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "2 workers;" in result.stdout  # 2 cells, >= 2 cores: one process per cell
+    assert (results / "auto" / "optuna.journal").is_file() and not (results / "auto" / "optuna.db").exists()
+    trials = _trials(store.default_storage(results, "auto"), "auto")
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE"]

@@ -122,3 +122,15 @@ def test_supervised_workers_get_their_gpu_and_a_killed_one_is_replaced(tmp_path,
                               on_event=events.append, respawns=1, warn=warnings.append)
     assert codes == [] and sorted(events) == [(0, "0", 2), (0, "0", 2), (1, "1", 2)]
     assert warnings == ["warning: worker 0 died (SIGKILL); starting another"]
+
+
+def test_auto_workers_one_per_core_or_gpu_never_more_than_cells_or_memory():
+    gib = 1024**3
+    assert workers.auto_workers(32, device="cpu", gpus=0, cores=2, memory=24 * gib) == 2
+    assert workers.auto_workers(1, device="cpu", gpus=0, cores=16, memory=64 * gib) == 1  # one cell: one process
+    assert workers.auto_workers(32, device="cpu", gpus=0, cores=16, memory=5 * gib) == 2  # 2 GiB per worker
+    assert workers.auto_workers(32, device="cpu", gpus=0, cores=4, memory=None) == 4  # this machine's /proc/meminfo (>= 8 GiB free)
+    assert workers.auto_workers(32, device="cuda", gpus=3, cores=16, memory=64 * gib) == 3
+    assert workers.auto_workers(2, device="cuda", gpus=3, cores=16, memory=64 * gib) == 2
+    # each auto worker gets an equal share of the cores as torch threads
+    assert [t for _, t in workers.worker_plan(2, device="cpu", gpu_ids=[], cores=2)] == [1, 1]

@@ -41,8 +41,10 @@ _OVERRIDES = {
 @execution_options
 @click.option("--storage", default=None,
               help="Optuna storage URL (postgresql://user:pw@host/db for many machines) or a journal file path "
-                   "[default: results/<study>/optuna.db; optuna.journal for --workers > 1].")
-@click.option("--workers", default=None, metavar="N", help="Worker processes on this machine [default: 1].")
+                   "[default: results/<study>/optuna.db for one worker; optuna.journal for several].")
+@click.option("--workers", default=None, metavar="N|auto",
+              help="Worker processes on this machine [default: auto: one per core (1 thread each) or per GPU, "
+                   "at most one per cell].")
 @click.option("--max-retries", default=None, metavar="N", help="Runs again a failed cell up to N times [default: 1].")
 @results_dir_option
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
@@ -68,9 +70,8 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
     overrides = {_OVERRIDES[name]: value for name, value in flags.items()
                  if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     study = grids.load_study(study_file, overrides)
-    url = study.storage or store.default_storage(results_dir, study.name, study.workers)
-    if tables_only:
-        gs = _open_existing(url, study.name)
+    if tables_only:  # an existing storage: default_storage finds the study's file whatever the worker count
+        gs = _open_existing(study.storage or store.default_storage(results_dir, study.name), study.name)
         runs, summary = grids.write_tables(gs, results_dir)
         click.echo(f"wrote {runs} and {summary}")
         return
@@ -79,6 +80,8 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
     execution = grids.resolve_execution(study.train)  # also: --device cuda without a GPU is an input error
     fingerprint = data_stage.fingerprint(study.train.data)
     cells = grids.expand(study, fingerprint, execution)
+    study = grids.resolve_workers(study, cells, execution)
+    url = study.storage or store.default_storage(results_dir, study.name, study.workers)
     definition = grids.definition(study, fingerprint, execution)
     exists = _storage_exists(url)
     gs = grids.GridStorage(url, study.name) if exists else None
