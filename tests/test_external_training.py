@@ -152,3 +152,23 @@ def test_without_the_smp_extra_train_says_which_pip_command_adds_it(tmp_path, mo
     assert result.output.strip() == ("error: model smp:Unet/resnet18: segmentation-models-pytorch is not installed; "
                                      "pip install 'ablate[smp]' adds it")
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- tune
+def test_tune_takes_an_import_path_model(tmp_path, monkeypatch):
+    (tmp_path / "abl_tunenet.py").write_text(USER_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(_registry, "_RESOLVED", {})
+    results = tmp_path / "results"
+    result = CliRunner().invoke(main, ["tune", "--model", "abl_tunenet:build", "--model-arg", "width=3", "--dry-run",
+                                       "--results-dir", str(results)])
+    sys.modules.pop("abl_tunenet", None)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("study tune-abl_tunenet-build: abl_tunenet:build,")  # a folder-safe default name
+    space = lines[lines.index("search space:") + 1:][:3]
+    assert [line.split()[0] for line in space] == ["lr", "batch_size", "weight_decay"]  # what every model shares
+    assert "model_args={'width': 3}" in result.output
+    bad = CliRunner().invoke(main, ["tune", "--model", "abl_tunenet:nothing", "--dry-run", "--results-dir", str(results)])
+    assert bad.exit_code == 2 and "has no attribute 'nothing'" in bad.output
+    assert not results.exists()

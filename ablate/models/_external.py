@@ -1,8 +1,9 @@
 """Model stage: architectures from elsewhere, named like registered ones.
 
 - `mypkg.nets:build` — a user's callable, imported from the working directory or PYTHONPATH,
-  called as `build(num_classes, **model_args)`. Its identity is the import path plus a hash
-  of the module's source file, so editing the file makes new cells.
+  called as `build(num_classes, **model_args)` and returning an nn.Module (the registry reads
+  its options from the signature). Its identity is the import path plus a hash of the
+  module's source file, so editing the file makes new cells.
 - `smp:Unet/resnet34` — a segmentation-models-pytorch architecture and encoder (the optional
   extra `pip install 'ablate[smp]'`). Encoder weights are explicit like our resnet18's:
   `weights = "none"` (the default, offline) or `"imagenet"` (downloaded by smp when online).
