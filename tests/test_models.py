@@ -135,7 +135,9 @@ def test_forward_backward(model_name, size):
     assert head.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("model_name", list_models() + EXTERNAL, indirect=True)
+@pytest.mark.parametrize("model_name", list_models() + EXTERNAL + [
+    pytest.param("smp:FPN/resnet18", id="smp-fpn"),  # smp's Unet takes any size; FPN needs a multiple of 32
+    pytest.param("smp:DeepLabV3Plus/resnet18", id="smp-deeplabv3plus")], indirect=True)  # of 16
 def test_output_matches_any_input_size(model_name):
     # The decoders restore each mirrored stage's exact size, so odd sizes work too (smp's are
     # padded to the encoder's stride and cropped back).
