@@ -420,12 +420,18 @@ def check_execution(name: str, grid: dict[str, Any], execution: dict[str, str], 
 
 def check_models(study: GridStudy) -> None:
     """Build each model once so bad model arguments (e.g. a missing weights file, or weights
-    that would have to be downloaded offline) are input errors now rather than failed cells."""
+    that would have to be downloaded offline) are input errors now rather than failed cells;
+    likewise training choices the engine cannot combine (dice with the weighted-loss toggle)."""
+    from ablate.engine import check_training
     from ablate.models import check_model
 
     for model in study.models:
+        config = model_config(study, model)
+        if "weighted_loss" in study.toggles:
+            config = config.replace(weighted_loss=True)  # its "on" cells
         try:
             check_model(model, study.model_args.get(model, {}))
+            check_training(config)
         except AblateError as exc:
             raise AblateError(f"model {model}: {exc}") from None
 

@@ -120,6 +120,17 @@ def test_val_loss_is_unweighted_ce_whatever_the_training_loss(synthetic32, monke
     assert record["curves"][0]["val_loss"] == reported == pytest.approx(by_hand, rel=1e-5)
 
 
+def test_a_grid_of_dice_with_the_weighted_loss_toggle_is_refused_before_it_runs(tmp_path):
+    from ablate import grid as grids
+
+    study = tmp_path / "dice.toml"
+    study.write_text('models = ["baseline"]\ntoggles = ["weighted_loss"]\n[train]\nloss = "dice"\nimage_size = 32\n')
+    with pytest.raises(AblateError, match="^model baseline: loss 'dice' takes no class weights"):
+        grids.check_models(grids.load_study(study))
+    study.write_text('models = ["baseline"]\ntoggles = ["augment"]\n[train]\nloss = "dice"\nimage_size = 32\n')
+    grids.check_models(grids.load_study(study))  # without the toggle, dice is fine
+
+
 # --------------------------------------------------------------------------- optimizer
 def test_sgd_with_its_momentum_and_nesterov_is_what_trains(synthetic32, seen):
     _fit(synthetic32, optimizer="sgd", momentum=0.8, nesterov=True, weight_decay=1e-3)
