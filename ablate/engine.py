@@ -12,6 +12,7 @@ import random
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,8 +26,9 @@ from ablate.config import TrainConfig
 from ablate.data import VOID, Dataset, Split, load_dataset
 from ablate.errors import AblateError
 from ablate.metrics import ConfusionMatrix
-from ablate.models import create_model
-from ablate.optim import make_optimizer
+from ablate.losses import Loss, make_loss
+from ablate.models import create_model, model_identity
+from ablate.optim import make_optimizer, make_schedule
 from ablate.predict import native_logits
 from ablate.transforms import augment_batch
 
@@ -99,17 +101,6 @@ def class_weights(frequency: list[float], scheme: str = "inverse") -> torch.Tens
     else:
         raise AblateError(f"--class-weights must be one of inverse, median, enet, got {scheme!r}")
     return weights.float()
-
-
-def cosine_lr(step: int, total_steps: int) -> float:
-    """Multiplier of the peak lr at `step`: cosine from 1 down to 0 over `total_steps`."""
-    return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
-
-
-def _cosine_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, train_images: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step cosine over the epoch budget: epochs x ceil(train images / batch size) steps."""
-    total = math.ceil(train_images / config.batch_size) * config.epochs
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_lr(step, total))
 
 
 class EarlyStopping:
@@ -187,7 +178,7 @@ def train_one_epoch(
     *,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    weight: torch.Tensor | None,
+    loss_fn: Loss,
     batch_size: int,
     generator: torch.Generator,
     augment: bool,
@@ -208,7 +199,7 @@ def train_one_epoch(
         images, masks = _to_input(images, masks, generator if augment else None)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(images)
-        loss = F.cross_entropy(logits.float(), masks.long(), weight=weight, ignore_index=VOID)
+        loss = loss_fn(logits, masks)
         if not torch.isfinite(loss):
             raise _NonFinite(f"non-finite loss at epoch {epoch} step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -268,12 +259,17 @@ def fit(
 ) -> dict:
     """Train one configuration; return its run record (and write it to `out_dir` if given).
 
-    The cosine schedule's horizon is the epoch budget (epochs x steps per epoch), so a run that
-    stops early ends at a learning rate above 0; the record says which (early_stopping.lr_at_stop).
-    Early stopping watches val mIoU (config.early_stop_on = "miou", the quantity that also
-    picks the checkpoint) or the unweighted val loss ("loss"). Per-epoch val curves are scored at
-    the working size; the final val and test metrics come from the best checkpoint, scored at
-    each mask's own resolution (logits upsampled bilinearly, as `ablate predict` does).
+    The training loss is `config.loss` (ablate.losses; the weighted-loss toggle's class weights
+    go to ce, focal and the ce part of ce+dice; dice and lovasz refuse them), the optimizer
+    `config.optimizer` (ablate.optim). With the `scheduler` toggle on, the lr follows
+    `config.schedule` per step over the epoch budget (epochs x steps per epoch; onecycle peaks
+    at `lr`), so a run that stops early ends part-way along it; the record says where
+    (early_stopping.lr_at_stop). Early stopping watches val mIoU (config.early_stop_on = "miou",
+    the quantity that also picks the checkpoint) or the val loss ("loss"). The val loss is the
+    unweighted cross-entropy whatever the training loss (the seed report's yardstick). Per-epoch
+    val curves are scored at the working size; the final val and test metrics come from the
+    best checkpoint, scored at each mask's own resolution (logits upsampled bilinearly, as
+    `ablate predict` does).
 
     `on_epoch(epoch, metrics)` is called after each epoch's validation; raising `Pruned` there
     ends the run with status "pruned". A non-finite loss ends it with status "failed".
@@ -282,66 +278,134 @@ def fit(
     if progress is None:
         progress = not quiet and sys.stdout.isatty()
     dataset = dataset if dataset is not None else _load(config, cache_dir, quiet)
+    run = _set_up(config, dataset)
+    history = _History(lr_at_stop=config.lr)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            val = _epoch(run, config, epoch, history, progress=progress, quiet=quiet)
+            if on_epoch is not None:
+                on_epoch(epoch, {**val, "epoch": epoch, "train_loss": history.curves[-1]["train_loss"]})
+            if run.stopper.step(val[run.stopper.key]) and epoch < config.epochs:
+                break
+    except Pruned as exc:
+        history.status, history.reason = "pruned", str(exc) or f"pruned at epoch {len(history.curves)}"
+    except _NonFinite as exc:
+        history.status, history.reason = "failed", str(exc)
+
+    metrics, resolution = _final_metrics(run.model, run.net, history.best_state, run.splits, run.evaluator,
+                                         test=history.status == "completed")
+    record = _record(config, dataset, run, history, metrics, resolution, seconds=time.perf_counter() - start)
+    if out_dir is not None:
+        records.write(out_dir, record, history.best_state)
+    if not quiet:
+        print(records.describe(record))
+    return record
+
+
+@dataclass
+class _Run:
+    """Everything an epoch needs, built once by `_set_up`."""
+    model: torch.nn.Module  # the module whose state is checkpointed
+    net: torch.nn.Module  # what runs: the model, or its torch.compile wrapper
+    splits: dict[str, Split]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    loss: Loss
+    generator: torch.Generator  # shuffling and augmentation
+    evaluator: Callable[..., dict]
+    stopper: EarlyStopping
+    precision: str
+    device: torch.device
+    weights_source: str | None
+
+
+@dataclass
+class _History:
+    """What the epochs produced so far, and how the run ended."""
+    lr_at_stop: float
+    curves: list[dict] = field(default_factory=list)
+    best_miou: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict | None = None
+    status: str = "completed"
+    reason: str | None = None
+    train_images: int = 0
+    train_seconds: float = 0.0
+
+
+def _set_up(config: TrainConfig, dataset: Dataset) -> _Run:
+    """Seeded model, optimizer, schedule, loss and evaluator on the resolved device."""
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     seed_everything(config.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
     model = create_model(config.model, dataset.num_classes, **config.model_args)
     weights_source = getattr(model, "weights_source", None)
     model = model.to(device, memory_format=torch.channels_last)
-    net = torch.compile(model) if config.compile else model
     splits = {name: _on_device(split, device) for name, split in dataset.splits.items()}
-    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = _cosine_schedule(optimizer, config, len(splits["train"])) if config.scheduler else None
+    optimizer = _optimizer(model, config)
+    steps_per_epoch = math.ceil(len(splits["train"]) / config.batch_size)
+    scheduler = make_schedule(optimizer, config.schedule, total_steps=config.epochs * steps_per_epoch) \
+        if config.scheduler else None
     weight = (class_weights(dataset.class_frequency, scheme=config.class_weights).to(device)
               if config.weighted_loss else None)
-    generator = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation
     evaluator = functools.partial(evaluate, num_classes=dataset.num_classes, batch_size=config.batch_size,
                                   precision=precision)
-    stopper = EarlyStopping.for_config(config)
-    curves: list[dict] = []
-    best = {"miou": -math.inf, "epoch": 0, "state": None}
-    status, reason, train_images, train_seconds, lr_at_stop = "completed", None, 0, 0.0, config.lr
-    try:
-        for epoch in range(1, config.epochs + 1):
-            stats = train_one_epoch(
-                net, splits["train"], optimizer=optimizer, scheduler=scheduler, weight=weight,
-                batch_size=config.batch_size, generator=generator, augment=config.augment,
-                precision=precision, epoch=epoch, progress=progress,
-            )
-            train_images, train_seconds = train_images + stats["images"], train_seconds + stats["seconds"]
-            val = evaluator(net, splits["val"])
-            curves.append(_curve_row(epoch, stats, val, config, quiet))
-            lr_at_stop = stats["last_lr"]
-            if _score(val["miou"]) > best["miou"]:
-                best = {"miou": _score(val["miou"]), "epoch": epoch, "state": _cpu_state(model)}
-            if not math.isfinite(val["loss"]):
-                raise _NonFinite(f"non-finite val loss at epoch {epoch}")
-            if on_epoch is not None:
-                on_epoch(epoch, {**val, "epoch": epoch, "train_loss": stats["train_loss"]})
-            if stopper.step(val[stopper.key]) and epoch < config.epochs:
-                break
-    except Pruned as exc:
-        status, reason = "pruned", str(exc) or f"pruned at epoch {len(curves)}"
-    except _NonFinite as exc:
-        status, reason = "failed", str(exc)
+    return _Run(model=model, net=torch.compile(model) if config.compile else model, splits=splits,
+                optimizer=optimizer, scheduler=scheduler, loss=make_loss(config.loss, weight=weight, ignore_index=VOID),
+                generator=torch.Generator().manual_seed(config.seed), evaluator=evaluator,
+                stopper=EarlyStopping.for_config(config), precision=precision, device=device,
+                weights_source=weights_source)
 
-    metrics, resolution = _final_metrics(model, net, best["state"], splits, evaluator, test=status == "completed")
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    return make_optimizer(model, name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                          momentum=config.momentum, nesterov=config.nesterov)
+
+
+def check_training(config: TrainConfig) -> None:
+    """Refuse, before any data loads, the choices that TrainConfig accepts one by one but the
+    engine cannot combine: class weights with dice or lovasz, nesterov without sgd."""
+    make_loss(config.loss, weight=torch.ones(1) if config.weighted_loss else None)
+    _optimizer(torch.nn.Linear(1, 1), config)
+
+
+def _epoch(run: _Run, config: TrainConfig, epoch: int, history: _History, *, progress: bool, quiet: bool) -> dict:
+    """Train and validate one epoch; update the curves and the best checkpoint; return val."""
+    stats = train_one_epoch(
+        run.net, run.splits["train"], optimizer=run.optimizer, scheduler=run.scheduler, loss_fn=run.loss,
+        batch_size=config.batch_size, generator=run.generator, augment=config.augment,
+        precision=run.precision, epoch=epoch, progress=progress,
+    )
+    history.train_images += stats["images"]
+    history.train_seconds += stats["seconds"]
+    val = run.evaluator(run.net, run.splits["val"])
+    history.curves.append(_curve_row(epoch, stats, val, config, quiet))
+    history.lr_at_stop = stats["last_lr"]
+    if _score(val["miou"]) > history.best_miou:
+        history.best_miou, history.best_epoch, history.best_state = _score(val["miou"]), epoch, _cpu_state(run.model)
+    if not math.isfinite(val["loss"]):
+        raise _NonFinite(f"non-finite val loss at epoch {epoch}")
+    return val
+
+
+def _record(config: TrainConfig, dataset: Dataset, run: _Run, history: _History, metrics: dict,
+            resolution: str, *, seconds: float) -> dict:
+    stopped = len(history.curves)
+    completed = history.status == "completed"
     record = records.build(
-        config=config, dataset=dataset, metrics=metrics, curves=curves, best_epoch=best["epoch"] or None,
-        stopped_epoch=len(curves), status=status, failure_reason=reason, precision=precision, device=device,
-        weights_source=weights_source, seconds=time.perf_counter() - start,
-        images_per_second=train_images / train_seconds if train_seconds else 0.0,
-        early_stopping=stopper.summary(stopped_epoch=len(curves), budget=config.epochs, best_epoch=best["epoch"],
-                                       completed=status == "completed", lr_at_stop=lr_at_stop),
+        config=config, dataset=dataset, metrics=metrics, curves=history.curves, best_epoch=history.best_epoch or None,
+        stopped_epoch=stopped, status=history.status, failure_reason=history.reason, precision=run.precision,
+        device=run.device, weights_source=run.weights_source, seconds=seconds,
+        images_per_second=history.train_images / history.train_seconds if history.train_seconds else 0.0,
+        early_stopping=run.stopper.summary(stopped_epoch=stopped, budget=config.epochs, best_epoch=history.best_epoch,
+                                           completed=completed, lr_at_stop=history.lr_at_stop),
         resolution={"curves_resolution": _working(config.image_size), "metrics_resolution": resolution},
     )
-    if out_dir is not None:
-        records.write(out_dir, record, best["state"])
-    if not quiet:
-        print(records.describe(record))
+    # what the model name stands for: an import path with its module's sha256 prefix, smp's
+    # architecture/encoder/weights, or a registered model's arguments with defaults filled in
+    record["model_identity"] = model_identity(config.model, config.model_args)
     return record
 
 

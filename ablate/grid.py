@@ -150,7 +150,7 @@ def load_study(path: str | Path | None = None, overrides: dict[str, Any] | None 
 
 
 def build_study(raw: dict[str, Any], *, where: str, overrides: dict[str, Any], default_name: str = "quick") -> GridStudy:
-    from ablate.models import list_models
+    from ablate.models import external_names, list_models
 
     _reject_unknown(raw, STUDY_KEYS, where, prefix="")
     train_raw = _table(raw.get("train", {}), f"{where}: train")
@@ -168,7 +168,10 @@ def build_study(raw: dict[str, Any], *, where: str, overrides: dict[str, Any], d
     if not _NAME_RE.match(name):
         raise AblateError(f"{label} must be letters, digits, '.', '_' or '-' (it names a folder), got {name!r}")
     value, label = pick("models", "models")
-    models = _choices(value if value is not None else list_models(), label, list_models(), "model")
+    named = value if value is not None else list_models()
+    models = _choices(named, label, list_models() + external_names(named), "model")
+    for model in models:  # models from elsewhere: imported (or smp found) now, one line if not
+        _known_model(model, label, list_models())
     value, label = pick("toggles", "toggles")
     toggles = _choices(value if value is not None else list(TOGGLES), label, TOGGLES, "toggle", allow_none=True)
     toggles = tuple(t for t in TOGGLES if t in toggles)  # canonical order: flag order never matters
@@ -306,8 +309,11 @@ def _choices(value: Any, label: str, known: typing.Sequence[str], what: str, all
 
 
 def _known_model(name: str, label: str, known: list[str]) -> bool:
+    """A registered name (in `known`), an importable `pkg.mod:build` or an smp model."""
+    from ablate.models import check_model_name
+
     if name not in known:
-        raise AblateError(f"{label}: unknown model {name!r}; choose from: {', '.join(known)}")
+        check_model_name(name, label)
     return True
 
 
@@ -431,12 +437,18 @@ def check_execution(name: str, grid: dict[str, Any], execution: dict[str, str], 
 
 def check_models(study: GridStudy) -> None:
     """Build each model once so bad model arguments (e.g. a missing weights file, or weights
-    that would have to be downloaded offline) are input errors now rather than failed cells."""
+    that would have to be downloaded offline) are input errors now rather than failed cells;
+    likewise training choices the engine cannot combine (dice with the weighted-loss toggle)."""
+    from ablate.engine import check_training
     from ablate.models import check_model
 
     for model in study.models:
+        config = model_config(study, model)
+        if "weighted_loss" in study.toggles:
+            config = config.replace(weighted_loss=True)  # its "on" cells
         try:
             check_model(model, study.model_args.get(model, {}))
+            check_training(config)
         except AblateError as exc:
             raise AblateError(f"model {model}: {exc}") from None
 

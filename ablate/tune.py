@@ -134,6 +134,7 @@ DEFAULT_SPACE: dict[str, tuple[str, ...]] = {
     "unet": ("lr", "batch_size", "weight_decay", "base_channels"),
 }
 
+EXTERNAL_SPACE = ("lr", "batch_size", "weight_decay")  # `--model pkg.mod:build` or smp:ARCH/ENCODER
 _CONFIG_FIELDS = ("lr", "weight_decay", "batch_size", *TOGGLES)
 
 
@@ -146,10 +147,13 @@ def applicable_params(model: str) -> list[str]:
 
 
 def default_space(model: str, *, tune_toggles: bool = False) -> dict[str, Param]:
+    from ablate.models import external_names
+
     applicable_params(model)  # unknown model -> AblateError
-    if model not in DEFAULT_SPACE:
+    if model not in DEFAULT_SPACE and not external_names([model]):
         raise AblateError(f"model {model!r} has no declared search space; add it to ablate.tune.DEFAULT_SPACE")
-    names = list(DEFAULT_SPACE[model]) + (list(TOGGLES) if tune_toggles else [])
+    # a model from elsewhere: the training settings every model shares (its own arguments via [tune])
+    names = list(DEFAULT_SPACE.get(model, EXTERNAL_SPACE)) + (list(TOGGLES) if tune_toggles else [])
     return {name: PARAMS[name] for name in names}
 
 
@@ -319,7 +323,7 @@ def resolve_spec(flags: dict[str, Any], *, given: set[str], study_file: Path | N
                  storage: str | None, results_dir: Path, keep_checkpoints: bool = False) -> TuneSpec:
     """The tune asked for: each setting from its flag when given on the command line (`given`),
     else from the study file, else the flag's default, else ours; validated."""
-    from ablate.models import list_models
+    from ablate.models import check_model_name
 
     settings, overrides = read_study_file(study_file) if study_file else ({}, {})
 
@@ -331,12 +335,12 @@ def resolve_spec(flags: dict[str, Any], *, given: set[str], study_file: Path | N
         return flags[key] if flags.get(key) is not None else _DEFAULTS.get(key)
 
     model = _typed(value("model"), str, "model")
-    if model not in list_models():
-        raise AblateError(f"unknown model {model!r}; choose from: {', '.join(list_models())}")
+    check_model_name(model)  # registered, an importable MODULE:CALLABLE or smp:ARCH/ENCODER
     n_trials = _typed(value("n_trials"), int, "n-trials")
     if n_trials < 1:
         raise AblateError(f"--n-trials must be >= 1, got {n_trials}")
-    study_name = _typed(value("study_name") or f"tune-{model}", str, "study-name")
+    default_name = "tune-" + re.sub(r"[^A-Za-z0-9._-]+", "-", model)  # pkg.mod:build, smp:Unet/resnet18
+    study_name = _typed(value("study_name") or default_name, str, "study-name")
     if not _NAME_RE.match(study_name):
         raise AblateError(f"--study-name must be letters, digits, '.', '_' or '-' (it names a folder), got {study_name!r}")
     timeout = value("timeout")

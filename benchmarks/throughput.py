@@ -34,6 +34,7 @@ from torchvision.transforms import v2
 
 from ablate.data import VOID, Split, detect_layout, load_dataset
 from ablate.engine import cpu_has_native_bf16, make_optimizer, resolve_device, resolve_precision, train_one_epoch
+from ablate.losses import make_loss
 from ablate.models import create_model
 from ablate.record import device_name
 
@@ -66,9 +67,9 @@ def compute_only(model, x, y, optimizer, precision, steps):
 def ablate_path(model, split, optimizer, precision, batch_size):
     generator = torch.Generator().manual_seed(0)
     warm = Split(split.images[: 2 * batch_size], split.masks[: 2 * batch_size], split.ids[: 2 * batch_size])
-    train_one_epoch(model, warm, optimizer=optimizer, scheduler=None, weight=None, batch_size=batch_size,
+    train_one_epoch(model, warm, optimizer=optimizer, scheduler=None, loss_fn=make_loss("ce"), batch_size=batch_size,
                     generator=generator, augment=True, precision=precision, epoch=0)
-    stats = train_one_epoch(model, split, optimizer=optimizer, scheduler=None, weight=None, batch_size=batch_size,
+    stats = train_one_epoch(model, split, optimizer=optimizer, scheduler=None, loss_fn=make_loss("ce"), batch_size=batch_size,
                             generator=generator, augment=True, precision=precision, epoch=1)
     return stats["images"] / stats["seconds"]
 

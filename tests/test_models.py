@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import socket
+import sys
 
 import pytest
 import torch
@@ -55,6 +57,57 @@ def no_network(monkeypatch):
     return asked
 
 
+# Models from elsewhere go through the same registry-driven tests: a user's module by import
+# path (written to a temporary folder on sys.path by `external_models`) and smp's U-Net (skipped
+# when the extra is not installed).
+USER_MODULE = "abl_test_usernet"
+USER_NET = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, width):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x):
+        return self.classifier(self.body(x))
+
+
+def build(num_classes, *, width: int = 4, note=None, scale=1.0):
+    return Net(num_classes, width)
+
+
+def needs_depth(num_classes, depth):
+    return Net(num_classes, depth)
+
+
+def not_a_module(num_classes):
+    return "a string"
+"""
+EXTERNAL = [pytest.param(f"{USER_MODULE}:build", id="import-path"), pytest.param("smp:Unet/resnet18", id="smp-unet")]
+
+
+@pytest.fixture(scope="module")
+def external_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("usernets")
+    (folder / f"{USER_MODULE}.py").write_text(USER_NET)
+    sys.path.insert(0, str(folder))
+    yield folder / f"{USER_MODULE}.py"
+    sys.path.remove(str(folder))
+    sys.modules.pop(USER_MODULE, None)
+    for name in [n for n in _registry._RESOLVED if n.startswith(USER_MODULE)]:
+        del _registry._RESOLVED[name]
+
+
+@pytest.fixture
+def model_name(request, external_models):
+    if request.param.startswith("smp:"):
+        pytest.importorskip("segmentation_models_pytorch")
+    return request.param
+
+
 def _images(n: int, h: int, w: int) -> torch.Tensor:
     torch.manual_seed(0)
     return torch.rand(n, 3, h, w)
@@ -65,8 +118,9 @@ def test_list_models_is_sorted_and_complete():
 
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 128)])
-@pytest.mark.parametrize("name", list_models())
-def test_forward_backward(name, size):
+@pytest.mark.parametrize("model_name", list_models() + EXTERNAL, indirect=True)
+def test_forward_backward(model_name, size):
+    name = model_name
     model = create_model(name, NUM_CLASSES, **FAST_ARGS.get(name, {})).train()
     logits = model(_images(2, *size))
     assert logits.shape == (2, NUM_CLASSES, *size)
@@ -77,12 +131,17 @@ def test_forward_backward(name, size):
     missing = [n for n, p in trainable if p.grad is None]
     assert not missing, f"no gradient reached {missing}"
     assert all(torch.isfinite(p.grad).all() for _, p in trainable)
-    assert model.classifier.weight.grad.abs().sum() > 0
+    head = model.net.segmentation_head[0] if name.startswith("smp:") else model.classifier
+    assert head.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_output_matches_any_input_size(name):
-    # The decoders restore each mirrored stage's exact size, so odd sizes work too.
+@pytest.mark.parametrize("model_name", list_models() + EXTERNAL + [
+    pytest.param("smp:FPN/resnet18", id="smp-fpn"),  # smp's Unet takes any size; FPN needs a multiple of 32
+    pytest.param("smp:DeepLabV3Plus/resnet18", id="smp-deeplabv3plus")], indirect=True)  # of 16
+def test_output_matches_any_input_size(model_name):
+    # The decoders restore each mirrored stage's exact size, so odd sizes work too (smp's are
+    # padded to the encoder's stride and cropped back).
+    name = model_name
     model = create_model(name, NUM_CLASSES, **FAST_ARGS.get(name, {})).eval()
     with torch.no_grad():
         assert model(_images(1, 33, 47)).shape == (1, NUM_CLASSES, 33, 47)
@@ -281,7 +340,8 @@ def test_model_params_come_from_the_signature():
 def test_create_model_unknown_name():
     with pytest.raises(AblateError) as err:
         create_model("x", NUM_CLASSES)
-    assert str(err.value) == "unknown model 'x'; choose from: baseline, custom, resnet18, unet"
+    assert str(err.value) == ("unknown model 'x'; choose from: baseline, custom, resnet18, unet "
+                              "(or an import path MODULE:CALLABLE, or smp:ARCHITECTURE/ENCODER)")
 
 
 def test_create_model_unknown_kwarg_lists_accepted():
@@ -368,9 +428,61 @@ def test_parse_model_args_types_values():
     ("resnet18", ["freeze_encoder=maybe"],
      "--model-arg freeze_encoder: expected true/false (or 1/0, yes/no), got 'maybe'"),
     ("unet", ["base_channels=8", "base_channels=16"], "--model-arg base_channels: given more than once"),
-    ("vgg", ["a=1"], "unknown model 'vgg'; choose from: baseline, custom, resnet18, unet"),
+    ("vgg", ["a=1"], "unknown model 'vgg'; choose from: baseline, custom, resnet18, unet "
+                     "(or an import path MODULE:CALLABLE, or smp:ARCHITECTURE/ENCODER)"),
 ])
 def test_parse_model_args_errors(name, pairs, message):
     with pytest.raises(AblateError) as err:
         parse_model_args(name, pairs)
     assert str(err.value) == message
+
+
+# --- models from elsewhere through the registry ------------------------------------------
+
+def test_an_import_path_model_has_its_signature_as_options(external_models):
+    name = f"{USER_MODULE}:build"
+    assert model_params(name) == {"width": (int, 4), "note": (str | None, None), "scale": (float, 1.0)}
+    assert parse_model_args(name, ["width=6", "scale=2", "note=none"]) == {"width": 6, "scale": 2.0, "note": None}
+    assert create_model(name, NUM_CLASSES, width=6).classifier.in_channels == 6
+    with pytest.raises(AblateError, match=f"model '{name}' has no argument 'depth'; accepted: width, note, scale"):
+        create_model(name, NUM_CLASSES, depth=2)
+    with pytest.raises(AblateError, match="width must be an integer, got '6'"):
+        create_model(name, NUM_CLASSES, width="6")
+
+
+def test_an_import_path_identity_is_the_path_the_file_hash_and_the_filled_in_args(external_models):
+    name = f"{USER_MODULE}:build"
+    sha = hashlib.sha256(external_models.read_bytes()).hexdigest()[:16]
+    assert model_identity(name, {"width": 6}) == {"import_path": name, "module_sha256": sha, "note": None,
+                                                  "scale": 1.0, "width": 6}
+    assert TrainConfig(model=name, model_args={"width": 4}).run_id == TrainConfig(model=name).run_id
+    assert TrainConfig(model=name, model_args={"width": 6}).run_id != TrainConfig(model=name).run_id
+
+
+@pytest.mark.parametrize("suffix, message", [
+    ("needs_depth", "argument 'depth' needs a default"),
+    ("not_a_module", "returned a str, not a torch.nn.Module"),
+])
+def test_an_import_path_that_cannot_be_a_model_is_one_line(external_models, suffix, message):
+    with pytest.raises(AblateError, match=message) as err:
+        create_model(f"{USER_MODULE}:{suffix}", NUM_CLASSES)
+    assert "\n" not in str(err.value)
+
+
+def test_check_model_name_prefixes_the_label(external_models):
+    from ablate.models import check_model_name
+
+    check_model_name(f"{USER_MODULE}:build", "study.toml: models")  # importable: no error
+    with pytest.raises(AblateError) as err:
+        check_model_name("vgg", "study.toml: models")
+    assert str(err.value).startswith("study.toml: models: unknown model 'vgg'; choose from: baseline")
+    with pytest.raises(AblateError, match="^study.toml: models: model nope_abl.x:build: cannot import nope_abl.x"):
+        check_model_name("nope_abl.x:build", "study.toml: models")
+
+
+def test_smp_identity_names_architecture_encoder_and_weights():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    assert model_params("smp:FPN/resnet18") == {"weights": (str, "none")}
+    assert model_identity("smp:FPN/resnet18", {}) == {"architecture": "FPN", "encoder": "resnet18",
+                                                      "smp": smp.__version__, "weights": "none"}
+    assert TrainConfig(model="smp:FPN/resnet18").run_id != TrainConfig(model="smp:FPN/resnet34").run_id

@@ -6,7 +6,7 @@ from typing import Callable
 
 import click
 
-from ablate.config import CLASS_WEIGHT_SCHEMES, DEVICES, EARLY_STOP_MONITORS, PRECISIONS
+from ablate.config import CLASS_WEIGHT_SCHEMES, DEVICES, EARLY_STOP_MONITORS, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES
 
 
 def _stack(*decorators: Callable) -> Callable:
@@ -46,7 +46,8 @@ def execution_options(fn: Callable) -> Callable:
 
 def toggle_options(fn: Callable) -> Callable:
     return _stack(
-        click.option("--scheduler/--no-scheduler", default=False, show_default=True, help="Cosine LR annealing, per step."),
+        click.option("--scheduler/--no-scheduler", default=False, show_default=True,
+                     help="LR schedule per step (shape: --schedule, cosine by default)."),
         click.option("--augment/--no-augment", default=False, show_default=True, help="Flip, rotate ±15°, random resized crop."),
         click.option("--weighted-loss/--no-weighted-loss", default=False, show_default=True,
                      help="Class-weighted loss, weights from the training split (scheme: --class-weights)."),
@@ -71,6 +72,27 @@ def stopping_options(defaults: bool = True) -> Callable:
                      show_default=defaults,
                      help="Weights when --weighted-loss is on: inverse (1/f, mean 1), median (median(f)/f, SegNet), "
                           "enet (1/ln(1.02+f))."),
+    )
+
+
+def training_options(defaults: bool = True) -> Callable:
+    """Loss, optimizer and lr schedule. Plain strings, not click choices: TrainConfig checks
+    the names and says in one line which are accepted. `defaults=False`: unset flags are None."""
+    def default(value):
+        return value if defaults else None
+
+    return _stack(
+        click.option("--loss", default=default("ce"), show_default=defaults, metavar="|".join(LOSSES),
+                     help="Training loss (the reported val loss stays the unweighted cross-entropy). --weighted-loss "
+                          "applies to ce, focal and the ce part of ce+dice; dice and lovasz refuse it."),
+        click.option("--optimizer", default=default("adamw"), show_default=defaults, metavar="|".join(OPTIMIZERS)),
+        click.option("--momentum", type=float, default=default(0.9), show_default=defaults,
+                     help="SGD momentum (AdamW keeps its betas 0.9, 0.999)."),
+        click.option("--nesterov/--no-nesterov", default=default(False), show_default=defaults,
+                     help="SGD: Nesterov momentum."),
+        click.option("--schedule", default=default("cosine"), show_default=defaults, metavar="|".join(SCHEDULES),
+                     help="The lr shape when --scheduler is on, per step over the epoch budget: cosine to 0, "
+                          "poly (1 - t/T)^0.9, onecycle (peak --lr), none."),
     )
 
 

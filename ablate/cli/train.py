@@ -5,13 +5,15 @@ from pathlib import Path
 
 import click
 
-from ablate.cli._options import data_options, execution_options, stopping_options, toggle_options
+from ablate.cli._options import data_options, execution_options, stopping_options, toggle_options, training_options
 from ablate.config import TrainConfig, parse_image_size
 from ablate.errors import AblateError
 
 
 @click.command()
-@click.option("--model", default="baseline", show_default=True, help="baseline | custom | resnet18 | unet")
+@click.option("--model", default="baseline", show_default=True,
+              help="baseline | custom | resnet18 | unet, an import path MODULE:CALLABLE (your own, called with "
+                   "num_classes and the --model-arg values), or smp:ARCHITECTURE/ENCODER (pip install 'ablate[smp]').")
 @click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
               help="Model constructor argument, repeatable (e.g. base_channels=16, weights=PATH).")
 @data_options()
@@ -19,6 +21,7 @@ from ablate.errors import AblateError
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@training_options()
 @stopping_options()
 @click.option("--seed", type=int, default=0, show_default=True)
 @toggle_options
@@ -29,17 +32,18 @@ from ablate.errors import AblateError
               help="Decoded-dataset cache.")
 @click.option("--quiet", is_flag=True, help="Only the final summary.")
 def train(model, model_arg, data, image_size, num_classes, ignore_index, val_fraction, epochs, batch_size, lr,
-          weight_decay, patience, early_stop_on, min_delta, class_weights, seed, scheduler, augment, weighted_loss,
-          device, precision, compile, out, cache_dir, quiet):
+          weight_decay, loss, optimizer, momentum, nesterov, schedule, patience, early_stop_on, min_delta,
+          class_weights, seed, scheduler, augment, weighted_loss, device, precision, compile, out, cache_dir, quiet):
     """Train one model and write DIR/run.json (atomically) and DIR/best.pt."""
-    from ablate.engine import fit
+    from ablate.engine import check_training, fit
     from ablate.models import check_model, parse_model_args
 
     config = TrainConfig(
         model=model, model_args=parse_model_args(model, list(model_arg)), data=data,
         image_size=parse_image_size(image_size or 64), num_classes=num_classes, ignore_index=ignore_index,
         val_fraction=val_fraction, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        scheduler=scheduler, augment=augment, weighted_loss=weighted_loss, class_weights=class_weights,
+        loss=loss, optimizer=optimizer, momentum=momentum, nesterov=nesterov, schedule=schedule, scheduler=scheduler,
+        augment=augment, weighted_loss=weighted_loss, class_weights=class_weights,
         patience=patience, early_stop_on=early_stop_on, min_delta=min_delta, seed=seed,
         precision=precision, device=device, compile=compile,
     )
@@ -47,6 +51,7 @@ def train(model, model_arg, data, image_size, num_classes, ignore_index, val_fra
     if out.exists() and not out.is_dir():
         raise AblateError(f"--out {out} is a file; give a folder")
     check_model(config.model, config.model_args)  # e.g. weights offline: one line before the data loads
+    check_training(config)  # e.g. --weighted-loss with --loss dice, --nesterov with adamw
     record = fit(config, out_dir=out, quiet=quiet, cache_dir=cache_dir)
     if quiet:
         from ablate.record import describe

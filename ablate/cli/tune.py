@@ -13,7 +13,8 @@ from ablate.tune import DEFAULT_EPOCHS, DEFAULT_N_TRIALS, PRUNERS, SAMPLERS
 
 
 @click.command()
-@click.option("--model", default=None, help="baseline | custom | resnet18 | unet  [default: custom]")
+@click.option("--model", default=None, help="baseline | custom | resnet18 | unet, MODULE:CALLABLE or "
+              "smp:ARCHITECTURE/ENCODER  [default: custom]")
 @click.option("--study", "study_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Study TOML with a [tune] table (settings and search-space bounds); flags win over it.")
 @click.option("--study-name", default=None, help="Optuna study name and results folder  [default: tune-<model>]")

@@ -1,5 +1,11 @@
 """Model stage: the name → entry-point registry, `create_model`, typed parsing of
-`--model-arg key=value` overrides, and what a model's arguments mean for a run's identity."""
+`--model-arg key=value` overrides, and what a model's arguments mean for a run's identity.
+
+Besides the registered names, every function here accepts the names of architectures from
+elsewhere (ablate.models._external): an import path `pkg.mod:build` (options read from the
+callable's signature: annotated bool/int/float/str or `X | None`, or typed by their default)
+and `smp:Arch/encoder` (one option, `weights`: none | imagenet). Each is resolved once per
+process, so the module hash in its identity is that of the code that was imported."""
 
 from __future__ import annotations
 
@@ -12,12 +18,14 @@ from typing import Any
 from torch import nn
 
 from ablate.errors import AblateError
+from ablate.models import _external
 
 ModelFn = Callable[..., nn.Module]
 
 _MODELS: dict[str, ModelFn] = {}
 _PARAMS: dict[str, dict[str, tuple[Any, Any]]] = {}
 _IDENTITY: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+_RESOLVED: dict[str, tuple[_external.ExternalModel, dict[str, tuple[Any, Any]]]] = {}
 
 # The argument types an entry point may declare; parse_model_args knows how to read each.
 _SCALARS = (bool, int, float, str)
@@ -72,9 +80,10 @@ def model_identity(name: str, model_args: dict[str, Any]) -> dict[str, Any]:
     """`model_args` with every default filled in (so an argument given explicitly at its
     default is the same run, and a changed default is a new one), resolved by the model's
     identity hook."""
-    _require_known(name)
-    args = {key: default for key, (_, default) in _PARAMS[name].items()}
+    args = {key: default for key, (_, default) in model_params(name).items()}
     args.update(model_args)
+    if _external.is_external(name):
+        return dict(sorted({**args, **_resolve(name)[0].identity}.items()))
     hook = _IDENTITY.get(name)
     return dict(sorted((hook(args) if hook else args).items()))
 
@@ -85,18 +94,81 @@ def list_models() -> list[str]:
 
 
 def _require_known(name: str) -> None:
-    if name not in _MODELS:
-        raise AblateError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
+    if _external.is_external(name):
+        _resolve(name)
+    elif name not in _MODELS:
+        raise AblateError(f"unknown model {name!r}; choose from: {', '.join(list_models())} "
+                          "(or an import path MODULE:CALLABLE, or smp:ARCHITECTURE/ENCODER)")
+
+
+def check_model_name(name: str, label: str | None = None) -> None:
+    """Raise a one-line AblateError (prefixed by `label`, e.g. "study.toml: models") unless
+    `name` is a registered model, an importable `pkg.mod:build` or an available smp model."""
+    try:
+        _require_known(name)
+    except AblateError as exc:
+        raise AblateError(f"{label}: {exc}" if label else str(exc)) from None
+
+
+def external_names(names: Any) -> list[str]:
+    """The names in `names` (a list, or a comma-separated string) written as models from
+    elsewhere (`pkg.mod:build`, `smp:...`), not yet resolved: a list of choices can accept
+    them and `check_model_name` then resolves each."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",")]
+    if not isinstance(names, list):
+        return []
+    return [n for n in names if isinstance(n, str) and _external.is_external(n)]
+
+
+def _resolve(name: str) -> tuple[_external.ExternalModel, dict[str, tuple[Any, Any]]]:
+    """The external model `name` and its options, resolved (imported, hashed) once per process."""
+    if name not in _RESOLVED:
+        model = _external.resolve(name)
+        params = model.params if model.params is not None else _signature_options(name, model.build)
+        _RESOLVED[name] = model, params
+    return _RESOLVED[name]
+
+
+def _signature_options(name: str, fn: Callable[..., Any]) -> dict[str, tuple[Any, Any]]:
+    """A user callable's options: every parameter after the first (num_classes) that can be
+    passed by keyword, typed by its annotation or else by its default's type."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: no options
+        return {}
+    try:
+        hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation: fall back to the defaults' types
+        hints = {}
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if not params or params[0].kind not in positional:
+        raise AblateError(f"model {name}: the callable must take num_classes as its first positional argument")
+    options: dict[str, tuple[Any, Any]] = {}
+    for p in params[1:]:
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY or p.default is inspect.Parameter.empty:
+            raise AblateError(f"model {name}: argument {p.name!r} needs a default and must be passable by keyword "
+                              "(ablate passes num_classes and the model args given)")
+        annotation = hints.get(p.name)
+        if not _allowed_types(annotation):
+            annotation = str | None if p.default is None else type(p.default)
+        if _allowed_types(annotation):  # other types cannot be given from a study file or flag
+            options[p.name] = (annotation, p.default)
+    return options
 
 
 def model_params(name: str) -> dict[str, tuple[Any, Any]]:
     """`{option: (annotation, default)}` of model `name`'s keyword-only options."""
     _require_known(name)
+    if _external.is_external(name):
+        return dict(_resolve(name)[1])
     return dict(_PARAMS[name])
 
 
 def _accepted(name: str) -> str:
-    return ", ".join(_PARAMS[name]) or "none"
+    return ", ".join(model_params(name)) or "none"
 
 
 def _type_label(annotation: Any) -> str:
@@ -124,16 +196,31 @@ def _check_value(name: str, key: str, value: Any, annotation: Any) -> Any:
 
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """Build model `name` with `num_classes` output channels; kwargs are its options."""
-    _require_known(name)
+    params = model_params(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise AblateError(f"model {name!r}: num_classes must be an integer >= 1, got {num_classes!r}")
-    params = _PARAMS[name]
     checked = {}
     for key, value in kwargs.items():
         if key not in params:
             raise AblateError(f"model {name!r} has no argument {key!r}; accepted: {_accepted(name)}")
         checked[key] = _check_value(name, key, value, params[key][0])
-    return _MODELS[name](num_classes, **checked)
+    if not _external.is_external(name):
+        return _MODELS[name](num_classes, **checked)
+    return _build_external(name, num_classes, checked)
+
+
+def _build_external(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    build = _resolve(name)[0].build
+    try:
+        model = build(num_classes, **kwargs)
+    except AblateError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code: any error is "cannot build", said in one line
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        raise AblateError(f"model {name}: building it failed ({type(exc).__name__}: {message})") from None
+    if not isinstance(model, nn.Module):
+        raise AblateError(f"model {name}: returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def check_model(name: str, model_args: dict[str, Any]) -> None:
@@ -166,8 +253,7 @@ def _parse_value(key: str, text: str, annotation: Any) -> Any:
 
 def parse_model_args(name: str, pairs: list[str]) -> dict[str, Any]:
     """Turn ["base_channels=16", "freeze_encoder=false"] into typed options for `name`."""
-    _require_known(name)
-    params = _PARAMS[name]
+    params = model_params(name)
     parsed: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
