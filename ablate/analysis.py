@@ -78,10 +78,13 @@ class Study:
         from ablate import store
         from ablate.record import CHECKPOINT_FILE, RECORD_FILE
 
+        local = self.run_dirs.get(key, self.folder / "runs" / key)
         if key not in self.files:
-            return self.run_dirs.get(key, self.folder / "runs" / key)
+            return local
         what = self.labels.get(key, key)
         aid = self.files[key].get(CHECKPOINT_FILE)
+        if aid is None and (local / CHECKPOINT_FILE).is_file():  # a cell run before checkpoints were artifacts
+            return local
         if aid is None:
             raise NoCheckpoint(f"{what}: no checkpoint stored (the grid ran with --keep-checkpoints none)")
         if aid in self.pruned:
@@ -194,11 +197,12 @@ def _stored_record(study: Study, key: str, trial, folder: Path) -> dict | None:
 
     what = study.labels[key]
     record = records.from_attrs(trial.user_attrs, what)
-    if record is not None:
-        return record
     local = folder / trial.user_attrs["run_dir"] / records.RECORD_FILE if trial.user_attrs.get("run_dir") else None
     if local is not None and local.is_file():
         study.run_dirs[key] = local.parent
+    if record is not None:
+        return record
+    if local is not None and local.is_file():
         return _read_record(local)
     aid = study.files[key].get(records.RECORD_FILE)
     if aid is not None and study.stores.get(key):
@@ -739,7 +743,9 @@ def class_iou_table(study: Study, runs: pd.DataFrame, *, split: str | None = Non
         ious = [study.records[k]["metrics"].get(split, {}).get("class_iou") for k in g["key"] if k in study.records]
         ious = [[np.nan if x is None else x for x in v] for v in ious if v]
         if ious:
-            rows[cell] = np.nanmean(np.array(ious, dtype=float), axis=0) if len(ious) > 1 else np.array(ious[0], dtype=float)
+            with warnings.catch_warnings():  # a class absent from every seed's split stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                rows[cell] = np.nanmean(np.array(ious, dtype=float), axis=0) if len(ious) > 1 else np.array(ious[0], dtype=float)
     if not rows:
         return pd.DataFrame()
     k = max(len(v) for v in rows.values())
