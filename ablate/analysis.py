@@ -102,6 +102,31 @@ class Study:
         return dest
 
 
+    def stored_predictions(self, key: str, ids: list[str], shapes: list[tuple]) -> list[np.ndarray] | None:
+        """The masks the trial's worker predicted for the gallery's images (its
+        predictions.png artifact), at `shapes`; None when it has none for these images."""
+        from ablate import store
+
+        aid = self.files.get(key, {}).get(PREDICTIONS_FILE)
+        if aid is None or not self.stores.get(key):
+            return None
+        if self.stores[key] not in self._opened:
+            self._opened[self.stores[key]] = store.open_artifacts(self.stores[key], create=False)
+        what = f"{self.labels.get(key, key)}: {PREDICTIONS_FILE}"
+        path = store.fetch(self._opened[self.stores[key]], aid, self.folder / "checkpoints" / aid / PREDICTIONS_FILE,
+                           what=what)
+        stored_ids, masks = read_predictions_png(path, what)
+        if stored_ids != list(ids):
+            return None
+        return [m if m.shape == tuple(s) else _nearest(m, tuple(s)) for m, s in zip(masks, shapes)]
+
+
+def _nearest(mask: np.ndarray, shape: tuple) -> np.ndarray:
+    rows = (np.arange(shape[0]) * mask.shape[0] // shape[0])[:, None]
+    cols = (np.arange(shape[1]) * mask.shape[1] // shape[1])[None, :]
+    return mask[rows, cols]
+
+
 class NoCheckpoint(AblateError):
     """A run whose checkpoint was, by the study's choice, not kept."""
 
@@ -931,6 +956,36 @@ def _best_grid_runs(runs: pd.DataFrame) -> list[tuple[str, str]]:
     return out
 
 
+GALLERY_IMAGES = 4  # val images in the report's gallery (and in each grid trial's predictions.png)
+PREDICTIONS_FILE = "predictions.png"
+
+
+def gallery_indices(n_val: int, n_images: int = GALLERY_IMAGES) -> list[int]:
+    """The gallery's val images: evenly spaced over the split."""
+    return sorted(set(np.linspace(0, n_val - 1, min(n_images, n_val)).round().astype(int).tolist()))
+
+
+def write_predictions_png(path: Path, masks: list[np.ndarray], ids: list[str]) -> Path:
+    """Label masks side by side in one lossless 8-bit PNG, the image ids in its text chunk."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("ablate:ids", json.dumps(list(ids)))
+    strip = np.concatenate([np.asarray(m, dtype=np.uint8) for m in masks], axis=1)
+    return _io._atomic(path, lambda tmp: Image.fromarray(strip, mode="L").save(tmp, format="PNG", pnginfo=info))
+
+
+def read_predictions_png(path: Path, what: str) -> tuple[list[str], list[np.ndarray]]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            ids, strip = json.loads(im.text["ablate:ids"]), np.array(im)
+    except (OSError, UnidentifiedImageError, KeyError, ValueError) as exc:
+        raise AblateError(f"{what}: {path.name} is not a predictions image ({type(exc).__name__}); rerun the cell") from None
+    return ids, np.split(strip, len(ids), axis=1) if ids else []
+
+
 def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = 4, cache_dir: str | Path | None = None) -> Gallery:
     """A few fixed val images (evenly spaced over the split), their ground truth, and the
     prediction of each run from `best_runs`."""
@@ -951,7 +1006,7 @@ def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = 4, cache_dir: s
         empty.notes.append(f"the dataset could not be loaded: {exc}")
         return empty
     val = ds.splits["val"]
-    idx = sorted(set(np.linspace(0, len(val) - 1, min(n_images, len(val))).round().astype(int).tolist()))
+    idx = gallery_indices(len(val), n_images)
     images = val.images[idx]
     out = Gallery(study.class_names or ds.class_names, [val.ids[i] for i in idx],
                   [im.permute(1, 2, 0).numpy() for im in images], [m.numpy() for m in val.masks[idx]], [])
@@ -959,7 +1014,11 @@ def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = 4, cache_dir: s
         try:
             model, ckpt = load_run(study.checkpoint_dir(key))
         except NoCheckpoint as exc:
-            out.notes.append(f"{label}: {exc}")
+            masks = study.stored_predictions(key, out.image_ids, [t.shape for t in out.truths])
+            if masks is None:
+                out.notes.append(f"{label}: {exc}")
+            else:
+                out.predictions.append((label, masks))
             continue
         except AblateError as exc:
             if study.source == "storage":  # the storage says the file is there: a damaged study, not a note

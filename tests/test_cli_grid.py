@@ -400,7 +400,7 @@ def test_a_stalled_worker_is_reclaimed_and_the_winner_speaks_for_the_cell(kind, 
     from ablate.predict import load_run
 
     assert not (winner_dir / "best.pt").exists() and not (loser_dir / "best.pt").exists()
-    assert sorted(store.artifact_ids(winner.system_attrs)) == ["best.pt", "run.json"]
+    assert sorted(store.artifact_ids(winner.system_attrs)) == ["best.pt", "predictions.png", "run.json"]
     assert store.artifact_ids(loser.system_attrs) == {}
     # The analysis reads the winner's record (from the storage) and checkpoint (artifact) for the cell.
     study = analysis.load_study(results, "stall", storage=url)

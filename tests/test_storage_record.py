@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
@@ -62,7 +63,7 @@ def test_a_small_record_is_one_attr_and_a_large_one_is_split_under_mysqls_text_l
 
 
 # --------------------------------------------------------------------------- a grid told by hand
-def _fake_grid(tmp_path: Path, keep: str, *, name: str = "rec") -> tuple[Path, grids.GridStorage, list, dict]:
+def _fake_grid(tmp_path: Path, keep: str, *, name: str = "rec", dataset=None) -> tuple[Path, grids.GridStorage, list, dict]:
     """2 models x scheduler x 2 seeds told through `grid._tell` with real (untrained) model
     weights and chosen val mIoUs: baseline's best cell is 'scheduler' (seed 1 best), unet's
     is 'none' (seed 0 best). Returns (results, storage, cells, {cell_id: val mIoU})."""
@@ -84,11 +85,12 @@ def _fake_grid(tmp_path: Path, keep: str, *, name: str = "rec") -> tuple[Path, g
             (c.model, c.scheduler)] + 0.01 * c.seed * (1 if c.model == "baseline" else -1)
         miou[cell.cell_id] = value
         run_dir = results / name / "runs" / cell.cell_id / str(trial_id)
+        torch.manual_seed(c.seed + 10 * c.scheduler)  # the same weights for the same cell in every fake grid
         state = create_model(c.model, 3, **c.model_args).state_dict()
         records.write(run_dir, _record({**c.to_dict(), "data": "synthetic"}, value), state)
         gs.storage.set_trial_user_attr(trial_id, "run_dir", str(run_dir.relative_to(results / name)))
         grids._tell(gs.storage, cell, trial_id, _record({**c.to_dict(), "data": "synthetic"}, value), 1.0,
-                    run_dir=run_dir, artifacts=files, keep_checkpoints=keep)
+                    run_dir=run_dir, artifacts=files, keep_checkpoints=keep, dataset=dataset)
         assert not (run_dir / CHECKPOINT_FILE).exists()  # the artifact store holds the one copy
         assert (run_dir / RECORD_FILE).is_file()  # the local record stays, as a cache
     grids.prune_checkpoints(gs, files, keep)
@@ -136,6 +138,27 @@ def test_keep_checkpoints_leaves_exactly_the_expected_checkpoint_artifacts(tmp_p
         with pytest.raises(analysis.NoCheckpoint, match="pruned by --keep-checkpoints best" if keep == "best"
                            else "--keep-checkpoints none"):
             study.checkpoint_dir(other)
+
+
+def test_without_checkpoints_the_gallery_draws_each_trials_stored_predictions(tmp_path, cache_dir):
+    """--keep-checkpoints none: each completed trial still attached predictions.png (its masks
+    for the gallery's val images), and the gallery shows exactly what the checkpoints would."""
+    from ablate.data import load_dataset
+
+    data = load_dataset("synthetic", image_size=(32, 32), num_classes=None, ignore_index=255, val_fraction=None,
+                        cache_dir=cache_dir)
+    kept = _fake_grid(tmp_path / "all", "all", dataset=data)
+    none = _fake_grid(tmp_path / "none", "none", dataset=data)
+    galleries = []
+    for (_, gs, _, _), where in ((kept, "all"), (none, "none")):
+        assert all(sorted(store.artifact_ids(t.system_attrs)) == sorted(
+            ["run.json", "predictions.png", *(["best.pt"] if where == "all" else [])]) for t in gs.trials())
+        study = analysis.load_study(tmp_path / where / "report", "rec", storage=gs.url)
+        galleries.append(analysis.gallery(study, analysis.finished_runs(study), cache_dir=cache_dir))
+    from_checkpoints, from_pngs = galleries
+    assert len(from_pngs.predictions) == 2 and not from_pngs.notes and from_pngs.image_ids == from_checkpoints.image_ids
+    for (label_a, masks_a), (label_b, masks_b) in zip(from_checkpoints.predictions, from_pngs.predictions):
+        assert label_a == label_b and all((a == b).all() for a, b in zip(masks_a, masks_b))
 
 
 def test_a_study_read_from_its_storage_has_every_record_and_curve(tmp_path):
