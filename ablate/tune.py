@@ -503,7 +503,13 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study) -> Callable[[optuna
         for key, value in {**attrs, **records.to_attrs(record)}.items():  # the storage is the record
             trial.set_user_attr(key, _attr(value))
         trial.set_user_attr("artifact_store", files.spec)
-        store.attach(study._storage, trial._trial_id, files.store, out_dir / records.RECORD_FILE)
+        if not (out_dir / records.RECORD_FILE).is_file():
+            records.write(out_dir, record, None)
+        try:
+            store.attach(study._storage, trial._trial_id, files.store, out_dir / records.RECORD_FILE)
+        except AblateError as exc:  # the store is the record: a trial whose file is not there failed
+            trial.set_user_attr("failure_reason", str(exc))
+            raise TrialFailed(str(exc)) from None
         reason = row["failure_reason"]
         if row["status"] == "pruned":
             raise optuna.TrialPruned(reason)
