@@ -38,14 +38,22 @@ TOGGLE_LABELS = {"scheduler": "cosine scheduler", "augment": "augmentation", "we
 # --------------------------------------------------------------------------- loading
 @dataclass
 class Study:
-    """Everything a study folder holds, read once."""
+    """Everything a study holds, read once: from its Optuna storage (a grid: records from the
+    trials' user attrs, files from the artifact store), or from a local study folder."""
     name: str
-    folder: Path
+    folder: Path  # where exports and the report go: <results-dir>/<study>/
     kind: str  # "grid" | "tune"
-    meta: dict  # study.json
-    table: pd.DataFrame  # runs.csv (grid) or trials.csv (tune), as written
-    records: dict[str, dict] = field(default_factory=dict)  # run folder name -> run record
-    run_dirs: dict[str, Path] = field(default_factory=dict)  # the same keys -> the record's folder
+    meta: dict  # study.json, or the same rebuilt from the storage's study attrs
+    table: pd.DataFrame  # runs.csv (grid) or trials.csv (tune): rebuilt from the storage, or as written
+    records: dict[str, dict] = field(default_factory=dict)  # run key (cell id) -> run record
+    run_dirs: dict[str, Path] = field(default_factory=dict)  # the same keys -> a local folder holding the record
+    files: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> {filename: artifact id} (storage)
+    stores: dict[str, str] = field(default_factory=dict)  # key -> the artifact store spec its files are in
+    labels: dict[str, str] = field(default_factory=dict)  # key -> "trial N (label)", for messages
+    pruned: set[str] = field(default_factory=set)  # checkpoint artifact ids removed by --keep-checkpoints best
+    source: str = "folder"  # "storage" | "folder"
+    storage_url: str | None = None  # the storage it was read from (unmasked; never written anywhere)
+    _opened: dict = field(default_factory=dict, repr=False)
 
     @property
     def dataset(self) -> dict:
@@ -62,31 +70,196 @@ class Study:
     def class_names(self) -> list[str]:
         return [str(n) for n in self.dataset.get("class_names", [])]
 
+    def checkpoint_dir(self, key: str) -> Path:
+        """A folder holding `key`'s best.pt and run.json (what `ablate predict --run` takes): its
+        run folder, or for a stored study a download of its checkpoint artifact under
+        <folder>/checkpoints/<artifact id>/. A checkpoint that should be there and is not (or
+        an unreadable store) is an AblateError naming the trial; one never kept is `NoCheckpoint`."""
+        from ablate import store
+        from ablate.record import CHECKPOINT_FILE, RECORD_FILE
 
-def load_study(results_dir: str | Path, study_name: str) -> Study:
+        local = self.run_dirs.get(key, self.folder / "runs" / key)
+        if key not in self.files:
+            return local
+        what = self.labels.get(key, key)
+        aid = self.files[key].get(CHECKPOINT_FILE)
+        if aid is None and (local / CHECKPOINT_FILE).is_file():  # a cell run before checkpoints were artifacts
+            return local
+        if aid is None:
+            raise NoCheckpoint(f"{what}: no checkpoint stored (the grid ran with --keep-checkpoints none)")
+        if aid in self.pruned:
+            raise NoCheckpoint(f"{what}: checkpoint pruned by --keep-checkpoints best (it was not an architecture's "
+                               "best run when the grid finished)")
+        spec = self.stores.get(key)
+        if not spec:
+            raise AblateError(f"{what}: the trial records no artifact store; pass --artifacts")
+        if spec not in self._opened:
+            self._opened[spec] = store.open_artifacts(spec, create=False)
+        dest = self.folder / "checkpoints" / aid
+        store.fetch(self._opened[spec], aid, dest / CHECKPOINT_FILE, what=f"{what}: {CHECKPOINT_FILE}")
+        if not (dest / RECORD_FILE).is_file():
+            _io.write_json(dest / RECORD_FILE, self.records[key])
+        return dest
+
+
+    def stored_predictions(self, key: str, ids: list[str], shapes: list[tuple]) -> list[np.ndarray] | None:
+        """The masks the trial's worker predicted for the gallery's images (its
+        predictions.png artifact), at `shapes`; None when it has none for these images."""
+        from ablate import store
+
+        aid = self.files.get(key, {}).get(PREDICTIONS_FILE)
+        if aid is None or not self.stores.get(key):
+            return None
+        if self.stores[key] not in self._opened:
+            self._opened[self.stores[key]] = store.open_artifacts(self.stores[key], create=False)
+        what = f"{self.labels.get(key, key)}: {PREDICTIONS_FILE}"
+        path = store.fetch(self._opened[self.stores[key]], aid, self.folder / "checkpoints" / aid / PREDICTIONS_FILE,
+                           what=what)
+        stored_ids, masks = read_predictions_png(path, what)
+        if stored_ids != list(ids):
+            return None
+        return [m if m.shape == tuple(s) else _nearest(m, tuple(s)) for m, s in zip(masks, shapes)]
+
+
+def _nearest(mask: np.ndarray, shape: tuple) -> np.ndarray:
+    rows = (np.arange(shape[0]) * mask.shape[0] // shape[0])[:, None]
+    cols = (np.arange(shape[1]) * mask.shape[1] // shape[1])[None, :]
+    return mask[rows, cols]
+
+
+class NoCheckpoint(AblateError):
+    """A run whose checkpoint was, by the study's choice, not kept."""
+
+
+def load_study(results_dir: str | Path, study_name: str, *, storage: str | None = None,
+               artifacts: str | None = None) -> Study:
+    """A study by name. A grid is read from its Optuna storage: `storage`, else the one its
+    local study.json records (when it is usable here); `artifacts` overrides the artifact
+    store the trials recorded. Otherwise (a tune study, or a grid whose storage is not here)
+    from the local folder <results_dir>/<study_name>/."""
     folder = Path(results_dir) / study_name
     meta_path = folder / "study.json"
-    if not meta_path.is_file():
+    meta = _read_meta(meta_path) if meta_path.is_file() else None
+    if meta is not None and meta.get("kind") == "tune":
+        return _load_folder(folder, study_name, meta)
+    if storage is None and meta is not None:
+        storage = _recorded_storage(meta, results_dir, study_name)
+        artifacts = artifacts or meta.get("artifacts")
+    if storage is not None:
+        return load_stored_study(results_dir, study_name, storage, artifacts=artifacts)
+    if meta is None:
         found = sorted(p.parent.name for p in Path(results_dir).glob("*/study.json"))
         hint = f"studies there: {', '.join(found)}" if found else "run `ablate grid` or `ablate tune` first"
-        raise AblateError(f"--study-name {study_name}: no {meta_path}; {hint}")
+        raise AblateError(f"--study-name {study_name}: no {meta_path} (and no --storage); {hint}")
+    return _load_folder(folder, study_name, meta)
+
+
+def _read_meta(meta_path: Path) -> dict:
     try:
-        meta = json.loads(meta_path.read_text())
+        return json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise AblateError(f"{meta_path}: cannot read study description ({exc})") from None
+
+
+def _recorded_storage(meta: dict, results_dir: str | Path, study_name: str) -> str | None:
+    """The storage study.json names, when it can be opened from here as written (a masked
+    password cannot); else the default storage file of the folder, when it exists."""
+    from ablate import store
+
+    for url in (meta.get("storage"), store.default_storage(results_dir, study_name)):
+        if not url or "***" in url:
+            continue
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else (url if store.is_journal(url) else None)
+        if path is None or Path(path).is_file():
+            return url
+    return None
+
+
+def load_stored_study(results_dir: str | Path, study_name: str, url: str, *, artifacts: str | None = None) -> Study:
+    """A grid study from its storage alone: the cells and study facts from the study attrs,
+    one record per cell from the trial that speaks for it (`grid.cell_states`), the files'
+    artifact ids from the trials. Exports and downloads go under <results_dir>/<study_name>/."""
+    from ablate import grid as grids
+    from ablate import store
+
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else (url if store.is_journal(url) else None)
+    if path is not None and not Path(path).is_file():
+        raise AblateError(f"--storage {store.mask_url(url)}: no such file")
+    gs = grids.GridStorage(url, study_name)
+    attrs = gs.study_attrs()
+    if attrs is None:
+        names = ", ".join(s.study_name for s in gs.storage.get_all_studies()) or "none"
+        raise AblateError(f"--study-name {study_name}: no study {study_name!r} in {store.mask_url(url)} "
+                          f"(studies there: {names})")
+    if attrs.get("kind") != grids.KIND:
+        raise AblateError(f"--study-name {study_name}: {study_name!r} in {store.mask_url(url)} is not a grid study; "
+                          "report a tune study from its results folder (--results-dir)")
+    folder = Path(results_dir) / study_name
+    trials, cells = gs.trials(), attrs.get("cells") or []
+    study = Study(name=study_name, folder=folder, kind="grid", meta=grids.study_meta(study_name, url, attrs),
+                  table=grids.runs_table(cells, trials, results_dir=results_dir, study_name=study_name),
+                  pruned=set(attrs.get("pruned_checkpoints") or []), source="storage", storage_url=url)
+    spec = store.artifact_spec(artifacts) if artifacts else None
+    for key, state in grids.cell_states(cells, trials).items():
+        t = state.trial
+        if t is None or state.status == "running":
+            continue
+        study.labels[key] = f"trial {t.number} ({t.user_attrs.get('label') or key})"
+        study.files[key] = store.artifact_ids(t.system_attrs)
+        study.stores[key] = spec or t.user_attrs.get("artifact_store")
+        record = _stored_record(study, key, t, folder)
+        if record is not None:
+            study.records[key] = record
+    return study
+
+
+def _stored_record(study: Study, key: str, trial, folder: Path) -> dict | None:
+    """A trial's run record: its user attrs, else (a study from before records lived in the
+    storage) its run folder here, else its run.json artifact. A completed trial without one
+    is an error naming it."""
+    from ablate import record as records
+    from ablate import store
+
+    what = study.labels[key]
+    record = records.from_attrs(trial.user_attrs, what)
+    local = folder / trial.user_attrs["run_dir"] / records.RECORD_FILE if trial.user_attrs.get("run_dir") else None
+    if local is not None and local.is_file():
+        study.run_dirs[key] = local.parent
+    if record is not None:
+        return record
+    if local is not None and local.is_file():
+        return _read_record(local)
+    aid = study.files[key].get(records.RECORD_FILE)
+    if aid is not None and study.stores.get(key):
+        if study.stores[key] not in study._opened:
+            study._opened[study.stores[key]] = store.open_artifacts(study.stores[key], create=False)
+        dest = folder / "checkpoints" / aid / records.RECORD_FILE
+        return _read_record(store.fetch(study._opened[study.stores[key]], aid, dest, what=f"{what}: {records.RECORD_FILE}"))
+    if trial.state.name == "COMPLETE":
+        raise AblateError(f"{what}: COMPLETE but its run record is in neither the storage (user attr "
+                          f"'{records.RECORD_ATTR}') nor the artifact store; rerun the cell")
+    return None  # e.g. a worker lost before its record
+
+
+def _read_record(path: Path) -> dict:
+    # Records are written atomically (temp file + rename, `ablate._io`), so a file that
+    # does not parse is damaged, not half-written: say which one rather than skip it.
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AblateError(f"{path}: corrupted run record ({type(exc).__name__}: {exc}); "
+                          "delete its folder to rerun the cell, or restore the file") from None
+
+
+def _load_folder(folder: Path, study_name: str, meta: dict) -> Study:
+    """A study from its local folder only: study.json, the run folders' records, runs.csv."""
     kind = meta.get("kind") or ("tune" if (folder / "trials.csv").is_file() else "grid")
     records, run_dirs = {}, {}
     for key, run_dir in _run_folders(folder, kind):
         path = run_dir / "run.json"
         if not path.is_file():
             continue  # the attempt is still running, or failed before writing a record
-        # Records are written atomically (temp file + rename, `ablate._io`), so a file that
-        # does not parse is damaged, not half-written: say which one rather than skip it.
-        try:
-            records[key] = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise AblateError(f"{path}: corrupted run record ({type(exc).__name__}: {exc}); "
-                              "delete its folder to rerun the cell, or restore the file") from None
+        records[key] = _read_record(path)
         run_dirs[key] = run_dir
     table_path = folder / ("trials.csv" if kind == "tune" else "runs.csv")
     if table_path.is_file():
@@ -595,7 +768,9 @@ def class_iou_table(study: Study, runs: pd.DataFrame, *, split: str | None = Non
         ious = [study.records[k]["metrics"].get(split, {}).get("class_iou") for k in g["key"] if k in study.records]
         ious = [[np.nan if x is None else x for x in v] for v in ious if v]
         if ious:
-            rows[cell] = np.nanmean(np.array(ious, dtype=float), axis=0) if len(ious) > 1 else np.array(ious[0], dtype=float)
+            with warnings.catch_warnings():  # a class absent from every seed's split stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                rows[cell] = np.nanmean(np.array(ious, dtype=float), axis=0) if len(ious) > 1 else np.array(ious[0], dtype=float)
     if not rows:
         return pd.DataFrame()
     k = max(len(v) for v in rows.values())
@@ -751,6 +926,16 @@ class Gallery:
     notes: list[str] = field(default_factory=list)
 
 
+def gallery_keys(runs_table: pd.DataFrame) -> list[str]:
+    """The cell ids of a grid's runs table (`grid.runs_table`) whose checkpoints the gallery
+    shows: `best_runs` over its completed rows (what --keep-checkpoints best keeps)."""
+    if runs_table.empty:
+        return []
+    done = runs_table[runs_table["status"].astype(str) == "completed"]
+    done = done[pd.to_numeric(done["val_miou"], errors="coerce").notna()]
+    return [key for _, key in _best_grid_runs(with_cells(done))] if not done.empty else []
+
+
 def best_runs(study: Study, runs: pd.DataFrame) -> list[tuple[str, str]]:
     """(label, run key) of the runs shown in the gallery: per architecture the best-val run of
     its best cell (grid), or the best trial (tune)."""
@@ -759,12 +944,46 @@ def best_runs(study: Study, runs: pd.DataFrame) -> list[tuple[str, str]]:
     if study.kind == "tune":
         best = runs.loc[pd.to_numeric(runs["val_miou"], errors="coerce").idxmax()]
         return [(f"best trial {best['key']}", best["key"])]
+    return _best_grid_runs(runs)
+
+
+def _best_grid_runs(runs: pd.DataFrame) -> list[tuple[str, str]]:
     out = []
     for arch, a in runs.groupby("arch", sort=False):
         cell = a.groupby("cell")["val_miou"].mean().idxmax()
         run = a[a["cell"] == cell].sort_values("val_miou", ascending=False).iloc[0]
         out.append((f"{cell} (seed {run['seed']})", run["key"]))
     return out
+
+
+GALLERY_IMAGES = 4  # val images in the report's gallery (and in each grid trial's predictions.png)
+PREDICTIONS_FILE = "predictions.png"
+
+
+def gallery_indices(n_val: int, n_images: int = GALLERY_IMAGES) -> list[int]:
+    """The gallery's val images: evenly spaced over the split."""
+    return sorted(set(np.linspace(0, n_val - 1, min(n_images, n_val)).round().astype(int).tolist()))
+
+
+def write_predictions_png(path: Path, masks: list[np.ndarray], ids: list[str]) -> Path:
+    """Label masks side by side in one lossless 8-bit PNG, the image ids in its text chunk."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("ablate:ids", json.dumps(list(ids)))
+    strip = np.concatenate([np.asarray(m, dtype=np.uint8) for m in masks], axis=1)
+    return _io._atomic(path, lambda tmp: Image.fromarray(strip, mode="L").save(tmp, format="PNG", pnginfo=info))
+
+
+def read_predictions_png(path: Path, what: str) -> tuple[list[str], list[np.ndarray]]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            ids, strip = json.loads(im.text["ablate:ids"]), np.array(im)
+    except (OSError, UnidentifiedImageError, KeyError, ValueError) as exc:
+        raise AblateError(f"{what}: {path.name} is not a predictions image ({type(exc).__name__}); rerun the cell") from None
+    return ids, np.split(strip, len(ids), axis=1) if ids else []
 
 
 def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = 4, cache_dir: str | Path | None = None) -> Gallery:
@@ -787,14 +1006,23 @@ def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = 4, cache_dir: s
         empty.notes.append(f"the dataset could not be loaded: {exc}")
         return empty
     val = ds.splits["val"]
-    idx = sorted(set(np.linspace(0, len(val) - 1, min(n_images, len(val))).round().astype(int).tolist()))
+    idx = gallery_indices(len(val), n_images)
     images = val.images[idx]
     out = Gallery(study.class_names or ds.class_names, [val.ids[i] for i in idx],
                   [im.permute(1, 2, 0).numpy() for im in images], [m.numpy() for m in val.masks[idx]], [])
     for label, key in chosen:
         try:
-            model, ckpt = load_run(study.run_dirs.get(key, study.folder / "runs" / key))
+            model, ckpt = load_run(study.checkpoint_dir(key))
+        except NoCheckpoint as exc:
+            masks = study.stored_predictions(key, out.image_ids, [t.shape for t in out.truths])
+            if masks is None:
+                out.notes.append(f"{label}: {exc}")
+            else:
+                out.predictions.append((label, masks))
+            continue
         except AblateError as exc:
+            if study.source == "storage":  # the storage says the file is there: a damaged study, not a note
+                raise
             out.notes.append(f"{label}: {exc}")
             continue
         masks = predict_masks(model, images, tuple(ckpt["image_size"]))
@@ -804,11 +1032,21 @@ def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = 4, cache_dir: s
 
 # --------------------------------------------------------------------------- tables on disk
 def write_tables(study: Study, runs: pd.DataFrame) -> list[Path]:
-    """effects.csv and comparisons.csv beside the grid's runs.csv."""
-    if study.kind != "grid" or runs.empty:
+    """effects.csv and comparisons.csv beside the grid's runs.csv; for a study read from its
+    storage, runs.csv and summary.csv too (exports, wherever the report runs)."""
+    if study.kind != "grid":
         return []
-    return [_io.write_csv(study.folder / "effects.csv", factorial_effects(runs).reindex(columns=EFFECT_COLUMNS)),
-            _io.write_csv(study.folder / "comparisons.csv", paired_comparisons(runs).reindex(columns=COMPARISON_COLUMNS))]
+    written = []
+    if study.source == "storage":
+        from ablate import grid as grids
+
+        written += [_io.write_csv(study.folder / "runs.csv", study.table),
+                    _io.write_csv(study.folder / "summary.csv", grids.summary_table(study.table, study.bar))]
+    if runs.empty:
+        return written
+    return written + [
+        _io.write_csv(study.folder / "effects.csv", factorial_effects(runs).reindex(columns=EFFECT_COLUMNS)),
+        _io.write_csv(study.folder / "comparisons.csv", paired_comparisons(runs).reindex(columns=COMPARISON_COLUMNS))]
 
 
 _TEST_COLUMNS = ["n", "estimate", "ci_low", "ci_high", "ci_method", "excludes_zero", "p_value", "p_method", "p_holm",

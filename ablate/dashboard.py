@@ -2,8 +2,8 @@
 study (description, the Findings in words, where the report is) and one on each finished
 grid trial (its label, flags and per-epoch curves). Written with optuna_dashboard.save_note
 whenever the report is written; the text comes from `ablate.analysis`. (Each grid trial's
-run.json is attached as an Optuna artifact by the grid itself, before the trial finishes:
-Optuna refuses to change a finished trial's system attributes.)"""
+run.json and checkpoint are attached as Optuna artifacts by the grid itself, before the trial
+finishes: Optuna refuses to change a finished trial's system attributes; see `ablate.store`.)"""
 from __future__ import annotations
 
 import warnings
@@ -11,33 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablate import analysis
+from ablate import analysis, store
 from ablate.analysis import METRIC_LABELS, Findings, Study
 from ablate.errors import AblateError
 
 CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_acc", "lr")
-ARTIFACT_DIR = "artifacts"  # <study folder>/artifacts: optuna-dashboard --artifact-dir
-
-
-def attach_record(storage, trial_id: int, run_dir: Path) -> str:
-    """Upload a run's run.json as an artifact of its (still running) trial into the study's
-    artifact folder; returns '' or why not (a missing record or an unwritable folder must not
-    fail the cell)."""
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-
-    from ablate.record import RECORD_FILE
-
-    path = run_dir / RECORD_FILE
-    if not path.is_file():
-        return f"no {path}"
-    folder = run_dir.parent.parent / ARTIFACT_DIR
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        upload_artifact(artifact_store=FileSystemArtifactStore(str(folder)), file_path=str(path),
-                        study_or_trial=storage.get_trial(trial_id), storage=storage, mimetype="application/json")
-    except OSError as exc:
-        return f"{folder}: {exc}"
-    return ""
+ARTIFACT_DIR = store.ARTIFACT_DIR  # <study folder>/artifacts by default: optuna-dashboard --artifact-dir
 
 
 def open_optuna(study: Study, storage: str | None = None):

@@ -588,9 +588,12 @@ class GridStorage:
         sid = self.study_id()
         return [] if sid is None else self.storage.get_all_trials(sid, deepcopy=False)
 
-    def prepare(self, study: GridStudy, cells: list[Cell], grid: dict[str, Any]) -> dict[str, Any]:
+    def prepare(self, study: GridStudy, cells: list[Cell], grid: dict[str, Any], *, dataset: dict | None = None,
+                command: list[str] | None = None) -> dict[str, Any]:
         """Create the study, or check that the existing one is this grid and add any new
-        seeds' cells to it; returns the study's attrs (its cells and seeds so far)."""
+        seeds' cells to it; returns the study's attrs (its cells and seeds so far). The
+        storage holds what study.json says (`setup`: models, toggles, [train], ...; the
+        `dataset` summary; the `command`), so a report needs no file from this machine."""
         with self.lock():
             sid = self.study_id()
             if sid is None:
@@ -606,6 +609,9 @@ class GridStorage:
             new = {"kind": KIND, "grid": grid, "description": study.description,
                    "seeds": sorted(set(attrs.get("seeds", [])) | set(study.seeds)),
                    "cells": attrs.get("cells", []) + [c.brief() for c in cells if c.cell_id not in known],
+                   "setup": _setup(study),
+                   **({"dataset": _io._json_safe(dataset)} if dataset is not None else {}),
+                   **({"command": command} if command is not None else {}),
                    "grid_hash": stable_hash(grid)}
             for key, value in new.items():
                 if attrs.get(key) != value:
@@ -699,9 +705,11 @@ class CellResult:
     failure_reason: str | None = None
 
 
-def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Path, progress: bool = False) -> CellResult:
+def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Path, progress: bool = False,
+             artifacts: store.Artifacts | None = None, keep_checkpoints: str = "best") -> CellResult:
     """Train one claimed cell (on `dataset`, at its image size) into its attempt's own folder (`run_dir`: a worker
-    reclaimed while alive writes beside the rerun, never over it) and tell the storage."""
+    reclaimed while alive writes beside the rerun, never over it) and tell the storage; its files
+    go to `artifacts` (see `_tell`)."""
     from ablate import record as records
     from ablate.engine import fit_safely
 
@@ -723,10 +731,18 @@ def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Pa
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the bookkeeping
         workers.fail_trial(storage, trial_id, INTERRUPTED)
         raise
-    return _tell(storage, cell, trial_id, record, time.perf_counter() - start, run_dir=run_dir)
+    return _tell(storage, cell, trial_id, record, time.perf_counter() - start, run_dir=run_dir, artifacts=artifacts,
+                 keep_checkpoints=keep_checkpoints, dataset=dataset)
 
 
-def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, run_dir: Path | None = None) -> CellResult:
+def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, run_dir: Path | None = None,
+          artifacts: store.Artifacts | None = None, keep_checkpoints: str = "best", dataset=None) -> CellResult:
+    """Put the trial's record into the storage (summary, flags, curves and the whole record as
+    user attrs, `record.to_attrs`), attach its files to it in `artifacts` (run.json; for a
+    completed run best.pt unless `keep_checkpoints` is 'none', and, given its `dataset`, its
+    predictions of the report gallery's val images, so the gallery needs no checkpoint), then
+    finish it. The local best.pt is removed afterwards: the artifact store holds the one copy
+    (`prune_checkpoints` thins it)."""
     from ablate import record as records
 
     row = records.summary(record)
@@ -735,24 +751,59 @@ def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, r
     ok = record["status"] == "completed" and value is not None and math.isfinite(value)
     reason = None if ok else (record.get("failure_reason") or "no finite val mIoU")
     try:
-        for key, v in {**row, **_curves(record)}.items():
+        for key, v in {**row, **_curves(record), **records.to_attrs(record)}.items():
             if key not in ("model", "seed", *TOGGLES):  # already params or set at creation
                 storage.set_trial_user_attr(trial_id, key, _plain(v))
+        if artifacts is not None and run_dir is not None:  # only a trial not yet finished takes artifacts
+            try:
+                _attach_files(storage, trial_id, record, run_dir, artifacts, completed=ok,
+                              with_checkpoint=ok and keep_checkpoints != "none", dataset=dataset)
+            except AblateError as exc:  # the store is the record: a cell whose files are not there failed
+                ok, reason = False, str(exc)
         storage.set_trial_user_attr(trial_id, "failure_reason", reason)
-        if run_dir is not None:  # the dashboard's artifact: only a trial not yet finished takes one
-            from ablate.dashboard import attach_record
-
-            why = attach_record(storage, trial_id, run_dir)
-            if why:
-                print(f"warning: cell {cell.label}: run.json not attached on the dashboard ({why})", file=sys.stderr)
         storage.set_trial_state_values(trial_id, TrialState.COMPLETE if ok else TrialState.FAIL, [value] if ok else None)
     except UpdateFinishedTrialError:  # another worker reclaimed it; the cell's result is that worker's
         print(f"warning: cell {cell.label} was reclaimed by another worker while it ran; this attempt's result "
               "is dropped", file=sys.stderr)
         reason = workers.RECLAIMED
         ok = False
+    finally:
+        if artifacts is not None and run_dir is not None:
+            (run_dir / records.CHECKPOINT_FILE).unlink(missing_ok=True)
     return CellResult(cell.cell_id, cell.label, "completed" if ok else "failed", row.get("val_miou"),
                       row.get("test_miou"), seconds, reason)
+
+
+def _attach_files(storage, trial_id: int, record: dict, run_dir: Path, artifacts: store.Artifacts, *,
+                  completed: bool, with_checkpoint: bool, dataset=None) -> None:
+    from ablate import record as records
+
+    if not (run_dir / records.RECORD_FILE).is_file():
+        records.write(run_dir, record, None)
+    storage.set_trial_user_attr(trial_id, "artifact_store", artifacts.spec)
+    store.attach(storage, trial_id, artifacts.store, run_dir / records.RECORD_FILE)
+    if not completed:
+        return
+    checkpoint = run_dir / records.CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        raise AblateError(f"{checkpoint}: the completed run left no checkpoint")
+    if dataset is not None:
+        store.attach(storage, trial_id, artifacts.store, _predictions_png(run_dir, dataset))
+    if with_checkpoint:
+        store.attach(storage, trial_id, artifacts.store, checkpoint)
+
+
+def _predictions_png(run_dir: Path, dataset) -> Path:
+    """The run's predictions of the report gallery's val images (`analysis.gallery_indices`)."""
+    from ablate import analysis
+    from ablate.predict import load_run, predict_masks
+
+    val = dataset.splits["val"]
+    idx = analysis.gallery_indices(len(val))
+    model, ckpt = load_run(run_dir)
+    masks = predict_masks(model, val.images[idx], tuple(ckpt["image_size"]))
+    return analysis.write_predictions_png(run_dir / analysis.PREDICTIONS_FILE, [m.numpy() for m in masks],
+                                          [val.ids[i] for i in idx])
 
 
 def run_flags(record: dict, summary: dict) -> dict[str, Any]:
@@ -770,11 +821,16 @@ def run_flags(record: dict, summary: dict) -> dict[str, Any]:
     return {"did_not_learn": dnl, "flags": "; ".join(words)}
 
 
+CURVES = ("train_loss", "val_loss", "val_miou", "val_pixel_acc", "lr")
+
+
 def _curves(record: dict) -> dict[str, list]:
-    """Per-epoch series for the dashboard (its intermediate values hold val mIoU only)."""
+    """Per-epoch series for the dashboard, one user attr each (rounded for reading; the
+    analysis reads the full-precision ones in the stored record)."""
     curves = record.get("curves") or []
-    return {f"curve_{k}": [None if c.get(k) is None else round(float(c[k]), 5) for c in curves]
-            for k in ("train_loss", "val_loss", "val_pixel_acc") if curves}
+    return {f"curve_{k}": [None if c.get(k) is None else float(f"{float(c[k]):.5g}") if k == "lr" else round(float(c[k]), 5)
+                           for c in curves]
+            for k in CURVES if curves}
 
 
 def _plain(v: Any) -> Any:
@@ -785,14 +841,16 @@ def _plain(v: Any) -> Any:
 
 def work(gs: GridStorage, cells: list[Cell], datasets: Callable[[tuple[int, int]], Any], *, results_dir: Path,
          max_retries: int, on_result: Callable[[CellResult], None], progress: bool = False,
-         requested: TrainConfig | None = None) -> None:
+         requested: TrainConfig | None = None, artifacts: str | None = None, keep_checkpoints: str = "best") -> None:
     """Claim and run cells until none is left to claim and none runs elsewhere. `datasets`
     gives the data at an image size; `requested` (the study's [train]) is resolved here and
-    must match the execution the study was created for before any cell is claimed."""
+    must match the execution the study was created for before any cell is claimed. Each
+    cell's files go to the artifact store `artifacts` (default: <results_dir>/<study>/artifacts)."""
     if requested is not None:
         check_execution(gs.study_name, (gs.study_attrs() or {}).get("grid") or {}, resolve_execution(requested),
                         requested)
     folder = store.study_dir(results_dir, gs.study_name)
+    files = store.artifacts(artifacts or store.default_artifacts(results_dir, gs.study_name))
     while True:
         claimed = gs.claim(cells, max_retries=max_retries)
         if claimed is None:
@@ -804,16 +862,17 @@ def work(gs: GridStorage, cells: list[Cell], datasets: Callable[[tuple[int, int]
         run_dir = f"{RUNS}/{cell.cell_id}/{gs.storage.get_trial_number_from_id(trial_id)}"
         gs.storage.set_trial_user_attr(trial_id, "run_dir", run_dir)  # relative to the study folder
         on_result(run_cell(gs, cell, trial_id, datasets(cell.config.image_size), run_dir=folder / run_dir,
-                           progress=progress))
+                           progress=progress, artifacts=files, keep_checkpoints=keep_checkpoints))
 
 
 # --------------------------------------------------------------------------- workers
 def _worker(index: int, events, study: GridStudy, cells: list[Cell], url: str, results_dir: Path,
-            cache_dir: Path) -> None:
+            cache_dir: Path, artifacts: str | None = None, keep_checkpoints: str = "best") -> None:
     """A spawned grid worker (`workers.supervise`): data from the cache, per image size, then cells."""
     try:
         work(GridStorage(url, study.name), cells, Datasets(study.train, cache_dir), results_dir=Path(results_dir),
-             max_retries=study.max_retries, on_result=events.put, requested=study.train)
+             max_retries=study.max_retries, on_result=events.put, requested=study.train, artifacts=artifacts,
+             keep_checkpoints=keep_checkpoints)
     except AblateError as exc:  # e.g. this worker resolves another precision: one line, exit 2
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -821,7 +880,7 @@ def _worker(index: int, events, study: GridStudy, cells: list[Cell], url: str, r
 
 def run_workers(study: GridStudy, cells: list[Cell], url: str, *, results_dir: Path, cache_dir: Path,
                 datasets: Callable[[tuple[int, int]], Any], on_result: Callable[[CellResult], None],
-                progress: bool = False) -> list[int]:
+                progress: bool = False, artifacts: str | None = None, keep_checkpoints: str = "best") -> list[int]:
     """Run the grid on `study.workers` processes (in this process for one, with `datasets`;
     spawned workers load their data from `cache_dir`); returns the exit codes of workers
     that failed. A worker killed by a signal is replaced: each crash of a cell after its
@@ -829,9 +888,11 @@ def run_workers(study: GridStudy, cells: list[Cell], url: str, *, results_dir: P
     if study.workers == 1:
         with workers.sigterm_interrupts():
             work(GridStorage(url, study.name), cells, datasets, results_dir=results_dir,
-                 max_retries=study.max_retries, on_result=on_result, progress=progress, requested=study.train)
+                 max_retries=study.max_retries, on_result=on_result, progress=progress, requested=study.train,
+                 artifacts=artifacts, keep_checkpoints=keep_checkpoints)
         return []
-    return workers.supervise(_worker, (study, cells, url, results_dir, cache_dir), workers=study.workers,
+    return workers.supervise(_worker, (study, cells, url, results_dir, cache_dir, artifacts, keep_checkpoints),
+                             workers=study.workers,
                              device=study.train.device, on_event=on_result,
                              respawns=len(cells) * (study.max_retries + 2))
 
@@ -921,9 +982,43 @@ def write_tables(gs: GridStorage, results_dir: Path) -> tuple[Path, Path]:
     runs = runs_table(attrs.get("cells") or [], gs.trials(), results_dir=results_dir, study_name=gs.study_name)
     folder = store.study_dir(results_dir, gs.study_name)
     name_objective(gs)
-    bar = stats.majority_bar(_study_json(folder).get("dataset"))
+    bar = stats.majority_bar(attrs.get("dataset") or _study_json(folder).get("dataset"))
     return (_io.write_csv(folder / "runs.csv", runs),
             _io.write_csv(folder / "summary.csv", summary_table(runs, bar)))
+
+
+def prune_checkpoints(gs: GridStorage, artifacts: store.Artifacts, keep: str) -> list[str]:
+    """--keep-checkpoints best: once the grid is done, remove from `artifacts` the checkpoint of
+    every completed trial except those the report's gallery (and `ablate predict`) needs: per
+    architecture, the best seed of its best cell (`analysis.gallery_keys`). A finished trial's
+    artifact list cannot change, so the removed ids are listed in the study attr
+    `pruned_checkpoints` (the report says "pruned", not "missing"). Trials whose files went to
+    another store are left to that store's machine. Returns the ids removed now."""
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    from ablate import analysis
+    from ablate.record import CHECKPOINT_FILE
+
+    if keep != "best":
+        return []
+    with gs.lock():
+        attrs, trials = gs.study_attrs() or {}, gs.trials()
+        cells = attrs.get("cells") or []
+        states = cell_states(cells, trials)
+        wanted = {states[k].trial.number for k in analysis.gallery_keys(runs_table(cells, trials)) if k in states}
+        pruned, removed = list(attrs.get("pruned_checkpoints") or []), []
+        for t in trials:
+            aid = store.artifact_ids(t.system_attrs).get(CHECKPOINT_FILE)
+            if (t.state != TrialState.COMPLETE or t.number in wanted or not aid or aid in pruned
+                    or t.user_attrs.get("artifact_store") != artifacts.spec):
+                continue
+            with contextlib.suppress(ArtifactNotFound):
+                artifacts.store.remove(aid)
+            pruned.append(aid)
+            removed.append(aid)
+        if removed:
+            gs.storage.set_study_user_attr(gs.study_id(), "pruned_checkpoints", pruned)
+    return removed
 
 
 OBJECTIVE_NAME = "val mIoU"
@@ -948,20 +1043,34 @@ def _study_json(folder: Path) -> dict[str, Any]:
 
 
 def write_study_json(results_dir: Path, study: GridStudy, url: str, attrs: dict[str, Any], dataset_summary: dict,
-                     command: list[str] | None = None) -> Path:
+                     command: list[str] | None = None, artifacts: str | None = None) -> Path:
     """The study's description for the report: what it holds (`attrs` from `prepare`: every
     seed run so far), where it is stored, and the `ablate` arguments that ran it (so the
-    report can print the exact command that adds seeds)."""
-    return _io.write_json(store.study_dir(results_dir, study.name) / "study.json", {
-        "kind": KIND, "study_name": study.name, "description": study.description,
-        "storage": store.mask_url(url), "grid": attrs["grid"], "grid_hash": attrs["grid_hash"],
-        "cells": len(attrs["cells"]), "models": list(study.models), "model_args": study.model_args,
-        "toggles": list(study.toggles), "seeds": attrs["seeds"],
-        "train": {k: v for k, v in study.train.to_dict().items() if k not in CELL_FIELDS},
-        "max_retries": study.max_retries, "workers": study.workers, "command": command, "dataset": dataset_summary,
-        "tables": {"runs": "runs.csv", "summary": "summary.csv"},
+    report can print the exact command that adds seeds). A local export of what the storage
+    holds (`study_meta` rebuilds it from the storage anywhere)."""
+    meta = study_meta(study.name, url, {**attrs, "setup": _setup(study), "dataset": dataset_summary, "command": command})
+    meta["artifacts"] = artifacts
+    return _io.write_json(store.study_dir(results_dir, study.name) / "study.json", meta)
+
+
+def _setup(study: GridStudy) -> dict[str, Any]:
+    return {"models": list(study.models), "model_args": study.model_args, "toggles": list(study.toggles),
+            "train": {k: v for k, v in study.train.to_dict().items() if k not in CELL_FIELDS},
+            "max_retries": study.max_retries, "workers": study.workers}
+
+
+def study_meta(name: str, url: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    """study.json's content from the study's user attrs (`GridStorage.prepare`)."""
+    setup = attrs.get("setup") or {}
+    return {
+        "kind": KIND, "study_name": name, "description": attrs.get("description", ""),
+        "storage": store.mask_url(url), "grid": attrs.get("grid"), "grid_hash": attrs.get("grid_hash"),
+        "cells": len(attrs.get("cells") or []), "models": setup.get("models"), "model_args": setup.get("model_args"),
+        "toggles": setup.get("toggles"), "seeds": attrs.get("seeds"), "train": setup.get("train"),
+        "max_retries": setup.get("max_retries"), "workers": setup.get("workers"), "command": attrs.get("command"),
+        "dataset": attrs.get("dataset"), "tables": {"runs": "runs.csv", "summary": "summary.csv"},
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    })
+    }
 
 
 @dataclass(frozen=True)

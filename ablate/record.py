@@ -14,6 +14,7 @@ import torchvision
 
 from ablate import _io
 from ablate.config import TrainConfig
+from ablate.errors import AblateError
 
 RECORD_FILE = "run.json"
 CHECKPOINT_FILE = "best.pt"
@@ -148,3 +149,47 @@ def git_sha() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+# --------------------------------------------------------------------------- in the storage
+RECORD_ATTR = "record"  # the whole record as one trial user attribute (a JSON object) ...
+PARTS_ATTR = "record_parts"  # ... or, when large, as this many JSON-text parts record_0, record_1, ...
+# Optuna keeps a user attribute as JSON text: unbounded in PostgreSQL and SQLite, a TEXT column
+# (64 KiB) in MySQL. An ASCII-only part of 16000 characters stays under 32 KiB as JSON even if
+# every character needed escaping.
+PART_CHARS = 16000
+
+
+def to_attrs(record: dict) -> dict[str, object]:
+    """A run record as trial user attributes: {'record': {...}} when its JSON fits one MySQL
+    TEXT value, else {'record_parts': n, 'record_0': '...', ...} (JSON text split in order)."""
+    text = json.dumps(_io._json_safe(record), sort_keys=True, ensure_ascii=True, allow_nan=False,
+                      separators=(",", ":"))
+    if len(text) <= PART_CHARS:
+        return {RECORD_ATTR: json.loads(text)}
+    parts = [text[i:i + PART_CHARS] for i in range(0, len(text), PART_CHARS)]
+    return {PARTS_ATTR: len(parts), **{f"record_{i}": p for i, p in enumerate(parts)}}
+
+
+def from_attrs(attrs: dict, where: str) -> dict | None:
+    """The run record kept in a trial's user attributes (`to_attrs`); None when the trial has
+    none. A damaged one is an error naming `where` (the trial), never skipped."""
+    if RECORD_ATTR in attrs:
+        record = attrs[RECORD_ATTR]
+        if not isinstance(record, dict) or "config" not in record or "status" not in record:
+            raise AblateError(f"{where}: user attribute {RECORD_ATTR!r} is not a run record; rerun the cell")
+        return record
+    if PARTS_ATTR not in attrs:
+        return None
+    n = attrs[PARTS_ATTR]
+    missing = [f"record_{i}" for i in range(n if isinstance(n, int) else 0) if not isinstance(attrs.get(f"record_{i}"), str)]
+    if not isinstance(n, int) or n < 1 or missing:
+        raise AblateError(f"{where}: run record incomplete in the storage (missing {', '.join(missing) or PARTS_ATTR}); "
+                          "rerun the cell")
+    try:
+        record = json.loads("".join(attrs[f"record_{i}"] for i in range(n)))
+    except ValueError as exc:
+        raise AblateError(f"{where}: corrupted run record in the storage ({exc}); rerun the cell") from None
+    if not isinstance(record, dict) or "config" not in record:
+        raise AblateError(f"{where}: the stored run record is not a run record; rerun the cell")
+    return record

@@ -22,7 +22,7 @@ from ablate.analysis import METRIC_LABELS, Study
 from ablate.errors import AblateError
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-GALLERY_IMAGES = 4
+GALLERY_IMAGES = analysis.GALLERY_IMAGES  # each grid trial stores its predictions of these
 
 
 def esc(value) -> str:
@@ -30,13 +30,16 @@ def esc(value) -> str:
 
 
 def write_report(*, results_dir: str | Path, study_names: list[str], out: str | Path | None = None,
-                 storage: str | None = None) -> Path:
-    """Analyse each study, write effects.csv / comparisons.csv beside grid tables, and write
-    the HTML report (default: <results_dir>/<first study>/report.html). `storage` overrides
-    the Optuna storage URL recorded in a tune study's study.json (e.g. one with a password)."""
+                 storage: str | None = None, artifacts: str | None = None) -> Path:
+    """Analyse each study, write effects.csv / comparisons.csv beside grid tables (and, for a
+    grid read from its storage, runs.csv / summary.csv), and write the HTML report (default:
+    <results_dir>/<first study>/report.html). `storage` is the Optuna storage to read grid
+    studies from (needed on a machine that ran nothing) and overrides the URL recorded in a
+    tune study's study.json (e.g. one with a password); `artifacts` overrides the artifact
+    store the grid's trials recorded."""
     if not study_names:
         raise AblateError("no study given; pass --study-name NAME")
-    studies = [analysis.load_study(results_dir, name) for name in study_names]
+    studies = [analysis.load_study(results_dir, name, storage=storage, artifacts=artifacts) for name in study_names]
     page = _Page(Path(results_dir))
     bodies, notes = [], []
     for study in studies:
@@ -55,7 +58,7 @@ def write_report(*, results_dir: str | Path, study_names: list[str], out: str | 
     out = Path(out) if out is not None else studies[0].folder / "report.html"
     path = _io.write_text(out, _document(studies, bodies))
     for study, runs, found in notes:  # the dashboard's study and trial notes point at this report
-        why = dashboard.write_notes(study, runs, found, path, storage=storage)
+        why = dashboard.write_notes(study, runs, found, path, storage=storage or study.storage_url)
         if why:
             print(f"warning: no dashboard note for {study.name}: {why}", file=sys.stderr)
     return path

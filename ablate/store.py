@@ -3,10 +3,12 @@ URL such as PostgreSQL), with credentials masked in everything printed or writte
 of workers is not the storage's business: see `ablate.workers` (one heartbeat for every kind)."""
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import optuna
@@ -90,3 +92,120 @@ def dashboard_command(url: str, artifact_dir: str | Path | None = None) -> str:
     """The exact command that opens this storage in optuna-dashboard (password masked), with
     the grid's artifact folder (each trial's run.json) when there is one."""
     return f"optuna-dashboard {mask_url(url)}" + (f" --artifact-dir {artifact_dir}" if artifact_dir else "")
+
+
+# --------------------------------------------------------------------------- artifacts
+ARTIFACT_DIR = "artifacts"  # the default artifact folder: <results-dir>/<study>/artifacts
+KEEP_CHECKPOINTS = ("best", "all", "none")
+
+
+class Artifacts(NamedTuple):
+    spec: str  # what trials record: an absolute folder or s3://bucket/prefix
+    store: Any  # the Optuna artifact store there
+
+
+def default_artifacts(results_dir: str | Path, study_name: str) -> str:
+    return str((study_dir(results_dir, study_name) / ARTIFACT_DIR).resolve())
+
+
+def artifact_spec(spec: str | Path) -> str:
+    """What a trial records as the place of its files: an S3 URL as given, a folder as an
+    absolute path (the same string on every process of one machine)."""
+    spec = str(spec)
+    return spec.rstrip("/") if spec.startswith("s3://") else str(Path(spec).expanduser().resolve())
+
+
+def artifacts(spec: str | Path, *, create: bool = True) -> Artifacts:
+    spec = artifact_spec(spec)
+    return Artifacts(spec, open_artifacts(spec, create=create))
+
+
+def open_artifacts(spec: str | Path, *, create: bool = True):
+    """The Optuna artifact store at `spec`: a folder (FileSystemArtifactStore; created when
+    `create`) or s3://BUCKET[/PREFIX] (Boto3ArtifactStore, with the usual AWS credentials and
+    AWS_ENDPOINT_URL for MinIO or another S3-compatible server; needs `pip install boto3`)."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    spec = artifact_spec(spec)
+    if spec.startswith("s3://"):
+        bucket, _, prefix = spec[len("s3://"):].partition("/")
+        if not bucket:
+            raise AblateError(f"--artifacts {spec}: expected s3://BUCKET or s3://BUCKET/PREFIX")
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            raise AblateError(f"--artifacts {spec}: an S3 artifact store needs boto3; pip install boto3") from None
+        from optuna.artifacts import Boto3ArtifactStore
+
+        s3 = Boto3ArtifactStore(bucket)
+        return _Prefixed(s3, prefix) if prefix else s3
+    folder = Path(spec)
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AblateError(f"--artifacts {spec}: cannot create the artifact folder ({exc})") from None
+    elif not folder.is_dir():
+        raise AblateError(f"--artifacts {spec}: no such folder; pass --artifacts with the study's artifact folder")
+    return FileSystemArtifactStore(str(folder))
+
+
+class _Prefixed:
+    """An artifact store whose ids live under a key prefix (several studies in one bucket)."""
+
+    def __init__(self, inner, prefix: str):
+        self._inner, self._prefix = inner, prefix.strip("/") + "/"
+
+    def open_reader(self, artifact_id: str):
+        return self._inner.open_reader(self._prefix + artifact_id)
+
+    def write(self, artifact_id: str, content_body) -> None:
+        self._inner.write(self._prefix + artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self._inner.remove(self._prefix + artifact_id)
+
+
+def attach(storage, trial_id: int, artifacts, path: Path) -> str:
+    """Upload `path` into the artifact store as an artifact of the (still running) trial;
+    returns its artifact id. Failures are errors: the store is the only copy."""
+    from optuna.artifacts import upload_artifact
+
+    mimetype = "application/json" if path.suffix == ".json" else ("image/png" if path.suffix == ".png"
+                                                                  else "application/octet-stream")
+    try:
+        return upload_artifact(artifact_store=artifacts, file_path=str(path), study_or_trial=storage.get_trial(trial_id),
+                               storage=storage, mimetype=mimetype)
+    except OSError as exc:
+        raise AblateError(f"{path.name}: cannot upload to the artifact store ({exc}); check --artifacts") from None
+
+
+def artifact_ids(system_attrs: dict) -> dict[str, str]:
+    """filename -> artifact id of the artifacts recorded in a trial's (or study's) system
+    attributes by `optuna.artifacts.upload_artifact`."""
+    out = {}
+    for key, value in system_attrs.items():
+        if key.startswith("artifacts:"):
+            meta = json.loads(value)
+            out[meta["filename"]] = meta["artifact_id"]
+    return out
+
+
+def fetch(artifacts, artifact_id: str, dest: Path, *, what: str) -> Path:
+    """Download one artifact to `dest` (atomically; an existing file is reused: artifact ids
+    are never reused for other content). A missing artifact is an error naming `what`."""
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    from ablate import _io
+
+    if dest.is_file():
+        return dest
+    try:
+        with artifacts.open_reader(artifact_id) as reader:
+            data = reader.read()
+    except ArtifactNotFound:
+        raise AblateError(f"{what}: artifact {artifact_id} is missing from the artifact store; pass the study's "
+                          "--artifacts, or rerun the cell") from None
+    except OSError as exc:
+        raise AblateError(f"{what}: cannot read artifact {artifact_id} ({exc})") from None
+    return _io.write_bytes(dest, data)

@@ -283,6 +283,7 @@ class TuneSpec:
     workers: int = 1
     cache_dir: Path | None = None
     keep_checkpoints: bool = False  # else only the best completed trial keeps best.pt
+    artifacts: str | None = None  # artifact store for each trial's run.json [default: <study folder>/artifacts]
 
     @property
     def folder(self) -> Path:
@@ -465,8 +466,11 @@ class _Surplus(TrialFailed):
 
 
 def _objective(spec: TuneSpec, dataset, study: optuna.Study) -> Callable[[optuna.Trial], float]:
+    from ablate import record as records
     from ablate.engine import Pruned, fit_safely
     from ablate.record import summary
+
+    files = store.artifacts(spec.artifacts or store.default_artifacts(spec.results_dir, spec.study_name))
 
     def objective(trial: optuna.Trial) -> float:
         ahead = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
@@ -500,8 +504,16 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study) -> Callable[[optuna
             "best_epoch": row["best_epoch"], "pruned_at_epoch": pruned_at, "seconds": round(row["seconds"], 2),
             "images_per_second": round(row["images_per_second"], 1), "run_id": row["run_id"],
         }
-        for key, value in attrs.items():
+        for key, value in {**attrs, **records.to_attrs(record)}.items():  # the storage is the record
             trial.set_user_attr(key, _attr(value))
+        trial.set_user_attr("artifact_store", files.spec)
+        if not (out_dir / records.RECORD_FILE).is_file():
+            records.write(out_dir, record, None)
+        try:
+            store.attach(study._storage, trial._trial_id, files.store, out_dir / records.RECORD_FILE)
+        except AblateError as exc:  # the store is the record: a trial whose file is not there failed
+            trial.set_user_attr("failure_reason", str(exc))
+            raise TrialFailed(str(exc)) from None
         reason = row["failure_reason"]
         if row["status"] == "pruned":
             raise optuna.TrialPruned(reason)

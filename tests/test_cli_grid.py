@@ -397,15 +397,19 @@ def test_a_stalled_worker_is_reclaimed_and_the_winner_speaks_for_the_cell(kind, 
     assert (winner_dir / "run.json").read_text() == winner_record  # A never wrote there
     loser_dir = results / "stall" / loser.user_attrs["run_dir"]
     assert loser_dir != winner_dir and records.read(loser_dir)["status"] == "failed"
-    assert (winner_dir / "best.pt").is_file() and not (loser_dir / "best.pt").exists()
-    # The analysis reads the winner's record and checkpoint for the cell.
-    from ablate import analysis
+    # The checkpoint lives in the artifact store, attached to the winner only (A's late attempt
+    # was refused before it could attach anything); no run folder keeps a best.pt.
+    from ablate import analysis, store
     from ablate.predict import load_run
 
-    study = analysis.load_study(results, "stall")
+    assert not (winner_dir / "best.pt").exists() and not (loser_dir / "best.pt").exists()
+    assert sorted(store.artifact_ids(winner.system_attrs)) == ["best.pt", "predictions.png", "run.json"]
+    assert store.artifact_ids(loser.system_attrs) == {}
+    # The analysis reads the winner's record (from the storage) and checkpoint (artifact) for the cell.
+    study = analysis.load_study(results, "stall", storage=url)
     cell_id = winner.user_attrs["cell_id"]
-    assert study.run_dirs[cell_id] == winner_dir and study.records[cell_id] == json.loads(winner_record)
-    assert load_run(study.run_dirs[cell_id])[1]["config"] == study.records[cell_id]["config"]
+    assert study.records[cell_id] == json.loads(winner_record)
+    assert load_run(study.checkpoint_dir(cell_id))[1]["config"] == study.records[cell_id]["config"]
 
 
 def test_a_cell_that_kills_its_process_every_time_fails_after_its_retries(tmp_path, cache_dir):

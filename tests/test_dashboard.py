@@ -7,14 +7,17 @@ import json
 
 import optuna
 import pytest
+import torch
 from conftest import wsgi_json_getter
+from optuna_dashboard import wsgi
 
 from ablate import analysis, dashboard, store
 from ablate import grid as grids
 from ablate import record as records
 
 FREQ = {"train": [0.6, 0.3, 0.1], "val": [0.659, 0.241, 0.1]}  # bar: acc 0.659, mIoU 0.659 / 3
-DATASET = {"name": "synthetic", "class_names": ["bg", "rock", "sand"], "num_classes": 3, "split_class_frequency": FREQ}
+DATASET = {"name": "synthetic", "class_names": ["bg", "rock", "sand"], "num_classes": 3, "image_size": [32, 32],
+           "split_class_frequency": FREQ}
 
 
 def _record(cell: grids.Cell, *, acc: float, miou: float, best: int, stopped: int) -> dict:
@@ -45,10 +48,22 @@ def grid_study(tmp_path):
         rec = _record(cell, acc=0.8 if learned else 0.659, miou=0.4 if learned else 0.2197,
                       best=3 if cell.config.scheduler else 2, stopped=3)
         run_dir = results / study.name / "runs" / cell.cell_id
-        records.write(run_dir, rec, None)
-        grids._tell(gs.storage, cell, trial_id, rec, 1.0, run_dir=run_dir)
+        records.write(run_dir, rec, {"w": torch.full((2,), float(trial_id))})  # a stand-in checkpoint
+        grids._tell(gs.storage, cell, trial_id, rec, 1.0, run_dir=run_dir,
+                    artifacts=store.artifacts(results / study.name / dashboard.ARTIFACT_DIR))
     grids.write_tables(gs, results)
     return results, gs, cells
+
+
+def _raw_get(app, path: str) -> bytes:
+    from wsgiref.util import setup_testing_defaults
+
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, h, *a: status.append(s)))
+    assert status[0].startswith("200"), (path, status, body[:300])
+    return body
 
 
 def _api(storage):
@@ -86,8 +101,8 @@ def test_dashboard_shows_names_labels_flags_and_notes(grid_study):
     assert "### Findings" in note and str((results / "dash" / "report.html").resolve()) in note
     assert "One seed per cell" in note and "ablate grid --study-name dash --seeds 3" in note
     assert "baseline · no toggles: did not learn" in note
-    # Each finished trial carries its run record as an artifact, in <study>/artifacts.
-    assert [a["filename"] for a in trials["unet · scheduler · s0"]["artifacts"]] == ["run.json"]
+    # Each finished trial lists its run record and checkpoint as artifacts, in <study>/artifacts.
+    assert sorted(a["filename"] for a in trials["unet · scheduler · s0"]["artifacts"]) == ["best.pt", "run.json"]
     unet = trials["unet · scheduler · s0"]["note"]["body"]
     assert "### unet · scheduler · s0" in unet and "| 3 | 0.3333 | 0.3667 | 0.4 |" in unet
     # Writing again changes nothing (no new note versions).
@@ -95,10 +110,17 @@ def test_dashboard_shows_names_labels_flags_and_notes(grid_study):
     dashboard.write_notes(study, runs, found, results / "dash" / "report.html")
     again = get(f"/api/studies/{sid}")
     assert again["note"]["version"] == version
-    assert all(len(t["artifacts"]) == 1 for t in again["trials"])
-    artifact = trials["unet · scheduler · s0"]["artifacts"][0]
-    stored = json.loads((results / "dash" / dashboard.ARTIFACT_DIR / artifact["artifact_id"]).read_text())
+    assert all(len(t["artifacts"]) == 2 for t in again["trials"])
+    files = {a["filename"]: a["artifact_id"] for a in trials["unet · scheduler · s0"]["artifacts"]}
+    stored = json.loads((results / "dash" / dashboard.ARTIFACT_DIR / files["run.json"]).read_text())
     assert stored["metrics"]["val"]["miou"] == 0.4
+    unet_id = trials["unet · scheduler · s0"]["trial_id"]
+    state = torch.load(results / "dash" / dashboard.ARTIFACT_DIR / files["best.pt"], weights_only=True)["model_state"]
+    assert state["w"].tolist() == [float(unet_id)] * 2  # this trial's own checkpoint
+    # The dashboard serves the artifact's bytes too (what its download link fetches).
+    app = wsgi(gs.storage, artifact_store=store.open_artifacts(results / "dash" / dashboard.ARTIFACT_DIR))
+    body = _raw_get(app, f"/artifacts/{sid}/{unet_id}/{files['run.json']}")
+    assert json.loads(body)["metrics"]["val"]["miou"] == 0.4
 
 
 def test_importance_over_stored_params_excludes_the_seed(grid_study):

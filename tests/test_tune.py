@@ -114,6 +114,13 @@ def test_best_trial_record_holds_the_best_value_and_is_printed(tuned):
     assert record["metrics"]["val"]["miou"] == pytest.approx(study.best_value, abs=1e-12)
     assert record["config"]["lr"] == best.params["lr"]
     assert record["config"]["model_args"]["first_kernel"] == best.params["first_kernel"]
+    # The storage is the record: the trial's user attrs hold the same record, and its run.json
+    # is an artifact in <study>/artifacts.
+    assert records.from_attrs(best.user_attrs, "best") == json.loads(json.dumps(record))
+    from ablate import store
+
+    artifact = store.artifact_ids(best.system_attrs)["run.json"]
+    assert json.loads((Path(best.user_attrs["artifact_store"]) / artifact).read_text()) == record
     assert (run_dir / "best.pt").is_file()  # only the best trial keeps its checkpoint
     others = [t for t in study.trials if t.number != best.number]
     assert not any((Path(t.user_attrs["run_dir"]) / "best.pt").exists() for t in others)

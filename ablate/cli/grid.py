@@ -46,6 +46,12 @@ _OVERRIDES = {
               help="Worker processes on this machine [default: auto: one per core (1 thread each) or per GPU, "
                    "at most one per cell].")
 @click.option("--max-retries", default=None, metavar="N", help="Runs again a failed cell up to N times [default: 1].")
+@click.option("--artifacts", default=None, metavar="DIR|s3://BUCKET[/PREFIX]",
+              help="Optuna artifact store for each trial's run.json and checkpoint: a folder (share one between "
+                   "machines, or use S3: pip install boto3) [default: results/<study>/artifacts].")
+@click.option("--keep-checkpoints", type=click.Choice(["best", "all", "none"]), default="best", show_default=True,
+              help="Checkpoints kept in the artifact store once the grid is done: best = each architecture's best "
+                   "run (the report's gallery, `ablate predict`), all, or none.")
 @results_dir_option
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Decoded-dataset cache [default: <results-dir>/.cache].")
@@ -55,7 +61,7 @@ _OVERRIDES = {
 @click.option("--tables-only", is_flag=True, help="Rebuild runs.csv and summary.csv from the storage; train nothing.")
 @click.pass_context
 def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_dir: Path | None, report: bool,
-         dry_run: bool, tables_only: bool, **flags):
+         dry_run: bool, tables_only: bool, artifacts: str | None, keep_checkpoints: str, **flags):
     """Run the ablation grid: every architecture x every on/off setting of the toggles x seeds.
 
     Rerunning the same command runs only what is missing; several processes or machines
@@ -99,9 +105,11 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
     sizes = [c.config.image_size for c in cells]
     dataset = datasets(study.train.image_size if study.train.image_size in sizes else sizes[0])
     gs = gs or grids.GridStorage(url, study.name)
-    attrs = gs.prepare(study, cells, definition)
+    files = store.artifacts(artifacts or store.default_artifacts(results_dir, study.name))  # bad --artifacts: exit 2 now
+    attrs = gs.prepare(study, cells, definition, dataset=dataset.summary(), command=_command_line(ctx))
     folder = store.study_dir(results_dir, study.name)
-    grids.write_study_json(results_dir, study, url, attrs, dataset.summary(), command=_command_line(ctx))
+    grids.write_study_json(results_dir, study, url, attrs, dataset.summary(), command=_command_line(ctx),
+                           artifacts=files.spec)
     briefs = [c.brief() for c in cells]
     start = grids.progress(briefs, gs.trials(), study.max_retries)
     click.echo(f"study {study.name}: {_shape(study, cells)}, {start.completed} done, {start.pending} to run; "
@@ -111,7 +119,8 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
     printer = _CellPrinter(gs, briefs, results_dir, study.max_retries, initial=start.completed + start.failed)
     try:
         crashed = grids.run_workers(study, cells, url, results_dir=results_dir, cache_dir=cache_dir, datasets=datasets,
-                                    on_result=printer, progress=printer.tty and study.workers == 1)
+                                    on_result=printer, progress=printer.tty and study.workers == 1,
+                                    artifacts=files.spec, keep_checkpoints=keep_checkpoints)
     except KeyboardInterrupt:
         printer.close()
         _quietly(lambda: grids.write_tables(gs, results_dir))
@@ -119,16 +128,16 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
                    "rerun the same command to continue", err=True)
         sys.exit(130)
     printer.close()
-    grids.write_tables(gs, results_dir)
     final = grids.progress(briefs, gs.trials(), study.max_retries)
+    if not final.pending and not final.running:  # the grid is done: thin the checkpoints once
+        grids.prune_checkpoints(gs, files, keep_checkpoints)
+    grids.write_tables(gs, results_dir)
     _print_table(folder / "summary.csv")
-    click.echo(f"\nresults: {folder}/ (runs.csv, summary.csv, study.json, runs/<cell_id>/<trial>/)")
+    click.echo(f"\nresults: {folder}/ (runs.csv, summary.csv, study.json); files: {files.spec}")
     if report:
-        _write_report(results_dir, study.name)
-    from ablate.dashboard import ARTIFACT_DIR
-
-    artifacts = folder / ARTIFACT_DIR  # written with the report's notes
-    click.echo(f"dashboard: {store.dashboard_command(url, artifacts if artifacts.is_dir() else None)}")
+        _write_report(results_dir, study.name, url)
+    local = None if files.spec.startswith("s3://") else files.spec
+    click.echo(f"dashboard: {store.dashboard_command(url, local)}")
     problems = []
     if final.failed_cells:
         problems.append(f"{len(final.failed_cells)} cell(s) failed: "
@@ -306,11 +315,11 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _write_report(results_dir: Path, study_name: str) -> None:
+def _write_report(results_dir: Path, study_name: str, url: str) -> None:
     try:
         from ablate.report import write_report
 
-        path = write_report(results_dir=results_dir, study_names=[study_name])
+        path = write_report(results_dir=results_dir, study_names=[study_name], storage=url)
         click.echo(f"report: {path}")
     except Exception as exc:  # noqa: BLE001 - the grid's results stand without the report
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

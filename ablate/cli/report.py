@@ -29,13 +29,21 @@ def default_study(results_dir: Path) -> str:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write [default: RESULTS_DIR/<first study>/report.html].")
 @click.option("--storage", default=None, metavar="URL",
-              help="Optuna storage of tune studies, when the one in study.json is masked or has moved.")
-def report(study_names: tuple[str, ...], results_dir: Path, out: Path | None, storage: str | None) -> None:
+              help="Optuna storage to read grid studies from (on any machine: the storage is the record), and of "
+                   "tune studies when the one in study.json is masked or has moved [default: the one study.json names].")
+@click.option("--artifacts", default=None, metavar="DIR|s3://BUCKET[/PREFIX]",
+              help="Artifact store holding the grid's checkpoints and run records [default: where each trial "
+                   "recorded its files].")
+def report(study_names: tuple[str, ...], results_dir: Path, out: Path | None, storage: str | None,
+           artifacts: str | None) -> None:
     """Write one HTML file (plotly inline, no network needed): overview, grid table with
     confidence intervals, toggle effects, learning curves, per-class IoU, predictions,
-    cost Pareto front, tuning plots and failures."""
+    cost Pareto front, tuning plots and failures. With --storage and --study-name it works
+    on a machine that ran nothing; the CSV tables are exported under RESULTS_DIR/<study>/."""
     from ablate.report import write_report
 
+    if not study_names and storage is not None:
+        raise AblateError("--storage: also pass --study-name NAME (the study to read from it)")
     names = list(study_names) or [default_study(results_dir)]
-    path = write_report(results_dir=results_dir, study_names=names, out=out, storage=storage)
+    path = write_report(results_dir=results_dir, study_names=names, out=out, storage=storage, artifacts=artifacts)
     click.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")

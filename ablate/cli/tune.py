@@ -1,6 +1,7 @@
 """`ablate tune`: an Optuna search (TPE + pruning) over one model's hyperparameters, resumable."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,13 @@ from ablate.tune import DEFAULT_EPOCHS, DEFAULT_N_TRIALS, PRUNERS, SAMPLERS
 @click.option("--export", "export_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write a grid study file (TOML) that reruns the best configuration with 3 seeds.")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep every trial's best.pt (default: only the best trial's).")
+@click.option("--artifacts", default=None, metavar="DIR|s3://BUCKET[/PREFIX]",
+              help="Optuna artifact store for each trial's run.json (pip install boto3 for S3) "
+                   "[default: results/<study>/artifacts].")
 @click.option("--dry-run", is_flag=True, help="Print the resolved search space and settings; run and write nothing.")
 @click.pass_context
 def tune(ctx: click.Context, study_file: Path | None, workers: int, storage: str | None, results_dir: Path,
-         export_path: Path | None, keep_checkpoints: bool, dry_run: bool, **flags: Any):
+         export_path: Path | None, keep_checkpoints: bool, artifacts: str | None, dry_run: bool, **flags: Any):
     """Search hyperparameters of one model with Optuna: TPE, Hyperband pruning on val mIoU.
 
     Every trial trains through the same engine as `ablate train`; its run record goes to
@@ -62,6 +66,8 @@ def tune(ctx: click.Context, study_file: Path | None, workers: int, storage: str
              if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     spec = tuning.resolve_spec(flags, given=given, study_file=study_file, workers=workers, storage=storage,
                                results_dir=results_dir, keep_checkpoints=keep_checkpoints)
+    if artifacts is not None:
+        spec = dataclasses.replace(spec, artifacts=store.artifacts(artifacts).spec)  # a bad one: exit 2 now
     if dry_run:
         _print_plan(spec)
         return
