@@ -1205,7 +1205,8 @@ def progress(cells: list[dict], trials: list[FrozenTrial], max_retries: int | No
     for t in trials:
         if t.datetime_start is not None:
             compute += max(0.0, ((t.datetime_complete or now) - t.datetime_start).total_seconds())
-    labels = {c["cell_id"]: f"{c['model']} {c['toggles']} seed {c['seed']}" for c in cells}
+    labels = {c["cell_id"]: f"{c['model']} {c['toggles']}" + "".join(f" {k}={v}" for k, v in (c.get("factors") or {}).items())
+              + f" seed {c['seed']}" for c in cells}
     failed = [(labels[cid], failure_reason(st.trial) or "") for cid, st in states.items() if st.status == "failed"]
     return Progress(len(cells), count["completed"], count["running"], count["failed"],
                     count["pending"] + count["retry"], compute, failed)

@@ -262,7 +262,7 @@ def _grid_study(page: _Page, study: Study, runs: pd.DataFrame, found: analysis.F
                  "architecture's reference cell (every toggle off, every other factor at its first level); p is the "
                  "paired t-test, Holm-adjusted over that architecture's comparisons.",
                  _grid_table(stats, comps, metric, flags) + _ranking(page, ranking)),
-        _section(f"{sid}-effects", "3. Factor effects",
+        _section(f"{sid}-effects", "3. Factor effects" if _has_factors(effects) else "3. Toggle effects",
                  f"What switching a toggle on, or a factor from its reference level to another, changes in {esc(label)}, "
                  "averaged over the other factors' settings (main effect), and how much one factor's effect depends on "
                  "another (interaction), with 95% Student-t intervals over seeds. Grey cells carry no verdict (see "
@@ -287,6 +287,11 @@ def _grid_study(page: _Page, study: Study, runs: pd.DataFrame, found: analysis.F
                  "Runs that crashed or diverged, with the reason and the end of the traceback.", _failures(study)),
     ]
     return _study_block(study, parts)
+
+
+def _has_factors(effects: pd.DataFrame) -> bool:
+    """Whether a factor other than the toggles varies (the section is then 'Factor effects')."""
+    return not effects.empty and any(f not in analysis.TOGGLES for fs in effects["factors"].astype(str) for f in fs.split())
 
 
 def _design_note(found: analysis.Findings) -> str:

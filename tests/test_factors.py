@@ -279,3 +279,35 @@ def test_factors_are_categorical_params_of_each_trial(tmp_path):
     assert trials[1].user_attrs["label"] == "baseline · loss=ce lr=0.0003 · s0"
     attrs = gs.study_attrs()
     assert attrs["cells"][3]["factors"] == {"loss": "dice", "lr": "0.0003"}
+
+
+# --------------------------------------------------------------------------- for real (tiny)
+def test_a_factor_grid_trains_resumes_extends_reports_and_refuses_another_factor_set(tmp_path, cache_dir):
+    results = tmp_path / "results"
+
+    def grid_args(levels: str = "1e-3,2e-3") -> list[str]:
+        return ["grid", "--models", "baseline", "--toggles", "none", "--image-size", "32", "--epochs", "1",
+                "--data", "synthetic", "--factor", f"lr={levels}", "--study-name", "fx", "--results-dir", str(results),
+                "--cache-dir", str(cache_dir)]
+    args = grid_args()
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "2 cells (1 model x 2 settings x 1 seed), 0 done, 2 to run" in first.stdout
+    assert re.search(r"\[2/2\] baseline none lr=0\.002 seed 0: val mIoU", first.stdout), first.stdout
+    runs = pd.read_csv(results / "fx" / "runs.csv")
+    assert [json.loads(f) for f in runs["factors"]] == [{"lr": "0.001"}, {"lr": "0.002"}]
+    assert list(runs["label"]) == ["baseline · lr=0.001 · s0", "baseline · lr=0.002 · s0"]
+    assert len(pd.read_csv(results / "fx" / "summary.csv")) == 2  # the two cells are not pooled
+    effects = pd.read_csv(results / "fx" / "effects.csv")
+    assert "lr = 0.002 vs 0.001" in set(effects["effect"])
+    assert set(effects["verdict"]) <= {"did not learn", "not enough seeds"}  # one seed of one epoch: no verdict
+    html = (results / "fx" / "report.html").read_text()
+    assert "Factor effects" in html and "lr = 0.002 vs 0.001" in html
+    assert json.loads((results / "fx" / "study.json").read_text())["grid"]["factors"] == {"lr": ["0.001", "0.002"]}
+
+    again = CliRunner().invoke(main, [*args, "--no-report"])
+    assert again.exit_code == 0 and "2 done, 0 to run" in again.stdout, again.output
+    more = CliRunner().invoke(main, [*args, "--seeds", "2", "--dry-run"])
+    assert more.exit_code == 0 and "4 cells (1 model x 2 settings x 2 seeds); 2 done, 2 pending" in more.stdout
+    other = CliRunner().invoke(main, grid_args("1e-3,3e-3"))
+    assert other.exit_code == 2 and "differs in: factors" in other.output, other.output
