@@ -628,7 +628,8 @@ def definition(study: GridStudy, fingerprint: str, execution: dict[str, str] | N
     more seeds extends a study), and neither are operational settings such as the device
     index; the precision and device kind as resolved are (`execution`)."""
     execution = execution or resolve_execution(study.train)
-    shared = {k: v for k, v in study.train.identity().items() if k not in CELL_FIELDS and k != "precision"}
+    shared = {k: v for k, v in study.train.identity().items()
+              if k not in CELL_FIELDS and k != "precision" and k not in study.factors}  # a factor's [train] value is unused
     shared["data"] = fingerprint
     per_model = {}
     for model in sorted(study.models):

@@ -311,3 +311,31 @@ def test_a_factor_grid_trains_resumes_extends_reports_and_refuses_another_factor
     assert more.exit_code == 0 and "4 cells (1 model x 2 settings x 2 seeds); 2 done, 2 pending" in more.stdout
     other = CliRunner().invoke(main, grid_args("1e-3,3e-3"))
     assert other.exit_code == 2 and "differs in: factors" in other.output, other.output
+
+
+@pytest.mark.parametrize("design, raw, expected", [
+    ("fractional", FIVE, ["generators: E = ABCD", "AB = CDE", "optimizer = sgd vs adamw", "Factor effects"]),
+    ("one-at-a-time", {"design": "one-at-a-time", "factors": {"loss": LOSSES, "optimizer": ["adamw", "sgd"]}},
+     ["cannot see interactions", "loss = focal vs ce", "unet · loss=focal optimizer=adamw", "Factor effects"]),
+])
+def test_the_report_shows_the_design_and_the_per_level_effects(tmp_path, design, raw, expected):
+    from ablate.report import write_report
+
+    s = grids.build_study({"models": ["unet"], **raw}, where="s.toml", overrides={"seeds": 3, "name": "d"})
+    cells = grids.expand(s, "fp", EXEC)
+    runs = _synthetic_runs(cells, lambda c: 0.4 + NOISE[c.seed] + 0.04 * (c.optimizer == "sgd"))
+    folder = tmp_path / "d"
+    folder.mkdir()
+    table = pd.DataFrame([{**c.brief(), "model_args": "{}", "factors": json.dumps(c.brief()["factors"]),
+                           "design": json.dumps(c.brief()["design"]), "status": "completed",
+                           **runs.iloc[i][["val_miou", "test_miou", "val_pixel_acc", "test_pixel_acc", "seconds"]]}
+                          for i, c in enumerate(cells)])
+    table.to_csv(folder / "runs.csv", index=False)
+    (folder / "study.json").write_text(json.dumps({"kind": "grid", "study_name": "d", "seeds": [0, 1, 2],
+                                                   "grid": grids.definition(s, "fp", EXEC)}))
+    html = write_report(results_dir=tmp_path, study_names=["d"]).read_text()
+    for text in expected:
+        assert text in html, text
+    effects = pd.read_csv(folder / "effects.csv")
+    sgd = effects[(effects["effect"] == "optimizer = sgd vs adamw") & (effects["metric"] == "test_miou")].iloc[0]
+    assert sgd["estimate"] == pytest.approx(0.04) and sgd["verdict"] == "helps" and sgd["design"] == design
