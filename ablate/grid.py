@@ -344,6 +344,8 @@ def _factor_level(key: str, value: Any, label: str, text: bool) -> Any:
     """One level typed against the option's TrainConfig annotation; flag levels arrive as text."""
     if text and key != "image_size":
         value = _from_text(key, value, label)
+    elif isinstance(value, str) and typing.get_type_hints(TrainConfig)[key] is bool and value.lower() in _OFF_ON:
+        value = _OFF_ON[value.lower()]  # nesterov = ["off", "on"], as the toggles are written
     if key == "image_size" and isinstance(value, list) and not all(isinstance(v, int) and not isinstance(v, bool)
                                                                    for v in value):
         raise AblateError(f"{label}: an image size is an integer or [height, width], got {value!r}")

@@ -42,6 +42,7 @@ def test_factors_are_typed_against_the_training_options():
     assert {c.config.image_size for c in cells} == {(64, 64), (64, 96)}
     assert cells[1].levels == {"loss": "ce", "lr": "1.0", "image_size": "64", "nesterov": "on"}
     assert cells[2].levels["image_size"] == "64x96"
+    assert _study({"factors": {"nesterov": ["off", "on"]}}).factors == {"nesterov": (False, True)}
 
 
 def test_factor_flags_are_typed_and_replace_the_file_entry():
