@@ -5,8 +5,10 @@ Pareto front, and the tuner's expected-best-vs-budget curve (the numerics are in
 
 Every function here returns DataFrames or plain data; `ablate.report` only draws them.
 
-Vocabulary: a *run* is one training (one seed); a *cell* is a model × toggle setting, i.e.
-the runs that differ only in their seed (the grid's per-seed rows are aggregated into cells).
+Vocabulary: a *run* is one training (one seed); a *cell* is a model × factor setting (the
+toggles on/off and any other factors' levels), i.e. the runs that differ only in their seed
+(the grid's per-seed rows are aggregated into cells). The *reference* cell has every toggle
+off and every other factor at its first listed level.
 """
 from __future__ import annotations
 
@@ -315,24 +317,60 @@ def finished_runs(study: Study) -> pd.DataFrame:
 
 def with_cells(runs: pd.DataFrame) -> pd.DataFrame:
     """Add `arch` (model, plus its args when one model appears with several), `cell` (a label
-    for model × toggles) and `key` (the run folder name); toggles become real booleans."""
+    for model × factor setting) and `key` (the run folder name); toggles become real booleans,
+    and each factor of the grid's `factors` column (JSON {"loss": "dice"}) a column of level text."""
     out = runs.copy()
     for t in TOGGLES:
         out[t] = _as_bool(out[t]) if t in out else False
+    levels = [_json_dict(v) for v in out["factors"]] if "factors" in out else [{} for _ in range(len(out))]
+    names = list(dict.fromkeys(k for d in levels for k in d))
+    for name in names:
+        out[name] = [d.get(name) for d in levels]
     args = out["model_args"].map(_canonical_args) if "model_args" in out else pd.Series("{}", index=out.index)
     out["model_args"] = args
     variants = out.groupby("model")["model_args"].transform("nunique")
     out["arch"] = [m if v <= 1 or a == "{}" else f"{m} {a}" for m, a, v in zip(out["model"], args, variants)]
-    out["cell"] = [cell_label(arch, row) for arch, row in zip(out["arch"], out[list(TOGGLES)].to_dict("records"))]
+    out["cell"] = [cell_label(arch, row, lv) for arch, row, lv
+                   in zip(out["arch"], out[list(TOGGLES)].to_dict("records"), levels)]
     out["key"] = (out["cell_id"] if "cell_id" in out else out["run_id"]).astype(str)
     for col in (*METRICS, "seconds", "images_per_second"):
         out[col] = pd.to_numeric(out[col], errors="coerce") if col in out else np.nan
     return out
 
 
-def cell_label(arch: str, toggles: dict[str, bool]) -> str:
+def _json_dict(value) -> dict:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.strip():
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            raise AblateError(f"runs table: a factors/design entry is not JSON: {value[:80]!r}") from None
+        return parsed if isinstance(parsed, dict) else {}
+    return {}
+
+
+def cell_label(arch: str, toggles: dict[str, bool], factors: dict[str, str] | None = None) -> str:
+    """'unet · augment', 'unet · no toggles'; with other factors 'unet · loss=dice optimizer=sgd'
+    (toggles named first when one is on)."""
     on = [t for t in TOGGLES if toggles.get(t)]
-    return f"{arch} · {'+'.join(on) if on else 'no toggles'}"
+    setting = "+".join(on) if on else "no toggles"
+    if factors:
+        words = " ".join(f"{k}={v}" for k, v in factors.items())
+        setting = f"{setting} {words}" if on else words
+    return f"{arch} · {setting}"
+
+
+def design_of(runs: pd.DataFrame) -> tuple[str, dict[str, list]]:
+    """The grid's design ("full" | "fractional" | "one-at-a-time") and every varying factor's
+    levels in the design's order, the reference first: toggles as [False, True], other factors
+    as level text (as their columns hold them). A study without a `design` column is a full
+    design of the toggles that vary in `runs`."""
+    design = next((d for d in map(_json_dict, runs["design"]) if d), {}) if "design" in runs else {}
+    if not design:
+        return "full", {t: [False, True] for t in varying_toggles(runs)}
+    levels = {k: ([False, True] if k in TOGGLES else [str(x) for x in v]) for k, v in design.get("levels", {}).items()}
+    return str(design.get("kind", "full")), levels
 
 
 def primary_metric(runs: pd.DataFrame) -> str:
@@ -414,10 +452,21 @@ def cell_stats(runs: pd.DataFrame, *, metrics=(*METRICS, "seconds", "images_per_
 
 
 def _baseline_cell(arch_runs: pd.DataFrame) -> str | None:
-    """The cell with every varying toggle off (toggles fixed by the study stay as they are)."""
-    toggles = varying_toggles(arch_runs)
-    off = arch_runs[~arch_runs[toggles].any(axis=1)] if toggles else arch_runs.iloc[:0]
-    return off["cell"].iloc[0] if not off.empty else None
+    """The reference cell: every varying toggle off, every other varying factor at its first
+    level (factors fixed by the study stay as they are)."""
+    _, levels = design_of(arch_runs)
+    if not levels:
+        return None
+    ref = _at(arch_runs, {k: v[0] for k, v in levels.items()})
+    return ref["cell"].iloc[0] if not ref.empty else None
+
+
+def _at(runs: pd.DataFrame, setting: dict) -> pd.DataFrame:
+    """The runs at this setting of the factors ({factor: level})."""
+    mask = np.ones(len(runs), dtype=bool)
+    for k, v in setting.items():
+        mask &= (runs[k] == v).to_numpy() if k in runs else False
+    return runs[mask]
 
 
 def _unlearned(runs: pd.DataFrame, cells) -> list[str]:
@@ -438,7 +487,7 @@ def _test_row(values) -> dict:
 
 
 def paired_comparisons(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) -> pd.DataFrame:
-    """Each cell against its architecture's baseline cell (every varying toggle off), paired
+    """Each cell against its architecture's reference cell (`_baseline_cell`), paired
     by seed over the seeds present in both: the per-seed differences, their mean with a 95% t
     interval, the paired t-test p, Holm-adjusted over the family "every cell vs the baseline,
     per architecture and metric" (`p_holm`), P(on > off) over the pairs (`p_improve`), and a
@@ -471,14 +520,20 @@ def _excludes_zero(s: dict) -> bool:
 
 
 def factorial_effects(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) -> pd.DataFrame:
-    """Main effects and two-way interactions of the toggles, per architecture.
+    """Main effects and two-way interactions of the factors, per architecture.
 
-    With the toggles coded s = ±1 and y the per-seed cell values of a full 2^k design:
-      main effect of A   = mean(y | A on) − mean(y | A off), averaged over the other toggles
-                         = (2 / 2^k) Σ_cells s_A · y
-      interaction of A,B = ½ [(effect of A with B on) − (effect of A with B off)]
-                         = (2 / 2^k) Σ_cells s_A s_B · y   (the classical Yates / Box–Hunter–Hunter
-                           convention: a pure A·B synergy δ on the (on, on) cell gives δ/2).
+    Full design (STATISTICS.md, generalised to factors of any number of levels): with y the
+    per-seed cell values,
+      main effect of F, level l vs the reference r = mean over the other factors' settings of
+                         y(F = l) − y(F = r); for a toggle (off, on) it is the classical
+                         mean(y | on) − mean(y | off) = (2 / 2^k) Σ_cells s · y
+      interaction (F: l vs r) × (G: m vs q) = ½ [(effect of F's l vs r with G = m) − (with G = q)],
+                         averaged over the remaining factors (for two toggles the Yates /
+                         Box–Hunter–Hunter convention: a pure A·B synergy δ on the (on, on) cell gives δ/2).
+    Fractional design: main effects (and, at resolution ≥ V, two-way interactions) from the
+    ±1 contrasts of the runs, (2/N) Σ s · y; `aliases` names what each estimate is confounded
+    with (effects of order ≤ 3). One-at-a-time: each factor's other levels vs the reference
+    cell, paired by seed; no interactions (the design cannot see them).
     Each effect is computed per seed (seeds present in every cell); the per-seed effects get
     the t interval, the t-test p (Holm-adjusted over the architecture's main effects and
     interactions for that metric), P(effect > 0) over seeds and a verdict. An effect of an
@@ -486,40 +541,113 @@ def factorial_effects(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) 
     """
     rows = []
     for arch, a in runs.groupby("arch", sort=False):
-        toggles = varying_toggles(a)
-        if not toggles:
+        kind, levels = design_of(a)
+        if not levels:
             continue
-        levels = list(itertools.product((False, True), repeat=len(toggles)))
+        settings, contrasts = _design_contrasts(kind, levels)
         unlearned = ", ".join(_unlearned(a, a["cell"].unique()))
         for metric in metrics:
             if metric not in a or a[metric].isna().all():
                 continue
-            base = {"arch": arch, "metric": metric, "unlearned": unlearned}
-            per_cell = {lv: a[(a[toggles] == list(lv)).all(axis=1)].groupby("seed")[metric].mean().dropna()
-                        for lv in levels}
-            missing = [cell_label(arch, dict(zip(toggles, lv))) for lv, s in per_cell.items() if s.empty]
-            seeds = sorted(set.intersection(*(set(s.index) for s in per_cell.values())))
+            base = {"arch": arch, "metric": metric, "unlearned": unlearned, "design": kind}
+            per_cell = [_at(a, st).groupby("seed")[metric].mean().dropna() for st in settings]
+            missing = [_setting_text(arch, st) for st, v in zip(settings, per_cell) if v.empty]
+            seeds = sorted(set.intersection(*(set(v.index) for v in per_cell)))
             if missing or not seeds:
                 note = f"incomplete design: no finished run in {', '.join(missing)}" if missing else "no seed common to all cells"
-                rows.append({**base, "effect": "+".join(toggles), "kind": "main", "factors": " ".join(toggles),
-                             "n_seeds": 0, **_test_row([]), "ci_method": note, "seeds": "", "per_seed": ""})
+                rows.append({**base, "effect": "+".join(levels), "kind": "main", "factors": " ".join(levels),
+                             "label": "+".join(levels), "aliases": "", "n_seeds": 0, **_test_row([]),
+                             "ci_method": note, "seeds": "", "per_seed": ""})
                 continue
-            y = np.array([[per_cell[lv][s] for lv in levels] for s in seeds])  # seeds × cells
-            signs = np.array([[1.0 if on else -1.0 for on in lv] for lv in levels])  # cells × toggles
-            effects = [((t,), signs[:, i]) for i, t in enumerate(toggles)]
-            effects += [((toggles[i], toggles[j]), signs[:, i] * signs[:, j])
-                        for i, j in itertools.combinations(range(len(toggles)), 2)]
-            for factors, contrast in effects:
-                per_seed = y @ contrast * 2 / len(levels)
-                rows.append({**base, "effect": " × ".join(factors), "kind": "main" if len(factors) == 1 else "interaction",
-                             "factors": " ".join(factors), "n_seeds": len(seeds), **_test_row(per_seed),
-                             "seeds": " ".join(map(str, seeds)), "per_seed": " ".join(f"{e:+.4f}" for e in per_seed)})
+            y = np.array([[v[s] for v in per_cell] for s in seeds])  # seeds × cells
+            for c in contrasts:
+                per_seed = y @ c["weights"]
+                rows.append({**base, **{k: v for k, v in c.items() if k != "weights"}, "n_seeds": len(seeds),
+                             **_test_row(per_seed), "seeds": " ".join(map(str, seeds)),
+                             "per_seed": " ".join(f"{e:+.4f}" for e in per_seed)})
     out = pd.DataFrame(rows)
     return _judge(out, kind="effect") if not out.empty else out
 
 
-FAMILY = {"effect": "the main effects and two-way interactions of the toggles, per architecture and metric",
-          "comparison": "every cell vs the all-off cell, per architecture and metric"}
+def _setting_text(arch: str, setting: dict) -> str:
+    return cell_label(arch, {k: v for k, v in setting.items() if k in TOGGLES},
+                      {k: v for k, v in setting.items() if k not in TOGGLES})
+
+
+def _part(name: str, level, ref) -> tuple[str, str]:
+    """(effect text, words) of one factor's contrast: ('augment', 'augmentation') for a toggle,
+    ('loss = dice vs ce', 'loss = dice vs ce') otherwise."""
+    if name in TOGGLES:
+        return name, TOGGLE_LABELS.get(name, name)
+    text = f"{name} = {level} vs {ref}"
+    return text, text
+
+
+def _design_contrasts(kind: str, levels: dict[str, list]) -> tuple[list[dict], list[dict]]:
+    """The design's settings (cells, in a fixed order) and its contrasts over them: effect,
+    kind, factors, label, aliases and the weights that turn per-cell values into the effect."""
+    from ablate import design
+
+    names = list(levels)
+    if kind == "one-at-a-time":
+        settings = design.one_at_a_time(levels)
+        contrasts = []
+        for i, st in enumerate(settings[1:], start=1):
+            name = next(k for k in names if st[k] != settings[0][k])
+            effect, label = _part(name, st[name], levels[name][0])
+            w = np.zeros(len(settings))
+            w[i], w[0] = 1.0, -1.0
+            contrasts.append({"effect": effect, "kind": "main", "factors": name, "label": label,
+                              "aliases": "not seen: interactions (one-at-a-time)", "weights": w})
+        return settings, contrasts
+    if kind == "fractional":
+        d = design.fractional_factorial(names)
+        settings = [{k: levels[k][int(on)] for k, on in run.items()} for run in d.settings()]
+        letters = {letter: name for name, letter in d.letters.items()}
+        aliases = d.aliases()
+        n = len(settings)
+        terms = [(i,) for i in range(len(names))]
+        if d.resolution >= 5:
+            terms += list(itertools.combinations(range(len(names)), 2))
+        contrasts = []
+        for term in terms:
+            parts = [_part(names[i], levels[names[i]][1], levels[names[i]][0]) for i in term]
+            word = "".join(d.letters[names[i]] for i in term)
+            partners = ["×".join(letters[ch] for ch in w) for w in aliases.get(word, [])]
+            contrasts.append({"effect": " × ".join(p[0] for p in parts), "kind": "main" if len(term) == 1 else "interaction",
+                              "factors": " ".join(names[i] for i in term),
+                              "label": parts[0][1] if len(term) == 1 else " × ".join(p[1] for p in parts) + " interaction",
+                              "aliases": "; ".join(partners),
+                              "weights": np.prod([d.runs[:, i] for i in term], axis=0) * 2.0 / n})
+        return settings, contrasts
+    settings = design.full_factorial(levels)
+    table = pd.DataFrame(settings)
+    contrasts = []
+    for name in names:
+        ref = levels[name][0]
+        for level in levels[name][1:]:
+            on, off = (table[name] == level).to_numpy(), (table[name] == ref).to_numpy()
+            effect, label = _part(name, level, ref)
+            contrasts.append({"effect": effect, "kind": "main", "factors": name, "label": label, "aliases": "",
+                              "weights": on / on.sum() - off / off.sum()})
+    for f, g in itertools.combinations(names, 2):
+        for lf in levels[f][1:]:
+            for lg in levels[g][1:]:
+                w = np.zeros(len(settings))
+                for gl, sign in ((lg, 0.5), (levels[g][0], -0.5)):
+                    at = (table[g] == gl).to_numpy()
+                    on, off = at & (table[f] == lf).to_numpy(), at & (table[f] == levels[f][0]).to_numpy()
+                    w += sign * (on / on.sum() - off / off.sum())
+                (ef, lab_f), (eg, lab_g) = _part(f, lf, levels[f][0]), _part(g, lg, levels[g][0])
+                contrasts.append({"effect": f"{ef} × {eg}", "kind": "interaction", "factors": f"{f} {g}",
+                                  "label": f"{lab_f} × {lab_g} interaction", "aliases": "", "weights": w})
+    return settings, contrasts
+
+
+FAMILY = {"effect": "the main effects (each level vs the reference level) and two-way interactions of the factors, "
+                    "per architecture and metric",
+          "comparison": "every cell vs the reference cell (toggles off, every other factor at its first level), "
+                        "per architecture and metric"}
 
 
 def _judge(table: pd.DataFrame, *, kind: str) -> pd.DataFrame:
@@ -556,8 +684,11 @@ def verdict_word(row: dict) -> str:
 def _subject(row: dict, kind: str) -> str:
     if kind == "comparison":
         return f"{row['cell']} vs {row['baseline'].split(' · ')[-1]}"
-    names = [TOGGLE_LABELS.get(f, f) for f in str(row["factors"]).split()]
-    return f"{row['arch']}: " + (names[0] if row["kind"] == "main" else " × ".join(names) + " interaction")
+    label = row.get("label")
+    if not isinstance(label, str) or not label:  # an effects table written before factors
+        names = [TOGGLE_LABELS.get(f, f) for f in str(row["factors"]).split()]
+        label = names[0] if row["kind"] == "main" else " × ".join(names) + " interaction"
+    return f"{row['arch']}: {label}"
 
 
 def p_text(p) -> str:
@@ -665,6 +796,7 @@ class Findings:
     n_max: int
     archs: list[ArchFindings]
     families: dict[str, str] = field(default_factory=lambda: dict(FAMILY))
+    design: list[str] = field(default_factory=list)  # the design in words (`design_notes`); empty: full
 
 
 VERDICT_WORDS = ("helps", "hurts", "positive interaction", "negative interaction")
@@ -693,7 +825,26 @@ def findings(study: Study, runs: pd.DataFrame, *, effects: pd.DataFrame | None =
         f = flags[(flags["arch"] == arch) & (flags["flags"] != "")]
         archs.append(ArchFindings(arch, metric, rows, mains, f, int(a.groupby("cell")["seed"].nunique().min())))
     n_max = int(runs.groupby("cell")["seed"].nunique().max()) if not runs.empty else 0
-    return Findings(metric, study.bar, more_seeds(study, runs), n_max, archs)
+    return Findings(metric, study.bar, more_seeds(study, runs), n_max, archs, design=design_notes(study, runs))
+
+
+ONE_AT_A_TIME_NOTE = ("One-at-a-time design: each factor was varied from the reference cell with every other factor "
+                      "at its reference level, so these effects hold at that setting only and the design cannot see "
+                      "interactions.")
+
+
+def design_notes(study: Study, runs: pd.DataFrame) -> list[str]:
+    """What the Findings panel says about the design: nothing for a full factorial; a
+    fractional design's generators and alias structure (as `ablate grid --dry-run` printed them,
+    from study.json); one-at-a-time's blind spot for interactions."""
+    kind = design_of(runs)[0] if not runs.empty else "full"
+    lines = list(((study.meta.get("grid") or {}).get("design") or {}).get("lines") or [])
+    if kind == "one-at-a-time":
+        return [ONE_AT_A_TIME_NOTE]
+    if kind == "fractional":
+        return lines or ["Fractional design: main effects are aliased with interactions of three or more factors "
+                         "(see effects.csv, column aliases)."]
+    return []
 
 
 def compare_architectures(runs: pd.DataFrame, *, select_by: str = "val_miou", metric: str | None = None) -> pd.DataFrame:
@@ -1051,5 +1202,6 @@ def write_tables(study: Study, runs: pd.DataFrame) -> list[Path]:
 
 _TEST_COLUMNS = ["n", "estimate", "ci_low", "ci_high", "ci_method", "excludes_zero", "p_value", "p_method", "p_holm",
                  "p_improve", "verdict", "sentence", "unlearned", "family"]
-EFFECT_COLUMNS = ["arch", "metric", "effect", "kind", "factors", "n_seeds", *_TEST_COLUMNS, "seeds", "per_seed"]
+EFFECT_COLUMNS = ["arch", "metric", "effect", "kind", "factors", "label", "design", "aliases", "n_seeds", *_TEST_COLUMNS,
+                  "seeds", "per_seed"]
 COMPARISON_COLUMNS = ["arch", "cell", "baseline", "metric", "n_pairs", "mean_diff", *_TEST_COLUMNS, "seeds", "diffs"]

@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
-import itertools
 import json
 import math
 import re
@@ -59,8 +58,15 @@ TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not
 # [train] keys a model may not override: one dataset and one execution set-up per study.
 SHARED_KEYS = ("data", "num_classes", "ignore_index", "val_fraction", "precision", "device", "compile")
 MODEL_TRAIN_KEYS = tuple(k for k in TRAIN_KEYS if k not in SHARED_KEYS)
-STUDY_KEYS = ("name", "description", "models", "model_args", "model_train", "toggles", "seeds", "train",
-              "max_retries", "workers", "storage")
+STUDY_KEYS = ("name", "description", "models", "model_args", "model_train", "toggles", "factors", "design", "seeds",
+              "train", "max_retries", "workers", "storage")
+# Training options that cannot be a factor: the architecture is `models` / `model_args`, the seed
+# is the replicate, and one dataset and one execution set-up serve the whole study.
+NOT_FACTORS = ("model", "model_args", "seed", "data", "num_classes", "ignore_index", "val_fraction", "precision",
+               "device", "compile")
+FACTOR_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_FACTORS)
+DESIGNS = ("full", "fractional", "one-at-a-time")
+_OFF_ON = {False: False, True: True, "off": False, "on": True, "false": False, "true": True}
 RUNS = "runs"  # attempt folders: <study>/runs/<cell_id>/<trial number>/
 POLL_SECONDS = 1.0  # how often an idle worker looks again while other workers' cells run
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -91,6 +97,10 @@ class GridStudy:
     model_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model constructor options
     model_train: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model [train] overrides
     toggles: tuple[str, ...] = TOGGLES  # toggles switched on/off (2^k settings); the others stay off
+    # other factors ([factors], --factor): option -> its levels, the first the reference; a factor
+    # of one level is fixed for every cell (a toggle fixed on is one)
+    factors: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    design: str = "full"  # full | fractional (two-level factors, 2^(k-p)) | one-at-a-time
     seeds: tuple[int, ...] = (0,)  # every setting runs once per seed
     train: TrainConfig = field(default_factory=TrainConfig)  # options shared by every cell
     max_retries: int = 1  # a failed cell runs again up to this many times (this run or a later one)
@@ -103,25 +113,52 @@ class GridStudy:
 class Cell:
     cell_id: str  # hash of the canonical config, data path replaced by the dataset fingerprint
     config: TrainConfig
+    factors: tuple[str, ...] = ()  # the study's varying factors other than the toggles
+    design: dict[str, Any] | None = field(default=None, compare=False)  # `design_brief`, with factors or a design
 
     @property
     def toggles(self) -> str:
         return toggle_label(self.config.to_dict())
 
     @property
+    def levels(self) -> dict[str, str]:
+        """This cell's level of each factor, as text: {"loss": "dice", "optimizer": "sgd"}."""
+        return {name: level_text(getattr(self.config, name)) for name in self.factors}
+
+    @property
     def label(self) -> str:
-        return f"{self.config.model} {self.toggles} seed {self.config.seed}"
+        factors = "".join(f" {k}={v}" for k, v in self.levels.items())
+        return f"{self.config.model} {self.toggles}{factors} seed {self.config.seed}"
 
     def brief(self) -> dict[str, Any]:
-        """What the storage keeps about a cell (enough for tables and status)."""
+        """What the storage keeps about a cell (enough for tables and status); `factors` and
+        `design` only in a study with factors beyond the toggles or a design other than full."""
         c = self.config
-        return {"cell_id": self.cell_id, "run_id": c.run_id, "model": c.model, "model_args": dict(c.model_args),
-                "toggles": self.toggles, **{t: getattr(c, t) for t in TOGGLES}, "seed": c.seed}
+        out = {"cell_id": self.cell_id, "run_id": c.run_id, "model": c.model, "model_args": dict(c.model_args),
+               "toggles": self.toggles, **{t: getattr(c, t) for t in TOGGLES}, "seed": c.seed}
+        if self.design is not None:
+            out.update(factors=self.levels, design=self.design)
+        return out
 
 
-def trial_label(model: str, toggles: str, seed: int) -> str:
-    """What the dashboard shows for a trial: 'unet · weighted_loss · s0'."""
-    return f"{model} · {'no toggles' if toggles == 'none' else toggles} · s{seed}"
+def trial_label(model: str, toggles: str, seed: int, factors: dict[str, str] | None = None) -> str:
+    """What the dashboard shows for a trial: 'unet · weighted_loss · s0', 'unet · loss=dice
+    optimizer=sgd · s0' (toggles left out when none is on and other factors vary)."""
+    setting = "no toggles" if toggles == "none" else toggles
+    if factors:
+        words = " ".join(f"{k}={v}" for k, v in factors.items())
+        setting = words if toggles == "none" else f"{setting} {words}"
+    return f"{model} · {setting} · s{seed}"
+
+
+def level_text(value: Any) -> str:
+    """A factor level as the tables, labels and dashboard write it: 'dice', '0.001', 'on',
+    '64' (a square image size), '64x96'."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return str(value[0]) if len(set(value)) == 1 else "x".join(map(str, value))
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def toggle_label(row: dict[str, Any]) -> str:
@@ -172,8 +209,11 @@ def build_study(raw: dict[str, Any], *, where: str, overrides: dict[str, Any], d
     models = _choices(named, label, list_models() + external_names(named), "model")
     for model in models:  # models from elsewhere: imported (or smp found) now, one line if not
         _known_model(model, label, list_models())
+    factors_raw = _factor_tables(raw, where, overrides.get("factor") or ())
     value, label = pick("toggles", "toggles")
-    toggles = _choices(value if value is not None else list(TOGGLES), label, TOGGLES, "toggle", allow_none=True)
+    if value is None:  # the three toggles, unless the study declares its own factors
+        value = [] if factors_raw else list(TOGGLES)
+    toggles = _choices(value, label, TOGGLES, "toggle", allow_none=True)
     toggles = tuple(t for t in TOGGLES if t in toggles)  # canonical order: flag order never matters
     value, label = pick("seeds", "seeds")
     seeds = parse_seeds(value if value is not None else 1, label)
@@ -199,6 +239,10 @@ def build_study(raw: dict[str, Any], *, where: str, overrides: dict[str, Any], d
         if value is not None:
             train_values[key] = _train_value(key, value, label)
     train = _train_config(train_values, where, "train.", overrides)
+    factors, on = _factors(factors_raw, train_values, toggles, overrides)
+    toggles = tuple(t for t in TOGGLES if t in toggles or t in on)
+    value, label = pick("design", "design")
+    design = _design(value if value is not None else "full", label, toggles, factors)
 
     # [model_train.MODEL]: that model's cells train with these instead; a flag wins over both.
     per_model_raw = _table(raw.get("model_train", {}), f"{where}: model_train")
@@ -209,13 +253,158 @@ def build_study(raw: dict[str, Any], *, where: str, overrides: dict[str, Any], d
         table = _table(per_model_raw[model], f"{where}: model_train.{model}")
         _reject_unknown(table, MODEL_TRAIN_KEYS, where, prefix=prefix,
                         hint=f"; {', '.join(SHARED_KEYS)} are shared by every model ([train])")
-        values = {k: _train_value(k, v, f"{where}: {prefix}{k}") for k, v in table.items() if overrides.get(k) is None}
+        values = {k: _train_value(k, v, f"{where}: {prefix}{k}") for k, v in table.items()
+                  if overrides.get(k) is None and k not in factors}  # a factor sets its option in every cell
         _train_config({**train_values, **values}, where, prefix, overrides)  # validated now, not per cell
         if model in models and values:
             model_train[model] = values
     return GridStudy(name=name, models=models, model_args=model_args, model_train=model_train, toggles=toggles,
-                     seeds=seeds, train=train, max_retries=max_retries, workers=workers, storage=storage,
-                     description=description)
+                     factors=factors, design=design, seeds=seeds, train=train, max_retries=max_retries,
+                     workers=workers, storage=storage, description=description)
+
+
+# --------------------------------------------------------------------------- factors
+def _factor_tables(raw: dict[str, Any], where: str, flags: typing.Sequence[str]) -> dict[str, tuple[list, str]]:
+    """[factors] and --factor KEY=A,B,... (a flag replaces the file's entry): key -> (raw levels,
+    the label errors name). Unknown keys, empty lists and a key given twice are refused here."""
+    table = _table(raw.get("factors", {}), f"{where}: factors")
+    out = {}
+    for key, value in table.items():
+        label = f"{where}: factors.{key}"
+        _factor_key(key, label)
+        if not isinstance(value, list):
+            raise AblateError(f"{label} must be a list of levels, e.g. {key} = [{_example(key)}], got {value!r}")
+        out[key] = (value, label, False)
+    seen = set()
+    for text in flags:
+        key, eq, levels = (part.strip() for part in str(text).partition("="))
+        label = f"--factor {key}"
+        if not eq or not key:
+            raise AblateError(f"--factor {text!r}: write KEY=LEVEL,LEVEL,... e.g. --factor loss=ce,dice")
+        _factor_key(key, label)
+        if key in seen:
+            raise AblateError(f"{label} is given twice; list every level in one --factor {key}=A,B")
+        seen.add(key)
+        out[key] = ([v.strip() for v in levels.split(",") if v.strip()], label, True)
+    return out
+
+
+def _factor_key(key: str, label: str) -> None:
+    if key in FACTOR_KEYS:
+        return
+    why = ("it is not a factor: models, model_args and seeds are set at the top level, and data, "
+           "num_classes, ignore_index, val_fraction, precision, device and compile are one per study"
+           if key in NOT_FACTORS else "unknown factor")
+    raise AblateError(f"{label}: {why}; factors: {', '.join(FACTOR_KEYS)}")
+
+
+def _example(key: str) -> str:
+    return {"loss": '"ce", "dice"', "optimizer": '"adamw", "sgd"', "image_size": "64, 128"}.get(key, "A, B")
+
+
+def _factors(raw: dict[str, tuple[list, str, bool]], train_values: dict[str, Any], toggles: tuple[str, ...],
+             overrides: dict[str, Any]) -> tuple[dict[str, tuple], set[str]]:
+    """Typed, validated levels per factor; a toggle given as [off, on] joins `toggles` (the
+    second value returned), one given a single level stays a fixed factor."""
+    factors, on = {}, set()
+    for key, (values, label, text) in raw.items():
+        if not values:
+            raise AblateError(f"{label}: give at least one level, e.g. {key} = [{_example(key)}]")
+        if overrides.get(key) is not None:
+            raise AblateError(f"{label}: --{key.replace('_', '-')} also sets {key}; drop one of them")
+        if key in TOGGLES:
+            levels = tuple(_toggle_level(v, label) for v in values)
+            if key in toggles:
+                raise AblateError(f"{label}: {key} is also in toggles (switched off and on); list it once")
+        else:
+            levels = tuple(_factor_level(key, v, label, text) for v in values)
+        if len(set(levels)) != len(levels):
+            raise AblateError(f"{label}: levels repeat in {values}")
+        if key in TOGGLES and len(levels) == 2:
+            if levels != (False, True):
+                raise AblateError(f"{label}: a toggle's levels are off and on, off first (the reference); got {values}")
+            on.add(key)
+            continue
+        for level in levels:  # a level TrainConfig refuses (unknown loss, lr <= 0, ...) names the factor
+            try:
+                TrainConfig(**{**train_values, key: level})
+            except AblateError as exc:
+                why = re.sub(r"^--[a-z-]+ ", "", str(exc))
+                raise AblateError(f"{label}: level {level_text(level)!r}: {why}") from None
+        factors[key] = levels
+    return factors, on
+
+
+def _toggle_level(value: Any, label: str) -> bool:
+    key = value.strip().lower() if isinstance(value, str) else value
+    if isinstance(key, (bool, str)) and key in _OFF_ON:
+        return _OFF_ON[key]
+    raise AblateError(f"{label}: a toggle's levels are off and on (or false and true), got {value!r}")
+
+
+def _factor_level(key: str, value: Any, label: str, text: bool) -> Any:
+    """One level typed against the option's TrainConfig annotation; flag levels arrive as text."""
+    if text and key != "image_size":
+        value = _from_text(key, value, label)
+    elif isinstance(value, str) and typing.get_type_hints(TrainConfig)[key] is bool and value.lower() in _OFF_ON:
+        value = _OFF_ON[value.lower()]  # nesterov = ["off", "on"], as the toggles are written
+    if key == "image_size" and isinstance(value, list) and not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                   for v in value):
+        raise AblateError(f"{label}: an image size is an integer or [height, width], got {value!r}")
+    if key == "image_size" and isinstance(value, (bool, float)):
+        raise AblateError(f"{label}: an image size is an integer or [height, width], got {value!r}")
+    if isinstance(value, (dict, list)) and key != "image_size":
+        raise AblateError(f"{label}: a level is a single value, got {value!r}")
+    try:
+        return _train_value(key, value, label)
+    except AblateError as exc:
+        raise AblateError(str(exc).replace(f"{label} must be", f"{label}: each level must be", 1)) from None
+
+
+def _from_text(key: str, text: str, label: str) -> Any:
+    """A --factor level ('1e-3', '8', 'on', 'none', 'dice') as the option's type."""
+    hint = typing.get_type_hints(TrainConfig)[key]
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    t = text.strip()
+    if bool in allowed:
+        if t.lower() in _OFF_ON:
+            return _OFF_ON[t.lower()]
+        raise AblateError(f"{label}: each level must be true or false (on/off), got {text!r}")
+    if type(None) in allowed and t.lower() == "none":
+        return None
+    for kind in (int, float):
+        if kind in allowed:
+            try:
+                return kind(t)
+            except ValueError:
+                raise AblateError(f"{label}: each level must be {_type_words(allowed)}, got {text!r}") from None
+    return t
+
+
+def _design(value: Any, label: str, toggles: tuple[str, ...], factors: dict[str, tuple]) -> str:
+    if value not in DESIGNS:
+        raise AblateError(f"{label} must be one of {', '.join(DESIGNS)}, got {value!r}")
+    if value == "fractional":
+        from ablate.design import fractional_factorial
+
+        varying = varying_factors_of(toggles, factors)
+        wide = [k for k, v in varying.items() if len(v) != 2]
+        if wide:
+            raise AblateError(f"{label}: a fractional design needs two-level factors; "
+                              f"{', '.join(f'{k} has {len(varying[k])} levels' for k in wide)}")
+        try:
+            fractional_factorial(list(varying))
+        except AblateError as exc:
+            raise AblateError(f"{label}: {exc}") from None
+    if value == "one-at-a-time" and not varying_factors_of(toggles, factors):
+        raise AblateError(f"{label}: one-at-a-time needs at least one factor with two or more levels")
+    return value
+
+
+def varying_factors_of(toggles: tuple[str, ...], factors: dict[str, tuple]) -> dict[str, tuple]:
+    """Every factor with more than one level, in the design's order: the toggles (off, on),
+    then the other factors as declared."""
+    return {**{t: (False, True) for t in toggles}, **{k: v for k, v in factors.items() if len(v) > 1}}
 
 
 def _train_config(values: dict[str, Any], where: str, prefix: str, overrides: dict[str, Any]) -> TrainConfig:
@@ -387,24 +576,74 @@ def cell_id(config: TrainConfig, fingerprint: str) -> str:
 
 
 def model_config(study: GridStudy, model: str) -> TrainConfig:
-    """[train] with the model's own overrides: every setting its cells share."""
+    """[train] with the model's own overrides and the fixed (one-level) factors: every setting
+    its cells share."""
+    fixed = {k: v[0] for k, v in study.factors.items() if len(v) == 1}
     return study.train.replace(model=model, model_args=dict(study.model_args.get(model, {})),
-                               **study.model_train.get(model, {}))
+                               **study.model_train.get(model, {}), **fixed)
+
+
+def varying_factors(study: GridStudy) -> dict[str, tuple]:
+    return varying_factors_of(study.toggles, study.factors)
+
+
+def settings(study: GridStudy) -> list[dict[str, Any]]:
+    """The factor settings the design runs (each {factor: level}), in run order: the full
+    factorial (first factor slowest), the fractional factorial's runs (first level = code −1),
+    or one at a time (the reference, then each factor moved to each other level)."""
+    from ablate import design
+
+    levels = {k: list(v) for k, v in varying_factors(study).items()}
+    if study.design == "fractional":
+        return [{k: levels[k][int(on)] for k, on in run.items()}
+                for run in design.fractional_factorial(list(levels)).settings()]
+    if study.design == "one-at-a-time":
+        return design.one_at_a_time(levels)
+    return design.full_factorial(levels)
+
+
+def design_brief(study: GridStudy) -> dict[str, Any] | None:
+    """What a cell's brief says about the design (None for a full design of toggles only, as
+    before factors): its kind and every varying factor's levels as text, reference first."""
+    if study.design == "full" and not any(len(v) > 1 for v in study.factors.values()):
+        return None
+    return {"kind": study.design, "levels": {k: [level_text(x) for x in v] for k, v in varying_factors(study).items()}}
+
+
+def design_lines(study: GridStudy) -> list[str]:
+    """The design in words, for --dry-run and study.json: the fractional design's generators
+    and alias structure; one-at-a-time's blind spot."""
+    from ablate import design
+
+    varying = varying_factors(study)
+    shape = " x ".join(f"{k} ({len(v)} levels: {', '.join(map(level_text, v))})" for k, v in varying.items())
+    n = len(settings(study))
+    if study.design == "fractional":
+        return [f"design: fractional, {n} of {2 ** len(varying)} settings of {shape}",
+                *design.fractional_factorial(list(varying)).describe()]
+    if study.design == "one-at-a-time":
+        return [f"design: one-at-a-time, {n} settings: the reference (each factor's first level), then each factor "
+                f"moved to each other level; {shape}",
+                "one-at-a-time: it cannot see interactions (each effect is measured with every other factor at its "
+                "reference level)"]
+    return [f"design: full factorial, {n} setting{'s' if n != 1 else ''}" + (f" of {shape}" if varying else "")]
 
 
 def expand(study: GridStudy, fingerprint: str, execution: dict[str, str] | None = None) -> list[Cell]:
-    """Every cell of the grid, seed-major, then toggle setting, then model. Each cell's
-    config carries the resolved precision and device kind (`execution`, default: this
+    """Every cell of the grid, seed-major, then factor setting (`settings`), then model. Each
+    cell's config carries the resolved precision and device kind (`execution`, default: this
     process's), so the cell runs what its id says."""
     execution = execution or resolve_execution(study.train)
+    names = tuple(k for k in varying_factors(study) if k not in TOGGLES)
+    brief = design_brief(study)
     cells = []
     for seed in study.seeds:
-        for setting in itertools.product((False, True), repeat=len(study.toggles)):
-            on = dict(zip(study.toggles, setting))
+        for setting in settings(study):
+            toggles = {t: bool(setting.get(t, study.factors.get(t, (False,))[0])) for t in TOGGLES}
+            others = {k: v for k, v in setting.items() if k not in TOGGLES}
             for model in study.models:
-                config = model_config(study, model).replace(seed=seed, **{t: on.get(t, False) for t in TOGGLES},
-                                                            **execution)
-                cells.append(Cell(cell_id(config, fingerprint), config))
+                config = model_config(study, model).replace(seed=seed, **toggles, **others, **execution)
+                cells.append(Cell(cell_id(config, fingerprint), config, names, brief))
     return cells
 
 
@@ -413,14 +652,20 @@ def definition(study: GridStudy, fingerprint: str, execution: dict[str, str] | N
     more seeds extends a study), and neither are operational settings such as the device
     index; the precision and device kind as resolved are (`execution`)."""
     execution = execution or resolve_execution(study.train)
-    shared = {k: v for k, v in study.train.identity().items() if k not in CELL_FIELDS and k != "precision"}
+    shared = {k: v for k, v in study.train.identity().items()
+              if k not in CELL_FIELDS and k != "precision" and k not in study.factors}  # a factor's [train] value is unused
     shared["data"] = fingerprint
     per_model = {}
     for model in sorted(study.models):
         identity = model_config(study, model).identity()
         per_model[model] = {"args": identity["model_args"],
                             "train": {k: identity[k] for k in sorted(study.model_train.get(model, {}))}}
-    return {"models": per_model, "toggles": list(study.toggles), "train": shared, "execution": dict(execution)}
+    out = {"models": per_model, "toggles": list(study.toggles), "train": shared, "execution": dict(execution)}
+    if study.factors:  # only then: a study without factors keeps the definition (and hash) it had
+        out["factors"] = {k: [level_text(x) for x in v] for k, v in study.factors.items()}
+    if study.design != "full":
+        out["design"] = {"kind": study.design, "lines": design_lines(study)}
+    return out
 
 
 def check_execution(name: str, grid: dict[str, Any], execution: dict[str, str], train: TrainConfig) -> None:
@@ -451,6 +696,23 @@ def check_models(study: GridStudy) -> None:
             check_training(config)
         except AblateError as exc:
             raise AblateError(f"model {model}: {exc}") from None
+
+
+def check_cells(cells: list[Cell]) -> None:
+    """Every cell's training choices, combined by its factors (e.g. `loss = dice` with the
+    weighted-loss toggle on), refused before anything is written rather than cell by cell."""
+    from ablate.engine import check_training
+
+    seen = set()
+    for cell in cells:
+        key = (cell.config.loss, cell.config.weighted_loss, cell.config.optimizer, cell.config.nesterov)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_training(cell.config)
+        except AblateError as exc:
+            raise AblateError(f"cell {cell.label}: {exc}") from None
 
 
 class Datasets:
@@ -641,11 +903,14 @@ class GridStorage:
         distributions = {
             "model": CategoricalDistribution(sorted({x.config.model for x in cells})),
             **{t: CategoricalDistribution([False, True]) for t in TOGGLES},
+            # other factors: their levels as text, in the study's order (the reference first)
+            **{k: CategoricalDistribution(cell.design["levels"][k]) for k in cell.factors},
         }
-        params = {"model": c.model, **{t: getattr(c, t) for t in TOGGLES}}
+        params = {"model": c.model, **{t: getattr(c, t) for t in TOGGLES}, **cell.levels}
         return optuna.trial.create_trial(
             state=TrialState.RUNNING, params=params, distributions=distributions,
-            user_attrs={"label": trial_label(c.model, cell.toggles, c.seed), "cell_id": cell.cell_id, "seed": c.seed,
+            user_attrs={"label": trial_label(c.model, cell.toggles, c.seed, cell.levels), "cell_id": cell.cell_id,
+                        "seed": c.seed,
                         "toggles": cell.toggles, "model_args": json.dumps(c.model_args),
                         "worker": workers.identity()},
             system_attrs=workers.owner_system_attrs(),
@@ -685,7 +950,7 @@ def check_same_grid(name: str, attrs: dict[str, Any], grid: dict[str, Any], url:
             diff.append(f"model_args.{model}")
         train_keys = sorted(set(was.get("train") or {}) | set(now["train"]))
         diff += [f"model_train.{model}.{k}" for k in train_keys if (was.get("train") or {}).get(k) != now["train"].get(k)]
-    diff += [k for k in ("toggles", "execution") if old.get(k) != grid[k]]
+    diff += [k for k in ("toggles", "factors", "design", "execution") if old.get(k) != grid.get(k)]
     diff += [k for k in grid["train"] if (old.get("train") or {}).get(k) != grid["train"][k]]
     diff = [("data (its files changed)" if k == "data" else k) for k in diff]
     raise AblateError(f"study {name!r} in {store.mask_url(url)} holds a different grid (differs in: "
@@ -898,11 +1163,12 @@ def run_workers(study: GridStudy, cells: list[Cell], url: str, *, results_dir: P
 
 
 # --------------------------------------------------------------------------- tables
-RUN_COLUMNS = ("cell_id", "run_id", "label", "model", "model_args", "toggles", *TOGGLES, "seed", "status", "attempts",
+RUN_COLUMNS = ("cell_id", "run_id", "label", "model", "model_args", "toggles", *TOGGLES, "factors", "seed", "status",
+               "attempts",
                "trial_number", "did_not_learn", "best_is_last", "early_stopped", "flags", "val_miou", "val_pixel_acc",
                "val_mean_acc", "val_mdice", "val_loss", "test_miou", "test_pixel_acc", "test_mean_acc", "test_mdice",
                "test_loss", "best_epoch", "stopped_epoch", "max_epochs", "seconds", "images_per_second", "precision",
-               "failure_reason", "run_dir")
+               "failure_reason", "run_dir", "design")
 SUMMARY_METRICS = ("val_miou", "test_miou", "val_pixel_acc", "test_pixel_acc")
 
 
@@ -919,8 +1185,11 @@ def runs_table(cells: list[dict], trials: list[FrozenTrial], *, results_dir: Pat
     for cell in cells:
         state = states[cell["cell_id"]]
         row = {k: cell.get(k) for k in ("cell_id", "run_id", "model", "toggles", *TOGGLES, "seed")}
-        row["label"] = trial_label(cell["model"], cell["toggles"], cell["seed"])
+        row["label"] = trial_label(cell["model"], cell["toggles"], cell["seed"], cell.get("factors"))
         row["model_args"] = json.dumps(cell.get("model_args") or {}, sort_keys=True)
+        # factor levels ({"loss": "dice"}, JSON) and the design with every factor's levels, when the study has them
+        row["factors"] = json.dumps(cell["factors"]) if cell.get("factors") else None
+        row["design"] = json.dumps(cell["design"]) if cell.get("design") else None
         row.update(status=state.status, attempts=state.attempts)
         t = state.trial
         if t is not None:
@@ -953,7 +1222,8 @@ def summary_table(runs, bar: dict | None = None):
     from ablate import stats
 
     done = runs[runs["status"] == "completed"].copy()
-    keys = ["model", "model_args", "toggles", *TOGGLES]
+    done["factors"] = done["factors"].fillna("") if "factors" in done else ""  # cells differing in a factor stay apart
+    keys = ["model", "model_args", "toggles", *TOGGLES, "factors"]
     counts = ["n_did_not_learn", "n_best_is_last", "n_early_stopped"]
     columns = keys + ["n"] + [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")] + ["did_not_learn", *counts]
     if done.empty:
@@ -1092,7 +1362,8 @@ def progress(cells: list[dict], trials: list[FrozenTrial], max_retries: int | No
     for t in trials:
         if t.datetime_start is not None:
             compute += max(0.0, ((t.datetime_complete or now) - t.datetime_start).total_seconds())
-    labels = {c["cell_id"]: f"{c['model']} {c['toggles']} seed {c['seed']}" for c in cells}
+    labels = {c["cell_id"]: f"{c['model']} {c['toggles']}" + "".join(f" {k}={v}" for k, v in (c.get("factors") or {}).items())
+              + f" seed {c['seed']}" for c in cells}
     failed = [(labels[cid], failure_reason(st.trial) or "") for cid, st in states.items() if st.status == "failed"]
     return Progress(len(cells), count["completed"], count["running"], count["failed"],
                     count["pending"] + count["retry"], compute, failed)

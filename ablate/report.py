@@ -196,11 +196,15 @@ def _findings(f: analysis.Findings) -> str:
              + "; ".join(f"<i>{esc(k)}s</i>: {esc(v)}" for k, v in f.families.items())
              + f". Effects involving a cell that did not learn get no verdict; {esc(bar)}.")
     body = "".join(f'<p class="banner">{b}</p>' for b in banners) + f'<p class="explain">{rules}</p>'
+    if f.design:
+        body += f'<p class="explain"><b>Design.</b> {esc(f.design[0])}</p>'
+        if len(f.design) > 1:
+            body += f"<pre class='design'>{esc(chr(10).join(f.design[1:]))}</pre>"
     for a in f.archs:
         items = [f"<li class='verdict'>{esc(r['sentence'])}</li>" for r in a.verdicts]
         if not a.verdicts:
             items.append("<li>No verdict: no effect meets the rules above.</li>")
-        mains = [f"{esc(analysis.TOGGLE_LABELS.get(r['factors'], r['factors']))}: {esc(analysis.VERDICT_SHORT.get(r['verdict'], r['verdict']))}, "
+        mains = [f"{esc(_effect_name(r))}: {esc(analysis.VERDICT_SHORT.get(r['verdict'], r['verdict']))}, "
                  f"{esc(analysis.interval_text(r['estimate'], r['ci_low'], r['ci_high']))}" for r in a.main_effects
                  if r["kind"] == "main" and not pd.isna(r["estimate"])]
         if mains:
@@ -209,6 +213,14 @@ def _findings(f: analysis.Findings) -> str:
             items.append(f"<li class='flag'>{esc(what)}: {esc(', '.join(cells))}</li>")
         body += f"<h4>{esc(a.arch)}</h4><ul>{''.join(items)}</ul>"
     return f'<div class="findings">{body}</div>'
+
+
+def _effect_name(row: dict) -> str:
+    """'augmentation', 'loss = dice vs ce' (effects tables written before factors: the toggle's name)."""
+    label = row.get("label")
+    if isinstance(label, str) and label:
+        return label
+    return analysis.TOGGLE_LABELS.get(row["factors"], row["factors"])
 
 
 def _flag_groups(flagged: pd.DataFrame) -> dict[str, list[str]]:
@@ -248,15 +260,17 @@ def _grid_study(page: _Page, study: Study, runs: pd.DataFrame, found: analysis.F
         _section(f"{sid}-overview", "1. Overview", "What was trained, on what data and hardware, and how much of it finished.",
                  _overview(study)),
         _section(f"{sid}-table", "2. Grid table",
-                 f"One row per cell (architecture × toggles), over seeds: mean and 95% Student-t interval [low, high] "
-                 f"over seeds, ordered by {esc(label)}. Δ is the paired difference to the same architecture's cell with "
-                 "every toggle off; p is the paired t-test, Holm-adjusted over that architecture's comparisons.",
+                 f"One row per cell (architecture × factor setting), over seeds: mean and 95% Student-t interval "
+                 f"[low, high] over seeds, ordered by {esc(label)}. Δ is the paired difference to the same "
+                 "architecture's reference cell (every toggle off, every other factor at its first level); p is the "
+                 "paired t-test, Holm-adjusted over that architecture's comparisons.",
                  _grid_table(stats, comps, metric, flags) + _ranking(page, ranking)),
-        _section(f"{sid}-effects", "3. Toggle effects",
-                 f"What switching a toggle on changes in {esc(label)}, averaged over the other toggles (main effect), and "
-                 "how much one toggle's effect depends on another (interaction), with 95% Student-t intervals over "
-                 "seeds. Grey cells carry no verdict (see Findings for the rules).",
-                 _effects(page, effects, metric)),
+        _section(f"{sid}-effects", "3. Factor effects" if _has_factors(effects) else "3. Toggle effects",
+                 f"What switching a toggle on, or a factor from its reference level to another, changes in {esc(label)}, "
+                 "averaged over the other factors' settings (main effect), and how much one factor's effect depends on "
+                 "another (interaction), with 95% Student-t intervals over seeds. Grey cells carry no verdict (see "
+                 "Findings for the rules).",
+                 _design_note(found) + _effects(page, effects, metric)),
         _section(f"{sid}-curves", "4. Learning curves",
                  "Per-epoch training and validation loss and validation mIoU of every run; pick an architecture with "
                  "the buttons. ★ marks the epoch whose checkpoint was kept (best val mIoU), ✕ where early stopping ended "
@@ -278,6 +292,20 @@ def _grid_study(page: _Page, study: Study, runs: pd.DataFrame, found: analysis.F
     return _study_block(study, parts)
 
 
+def _has_factors(effects: pd.DataFrame) -> bool:
+    """Whether a factor other than the toggles varies (the section is then 'Factor effects')."""
+    return not effects.empty and any(f not in analysis.TOGGLES for fs in effects["factors"].astype(str) for f in fs.split())
+
+
+def _design_note(found: analysis.Findings) -> str:
+    """The design, where it is not the full factorial: a fractional design's generators and
+    aliases, one-at-a-time's blind spot."""
+    if not found.design:
+        return ""
+    rest = f"<pre class='design'>{esc(chr(10).join(found.design[1:]))}</pre>" if len(found.design) > 1 else ""
+    return _note(found.design[0]) + rest
+
+
 def _anchor(name: str) -> str:
     return "s-" + "".join(c if c.isalnum() else "-" for c in name)
 
@@ -293,8 +321,9 @@ def _grid_table(stats: pd.DataFrame, comps: pd.DataFrame, metric: str, flags: pd
     cells.sort(key=lambda c: -wide.get((c, metric), {}).get("mean", -np.inf))
     comp = {r["cell"]: r for r in comps[comps["metric"] == metric].to_dict("records")} if not comps.empty else {}
     flag = dict(zip(flags["cell"], flags["flags"]))
+    references = set(comps["baseline"]) if not comps.empty else set()
     headers = ["cell", "seeds", "val mIoU", "test mIoU", "val pixel acc", "test pixel acc", "seconds / run", "images/s",
-               f"Δ {METRIC_LABELS[metric]} vs no toggles", "Holm p", "P(improve)", "verdict", "flags"]
+               f"Δ {METRIC_LABELS[metric]} vs reference", "Holm p", "P(improve)", "verdict", "flags"]
     rows = []
     for cell in cells:
         any_row = next(r for (c, _), r in wide.items() if c == cell)
@@ -312,7 +341,8 @@ def _grid_table(stats: pd.DataFrame, comps: pd.DataFrame, metric: str, flags: pd
                     (_num(c["p_improve"], 2) if c["n_pairs"] > 1 else "–", c["p_improve"]),
                     (f"<span class='v-{esc(c['verdict'].split()[0])}'>{esc(c['verdict'])}</span>", c["verdict"])]
         else:
-            row += [("baseline" if cell.endswith("no toggles") else "–", 0), ("–", ""), ("–", ""), ("–", "")]
+            row += [("reference" if cell in references or cell.endswith("no toggles") else "–", 0), ("–", ""), ("–", ""),
+                    ("–", "")]
         row.append((esc(flag.get(cell, "")), flag.get(cell, "")))
         rows.append(row)
     return _table(headers, rows)
@@ -343,7 +373,7 @@ def _ranking(page: _Page, ranking: pd.DataFrame) -> str:
 
 def _effects(page: _Page, effects: pd.DataFrame, metric: str) -> str:
     if effects.empty:
-        return _note("No toggle varies in this study, so there are no toggle effects to estimate.")
+        return _note("No factor varies in this study, so there are no effects to estimate.")
     e = effects[effects["metric"] == metric]
     out = _effects_matrix(page, e[e["estimate"].notna()], metric)
     out += "<h4>Every effect</h4>"
@@ -351,11 +381,15 @@ def _effects(page: _Page, effects: pd.DataFrame, metric: str) -> str:
         items = "".join(f"<li class='{'verdict' if r['verdict'] in analysis.VERDICT_WORDS else ''}'>{esc(r['sentence'])}</li>"
                         for r in g.to_dict("records"))
         out += f"<p><b>{esc(arch)}</b></p><ul>{items}</ul>"
-    out += ("<p class='explain'>Main effect = mean(on) − mean(off) over the other toggles; interaction A × B = ½ × "
-            "[(effect of A with B on) − (effect of A with B off)]. Both are computed per seed (seeds present in every "
-            "cell of the architecture); the interval is Student t over those per-seed effects, p the t-test, "
-            "Holm-adjusted over the architecture's main effects and interactions. P(improve) is the share of seeds "
-            "whose effect is positive (ties count half). All rows, val and test, are in effects.csv.</p>")
+    out += ("<p class='explain'>Main effect = mean(on) − mean(off) over the other factors' settings (for a factor "
+            "with several levels: each level vs the first listed, the reference); interaction A × B = ½ × "
+            "[(effect of A with B on) − (effect of A with B off)]. In a fractional design they come from the runs' "
+            "±1 contrasts and each estimate also holds the effects it is aliased with (column aliases of "
+            "effects.csv); one-at-a-time compares each varied cell with the reference cell. All are computed per seed "
+            "(seeds present in every cell of the architecture); the interval is Student t over those per-seed "
+            "effects, p the t-test, Holm-adjusted over the architecture's main effects and interactions. P(improve) "
+            "is the share of seeds whose effect is positive (ties count half). All rows, val and test, are in "
+            "effects.csv.</p>")
     return out
 
 
@@ -388,7 +422,7 @@ def _effects_matrix(page: _Page, shown: pd.DataFrame, metric: str) -> str:
     fig.add_trace(go.Heatmap(z=judged, x=x, y=y, colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit, text=text,
                              texttemplate="%{text}", hovertemplate="%{y} · %{x}<br>%{text}<extra></extra>", xgap=3, ygap=3,
                              colorbar=dict(title=f"Δ {METRIC_LABELS[metric]}")))
-    fig.update_layout(title=f"Toggle effects on {METRIC_LABELS[metric]}: colour where a verdict holds, grey where none",
+    fig.update_layout(title=f"Effects on {METRIC_LABELS[metric]}: colour where a verdict holds, grey where none",
                       yaxis=dict(autorange="reversed"), xaxis=dict(side="top"))
     return page.figure(fig, height=160 + 70 * len(archs))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pandas as pd
@@ -296,3 +297,70 @@ def test_training_setup_says_per_architecture_how_runs_were_trained(tmp_path):
     assert setup.loc["resnet18", "weights"] == "imagenet (IMAGENET1K_V1, sha256 f37072fd); none (random init)"
     assert setup.loc["unet", "early_stopping"] == "off (every run trains its whole budget)"
     assert setup.loc["unet", "metrics"] == "native" and setup.loc["unet", "epochs"] == "6"
+
+
+# --------------------------------------------------------------------------- factors with several levels
+LOSS_LEVELS = ["ce", "dice", "focal", "ce+dice"]
+
+
+def _factor_runs(value, *, seeds=(0, 1, 2), design="full") -> pd.DataFrame:
+    """A full factorial of loss (4 levels) × optimizer (2) × seeds, as the grid's runs.csv holds
+    it (factor levels and the design as JSON); value(seed, loss, optimizer) gives test mIoU."""
+    levels = {"loss": LOSS_LEVELS, "optimizer": ["adamw", "sgd"]}
+    rows = []
+    for seed, loss, opt in itertools.product(seeds, LOSS_LEVELS, levels["optimizer"]):
+        y = value(seed, loss, opt)
+        rows.append({"cell_id": f"{seed}-{loss}-{opt}", "model": "unet", "model_args": "{}", "seed": seed,
+                     "scheduler": False, "augment": False, "weighted_loss": False,
+                     "factors": json.dumps({"loss": loss, "optimizer": opt}),
+                     "design": json.dumps({"kind": design, "levels": levels}), "status": "completed",
+                     "val_miou": y - 0.01, "test_miou": y, "val_pixel_acc": 0.9, "test_pixel_acc": 0.9,
+                     "seconds": 10.0, "images_per_second": 100.0})
+    return analysis.with_cells(pd.DataFrame(rows))
+
+
+def test_each_level_is_compared_with_the_reference_averaged_over_the_other_factor():
+    # dice adds 0.06 with adamw and 0.02 with sgd: main effect 0.04, interaction (0.02 − 0.06)/2 = −0.02.
+    # focal's effect is per-seed noise around 0; ce+dice adds nothing at all.
+    flip = {0: 0.02, 1: -0.03, 2: 0.01, 3: -0.015, 4: 0.01}
+    runs = _factor_runs(lambda s, loss, opt: 0.3 + NOISE[s] + (loss == "dice") * (0.06 if opt == "adamw" else 0.02)
+                        + (loss == "focal") * flip[s], seeds=range(5))
+    effects = analysis.factorial_effects(runs, metrics=("test_miou",))
+    assert list(effects["effect"]) == [
+        "loss = dice vs ce", "loss = focal vs ce", "loss = ce+dice vs ce", "optimizer = sgd vs adamw",
+        "loss = dice vs ce × optimizer = sgd vs adamw", "loss = focal vs ce × optimizer = sgd vs adamw",
+        "loss = ce+dice vs ce × optimizer = sgd vs adamw"]
+    dice = _effect(effects, "loss = dice vs ce")
+    assert dice["estimate"] == pytest.approx(0.04) and dice["verdict"] == "helps" and dice["kind"] == "main"
+    assert dice["sentence"].startswith("unet: loss = dice vs ce raises test mIoU: +0.040")
+    focal = _effect(effects, "loss = focal vs ce")
+    assert focal["ci_low"] < 0 < focal["ci_high"] and focal["verdict"] == "no clear effect"
+    # sgd: mean over losses of (sgd − adamw) = (0.02 − 0.06) / 4 = −0.01 exactly, on every seed
+    assert _effect(effects, "optimizer = sgd vs adamw")["estimate"] == pytest.approx(-0.01)
+    inter = _effect(effects, "loss = dice vs ce × optimizer = sgd vs adamw")
+    assert inter["kind"] == "interaction" and inter["estimate"] == pytest.approx(-0.02)
+    assert inter["verdict"] == "negative interaction"
+    assert _effect(effects, "loss = ce+dice vs ce")["verdict"] == "no clear effect"
+    assert set(effects["family"]) == {analysis.FAMILY["effect"]}
+
+
+def test_a_null_factor_gets_no_clear_effect_and_comparisons_use_the_reference_cell():
+    runs = _factor_runs(lambda s, loss, opt: 0.3 + NOISE[s] + 0.01 * ((s + len(loss)) % 3 - 1))
+    effects = analysis.factorial_effects(runs, metrics=("test_miou",))
+    assert set(effects["verdict"]) == {"no clear effect"}
+    comp = analysis.paired_comparisons(runs, metrics=("test_miou",))
+    assert set(comp["baseline"]) == {"unet · loss=ce optimizer=adamw"} and len(comp) == 7
+    assert "unet · loss=dice optimizer=sgd" in set(comp["cell"])
+
+
+def test_one_seed_in_a_factor_design_says_not_enough_seeds():
+    runs = _factor_runs(lambda s, loss, opt: 0.3 + 0.05 * (loss == "dice"), seeds=(0,))
+    dice = _effect(analysis.factorial_effects(runs), "loss = dice vs ce")
+    assert dice["estimate"] == pytest.approx(0.05) and dice["verdict"] == "not enough seeds"
+
+
+def test_a_missing_level_cell_is_an_incomplete_design():
+    runs = _factor_runs(lambda s, loss, opt: 0.3)
+    runs = runs[~((runs["loss"] == "focal") & (runs["optimizer"] == "sgd"))]
+    effects = analysis.factorial_effects(runs)
+    assert effects["estimate"].isna().all() and "loss=focal optimizer=sgd" in effects["ci_method"].iloc[0]

@@ -107,3 +107,29 @@ def test_full_factorial_and_one_at_a_time():
                    {"loss": "focal", "optimizer": "adamw"}, {"loss": "ce", "optimizer": "sgd"}]
     with pytest.raises(AblateError, match="reference loss = 'bce'"):
         one_at_a_time(levels, {"loss": "bce", "optimizer": "adamw"})
+
+
+def test_five_factor_main_effects_are_clear_of_every_two_factor_interaction():
+    """Resolution V from the alias table: no main effect has an alias shorter than four
+    factors, and each two-factor interaction is aliased with exactly one three-factor one."""
+    aliases = fractional_factorial(FIVE).aliases()
+    assert all(aliases[letter] == [] for letter in "ABCDE")
+    pairs = {k: v for k, v in aliases.items() if len(k) == 2}
+    assert len(pairs) == 10 and all(len(v) == 1 and len(v[0]) == 3 and not set(v[0]) & set(k) for k, v in pairs.items())
+
+
+def test_the_analysis_contrasts_of_a_fractional_design_are_the_designs_own():
+    """The analysis (per-seed effects through weights over the cells) and contrast_effects
+    (the run matrix) give the same estimates on the same responses."""
+    from ablate.analysis import _design_contrasts
+
+    levels = {name: [False, True] for name in FIVE}
+    settings, contrasts = _design_contrasts("fractional", levels)
+    d = fractional_factorial(FIVE)
+    assert settings == d.settings()
+    y = np.random.default_rng(1).normal(0.4, 0.05, len(settings))
+    direct = contrast_effects(d.runs, y, FIVE)
+    assert len(contrasts) == len(direct) == 15
+    for c in contrasts:
+        name = " × ".join(c["factors"].split())
+        assert float(c["weights"] @ y) == pytest.approx(direct[name]), name

@@ -13,7 +13,8 @@ from ablate.errors import AblateError
 
 # flag parameter -> study key or [train] key it overrides
 _OVERRIDES = {
-    "study_name": "name", "models": "models", "toggles": "toggles", "seeds": "seeds", "model_arg": "model_arg",
+    "study_name": "name", "models": "models", "toggles": "toggles", "factor": "factor", "design": "design",
+    "seeds": "seeds", "model_arg": "model_arg",
     "data": "data", "image_size": "image_size", "num_classes": "num_classes", "ignore_index": "ignore_index",
     "val_fraction": "val_fraction", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
     "weight_decay": "weight_decay", "patience": "patience", "early_stop_on": "early_stop_on", "min_delta": "min_delta",
@@ -29,6 +30,12 @@ _OVERRIDES = {
 @click.option("--models", default=None, metavar="A,B", help="Architectures: baseline, custom, resnet18, unet.")
 @click.option("--toggles", default=None, metavar="A,B",
               help="Toggles switched on/off (2^k settings; the others stay off); 'none' for none.")
+@click.option("--factor", "factor", multiple=True, metavar="KEY=A,B",
+              help="A factor and its levels, the first the reference; repeatable (--factor loss=ce,dice "
+                   "--factor optimizer=adamw,sgd). Replaces the study file's [factors] entry for KEY.")
+@click.option("--design", default=None, metavar="full|fractional|one-at-a-time",
+              help="Which factor settings run: every combination [default], a 2^(k-p) fraction of two-level "
+                   "factors (resolution >= IV), or one factor at a time from the reference (no interactions).")
 @click.option("--seeds", default=None, metavar="N|A,B,C", help="A count (seeds 0..N-1) or a list of seeds.")
 @click.option("--model-arg", "model_arg", multiple=True, metavar="[MODEL.]KEY=VALUE",
               help="Model argument, repeatable (unet.base_channels=16; without MODEL: every model that has KEY).")
@@ -62,7 +69,8 @@ _OVERRIDES = {
 @click.pass_context
 def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_dir: Path | None, report: bool,
          dry_run: bool, tables_only: bool, artifacts: str | None, keep_checkpoints: str, **flags):
-    """Run the ablation grid: every architecture x every on/off setting of the toggles x seeds.
+    """Run the ablation grid: every architecture x every setting of the factors (the toggles
+    on/off, and [factors] / --factor) x seeds.
 
     Rerunning the same command runs only what is missing; several processes or machines
     sharing one --storage split the cells, and no cell runs twice.
@@ -86,6 +94,7 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
     execution = grids.resolve_execution(study.train)  # also: --device cuda without a GPU is an input error
     fingerprint = data_stage.fingerprint(study.train.data)
     cells = grids.expand(study, fingerprint, execution)
+    grids.check_cells(cells)
     study = grids.resolve_workers(study, cells, execution)
     url = study.storage or store.default_storage(results_dir, study.name, study.workers)
     definition = grids.definition(study, fingerprint, execution)
@@ -270,12 +279,19 @@ def _print_dry_run(study, cells, trials, url: str, exists: bool) -> None:
     click.echo(f"study {study.name}: {_shape(study, cells)}; {p.completed} done, {p.pending} pending"
                + (f", {p.running} running" if p.running else "") + (f", {p.failed} failed" if p.failed else ""))
     click.echo(f"storage: {store.mask_url(url)}" + ("" if exists else " (not created yet)"))
-    width = max(len(c.toggles) for c in cells)
-    click.echo(f"{'cell_id':<12}  {'model':<8}  {'toggles':<{width}}  {'seed':>4}  status")
+    for line in grids.design_lines(study):
+        click.echo(line)
+    names = [c.factors for c in cells[:1]][0] if cells else ()
+    columns = [("toggles", lambda c: c.toggles)] if study.toggles or not names else []
+    columns += [(k, lambda c, k=k: c.levels[k]) for k in names]
+    widths = [max(len(h), *(len(f(c)) for c in cells)) for h, f in columns]
+    click.echo(f"{'cell_id':<12}  {'model':<8}  " + "  ".join(f"{h:<{w}}" for (h, _), w in zip(columns, widths))
+               + f"  {'seed':>4}  status")
     for cell in cells:
         status = states[cell.cell_id].status
-        click.echo(f"{cell.cell_id:<12}  {cell.config.model:<8}  {cell.toggles:<{width}}  {cell.config.seed:>4}  "
-                   f"{'pending' if status == 'retry' else status}")
+        click.echo(f"{cell.cell_id:<12}  {cell.config.model:<8}  "
+                   + "  ".join(f"{f(cell):<{w}}" for (_, f), w in zip(columns, widths))
+                   + f"  {cell.config.seed:>4}  {'pending' if status == 'retry' else status}")
 
 
 def _print_table(summary_csv: Path) -> None:
@@ -285,16 +301,31 @@ def _print_table(summary_csv: Path) -> None:
     if table.empty:
         click.echo("\nno completed cells")
         return
-    width = max(7, table["toggles"].str.len().max())
-    click.echo(f"\n{'model':<8}  {'toggles':<{width}}  {'n':>2}  {'val mIoU':<15}  test mIoU")
+    table["setting"] = [_setting(t, f) for t, f in zip(table["toggles"], table.get("factors", [None] * len(table)))]
+    width = max(7, table["setting"].str.len().max())
+    click.echo(f"\n{'model':<8}  {'setting':<{width}}  {'n':>2}  {'val mIoU':<15}  test mIoU")
     for _, row in table.iterrows():
-        click.echo(f"{row['model']:<8}  {row['toggles']:<{width}}  {int(row['n']):>2}  "
+        click.echo(f"{row['model']:<8}  {row['setting']:<{width}}  {int(row['n']):>2}  "
                    f"{_mean_std(row['val_miou_mean'], row['val_miou_std']):<15}  "
                    f"{_mean_std(row['test_miou_mean'], row['test_miou_std'])}")
 
 
+def _setting(toggles: str, factors) -> str:
+    """'scheduler', or with other factors 'loss=dice optimizer=sgd' (toggles first when on)."""
+    import json
+
+    words = " ".join(f"{k}={v}" for k, v in json.loads(factors).items()) if isinstance(factors, str) and factors else ""
+    if not words:
+        return toggles
+    return words if toggles == "none" else f"{toggles} {words}"
+
+
 def _shape(study, cells) -> str:
-    return (f"{len(cells)} cells ({_plural(len(study.models), 'model')} x {_plural(2 ** len(study.toggles), 'toggle setting')}"
+    from ablate import grid as grids
+
+    n = len(grids.settings(study))
+    what = "toggle setting" if study.design == "full" and not any(len(v) > 1 for v in study.factors.values()) else "setting"
+    return (f"{len(cells)} cells ({_plural(len(study.models), 'model')} x {_plural(n, what)}"
             f" x {_plural(len(study.seeds), 'seed')})")
 
 
