@@ -748,7 +748,8 @@ def more_seeds(study: Study, runs: pd.DataFrame, *, target: int = stats.MIN_VERD
     args = _without_seeds(study.meta.get("command") or ["grid", "--study-name", study.name])
     command = " ".join(["ablate", *map(_quote, args), "--seeds", value])
     new_runs = new * per_seed
-    workers = int(study.meta.get("workers") or 1)
+    workers = study.meta.get("workers")
+    workers = int(workers) if str(workers).isdigit() else 1  # "auto" in a study that never ran: one
     minutes = new_runs * float(runs["seconds"].mean()) / workers / 60
     if new_runs and np.isfinite(minutes):
         text = f"`{command}` adds {new_runs} runs, about {max(1, round(minutes))} min"

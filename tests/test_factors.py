@@ -166,22 +166,22 @@ def test_the_default_study_keeps_its_definition_without_factors():
 
 
 FIVE = {"toggles": ["scheduler", "augment", "weighted_loss"], "design": "fractional",
-        "factors": {"optimizer": ["adamw", "sgd"], "nesterov": [False, True]}}
+        "factors": {"optimizer": ["adamw", "sgd"], "loss": ["ce", "focal"]}}
 
 
 def test_fractional_five_factors_run_sixteen_cells_with_their_alias_structure():
     s = _study(FIVE, seeds=2)
     cells = grids.expand(s, "fp", EXEC)
     assert len(cells) == 32 and len({c.cell_id for c in cells}) == 32  # 16 settings x 2 seeds
-    settings = [(c.config.scheduler, c.config.augment, c.config.weighted_loss, c.config.optimizer, c.config.nesterov)
+    settings = [(c.config.scheduler, c.config.augment, c.config.weighted_loss, c.config.optimizer, c.config.loss)
                 for c in cells[:16]]
     assert len(set(settings)) == 16
     # I = ABCDE: every run has an even number of factors at their first level (E = ABCD)
-    assert all(sum(not v if isinstance(v, bool) else v == "adamw" for v in st) % 2 == 0 for st in settings)
+    assert all(sum(not v if isinstance(v, bool) else v in ("adamw", "ce") for v in st) % 2 == 0 for st in settings)
     lines = grids.design_lines(s)
     assert lines[0] == ("design: fractional, 16 of 32 settings of scheduler (2 levels: off, on) x augment (2 levels: "
-                        "off, on) x weighted_loss (2 levels: off, on) x optimizer (2 levels: adamw, sgd) x nesterov "
-                        "(2 levels: off, on)")
+                        "off, on) x weighted_loss (2 levels: off, on) x optimizer (2 levels: adamw, sgd) x loss "
+                        "(2 levels: ce, focal)")
     assert "generators: E = ABCD" in lines and "defining relation: I = ABCDE" in lines
     assert "  AB = CDE" in lines and not any(re.match(r"  [A-E] =", line) for line in lines)  # mains: no short alias
     assert grids.definition(s, "fp", EXEC)["design"]["lines"] == lines  # stored with the definition
@@ -214,7 +214,7 @@ def test_planted_main_effect_is_recovered_from_a_fractional_design():
     assert sgd["sentence"].startswith("baseline: optimizer = sgd vs adamw raises test mIoU: +0.040")
     aug = effects.loc["augment"]
     assert aug["estimate"] == pytest.approx(0.002 * 1.5) and aug["verdict"] == "no clear effect"
-    assert effects.loc["scheduler × augment", "aliases"] == "weighted_loss×optimizer×nesterov"
+    assert effects.loc["scheduler × augment", "aliases"] == "weighted_loss×optimizer×loss"
     others = effects.drop(index=["optimizer = sgd vs adamw", "augment"])
     assert np.allclose(others["estimate"], 0, atol=1e-12) and set(others["verdict"]) == {"no clear effect"}
     assert set(effects["design"]) == {"fractional"}
@@ -256,7 +256,7 @@ def test_dry_run_of_the_losses_study_lists_eight_cells_by_three_seeds(tmp_path):
 
 def test_fractional_dry_run_prints_generators_and_aliases(tmp_path):
     out = CliRunner().invoke(main, ["grid", "--models", "baseline", "--toggles", "scheduler,augment,weighted_loss",
-                                    "--factor", "optimizer=adamw,sgd", "--factor", "nesterov=off,on", "--design",
+                                    "--factor", "optimizer=adamw,sgd", "--factor", "loss=ce,focal", "--design",
                                     "fractional", "--dry-run", "--results-dir", str(tmp_path / "r")])
     assert out.exit_code == 0, out.output
     assert "16 cells (1 model x 16 settings x 1 seed)" in out.stdout
