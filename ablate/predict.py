@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from ablate.errors import AblateError
-from ablate.models import create_model
+from ablate.models import create_model, model_params
 from ablate.record import CHECKPOINT_FILE
 from ablate.synthetic import voc_palette
 
@@ -30,11 +30,22 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[t
     except Exception as exc:  # noqa: BLE001 - truncated or foreign file
         raise AblateError(f"{path}: cannot load checkpoint ({type(exc).__name__}); retrain the run") from None
     config = ckpt["config"]
-    # Pretrained-weight paths only matter for initialisation; the checkpoint has every weight.
-    model_args = {k: v for k, v in config["model_args"].items() if k != "weights"}
-    model = create_model(config["model"], ckpt["num_classes"], **model_args)
+    model = create_model(config["model"], ckpt["num_classes"], **inference_args(config["model"], config["model_args"]))
     model.load_state_dict(ckpt["model_state"])
     return model.to(device).eval(), ckpt
+
+
+def inference_args(model: str, model_args: dict) -> dict:
+    """The model's arguments for rebuilding it around a checkpoint: pretrained weights only
+    matter for initialisation (the checkpoint has every weight), so none are loaded or
+    downloaded, and freezing (refused with random weights) does not matter for inference."""
+    params = model_params(model)
+    args = dict(model_args)
+    if "weights" in params:
+        args["weights"] = "none"
+    if "freeze_encoder" in params:
+        args["freeze_encoder"] = False
+    return args
 
 
 def forward_logits(model: torch.nn.Module, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:

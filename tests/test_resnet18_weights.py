@@ -99,3 +99,23 @@ def test_the_grid_refuses_imagenet_offline_before_creating_anything(tmp_path, of
     assert result.stdout == "" and len(result.stderr.splitlines()) == 1
     assert "model resnet18: resnet18 weights=imagenet: cannot download" in result.stderr
     assert not results.exists()
+
+
+@pytest.mark.parametrize("model_args", [{"weights": "imagenet"}, {"weights": "none", "freeze_encoder": False}])
+def test_a_resnet18_checkpoint_loads_offline_whatever_weights_it_started_from(tmp_path, monkeypatch, model_args):
+    # the report's gallery, the grid's predictions.png and `ablate predict` rebuild the model around
+    # the checkpoint: its start weights must not be looked up (an ImageNet start offline, no cache)
+    import torch
+
+    from ablate import _io
+    from ablate.models import create_model
+    from ablate.predict import load_run
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    trained = create_model("resnet18", 3, weights="none", freeze_encoder=False)
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in trained.state_dict().items()}
+    _io.torch_save(tmp_path / "run" / "best.pt", {"model_state": state, "num_classes": 3,
+                                                   "config": {"model": "resnet18", "model_args": model_args}})
+    model, _ = load_run(tmp_path / "run")
+    loaded = model.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], v) for k, v in state.items())
