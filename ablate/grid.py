@@ -76,7 +76,7 @@ QUICK_STUDY: dict[str, Any] = {
     "name": "quick",
     "description": ('All four architectures x all 8 toggle settings on the embedded synthetic dataset, in about 4 minutes'
                     ' on 2 CPU cores (resnet18 from random weights, encoder trained: offline, no download). unet and the '
-                    'unweighted baseline cells learn; custom and resnet18 get a 2-epoch smoke budget (they need 13 and 19'
+                    'unweighted baseline cells learn; custom and resnet18 get a 1-epoch smoke budget (they need 13 and 19'
                     " epochs) and are flagged 'did not learn'."),
     "models": ["baseline", "custom", "resnet18", "unet"],
     "toggles": list(TOGGLES),
@@ -84,7 +84,7 @@ QUICK_STUDY: dict[str, Any] = {
     "max_retries": 1,
     "model_args": {"unet": {"base_channels": 8}, "resnet18": {"weights": "none", "freeze_encoder": False}},
     "train": {"data": "synthetic", "image_size": 64, "epochs": 6, "batch_size": 16, "lr": 1e-3, "patience": 0},
-    "model_train": {"unet": {"batch_size": 8, "lr": 2e-3}, "custom": {"epochs": 2}, "resnet18": {"epochs": 2}},
+    "model_train": {"unet": {"batch_size": 8, "lr": 2e-3}, "custom": {"epochs": 1}, "resnet18": {"epochs": 1}},
 }
 
 
