@@ -76,3 +76,30 @@ def wsgi_json_getter(app):
         assert status[0].startswith("200"), (path, status, body[:300])
         return json.loads(body)
     return get
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    """What `fit` hands to train_one_epoch (loss function, optimizer) and the lr of every
+    optimizer step, read as the step is taken."""
+    seen = {"lrs": []}
+    from ablate import engine
+
+    real = engine.train_one_epoch
+
+    def spy(*args, **kwargs):
+        optimizer = kwargs["optimizer"]
+        seen["loss_fn"], seen["optimizer"] = kwargs["loss_fn"], optimizer
+        step = optimizer.step
+
+        def logged(*a, **k):
+            seen["lrs"].append(optimizer.param_groups[0]["lr"])
+            return step(*a, **k)
+        optimizer.step = logged
+        try:
+            return real(*args, **kwargs)
+        finally:
+            optimizer.step = step
+
+    monkeypatch.setattr(engine, "train_one_epoch", spy)
+    return seen

@@ -29,31 +29,6 @@ def synthetic32(cache_dir):
     return load_dataset("synthetic", image_size=(32, 32), cache_dir=cache_dir)
 
 
-@pytest.fixture
-def seen(monkeypatch):
-    """What `fit` hands to train_one_epoch (loss function, optimizer) and the lr of every
-    optimizer step, read as the step is taken."""
-    seen = {"lrs": []}
-    real = engine.train_one_epoch
-
-    def spy(*args, **kwargs):
-        optimizer = kwargs["optimizer"]
-        seen["loss_fn"], seen["optimizer"] = kwargs["loss_fn"], optimizer
-        step = optimizer.step
-
-        def logged(*a, **k):
-            seen["lrs"].append(optimizer.param_groups[0]["lr"])
-            return step(*a, **k)
-        optimizer.step = logged
-        try:
-            return real(*args, **kwargs)
-        finally:
-            optimizer.step = step
-
-    monkeypatch.setattr(engine, "train_one_epoch", spy)
-    return seen
-
-
 def _fit(dataset, **overrides):
     return engine.fit(TrainConfig(**{**TINY, **overrides}), dataset, quiet=True)
 
