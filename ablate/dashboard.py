@@ -66,7 +66,8 @@ def study_note(study: Study, found: Findings, report_path: Path) -> str:
         lines += [f"- {r['sentence']}" for r in a.verdicts] or ["- no verdict: no effect meets the rules"]
         for r in a.main_effects:
             if not pd.isna(r["estimate"]):
-                name = analysis.TOGGLE_LABELS.get(r["factors"], r["factors"])
+                # a toggle by its words; a level of another factor by its row ("loss = dice vs ce")
+                name = analysis.TOGGLE_LABELS.get(r["factors"]) or r.get("label") or r["factors"]
                 lines.append(f"- {name}: {analysis.VERDICT_SHORT.get(r['verdict'], r['verdict'])}, {analysis.interval_text(r['estimate'], r['ci_low'], r['ci_high'])}")
         for r in a.flagged.to_dict("records"):
             lines.append(f"- ⚠ {r['cell']}: {r['flags']}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 from conftest import wsgi_json_getter
@@ -153,3 +154,19 @@ def test_old_study_with_a_seed_param_still_loads_and_extends(tmp_path):
     assert claimed is not None and claimed[0].cell_id == cells[1].cell_id  # seed 0 is done already
     states = grids.cell_states([c.brief() for c in cells], gs.trials())
     assert [states[c.cell_id].status for c in cells] == ["completed", "running"]
+
+
+def test_the_study_note_names_each_level_of_a_multi_level_factor_once(tmp_path):
+    # a factor's main-effect rows share `factors` ("loss"): the note must name each by its own row
+    rows = [{"factors": "loss", "label": f"loss = {lvl} vs ce", "estimate": est, "ci_low": est - 0.01,
+             "ci_high": est + 0.01, "verdict": "no clear effect"} for lvl, est in (("dice", -0.05), ("focal", 0.01))]
+    rows.append({"factors": "augment", "label": "augment", "estimate": 0.02, "ci_low": 0.01, "ci_high": 0.03,
+                 "verdict": "no clear effect"})
+    arch = analysis.ArchFindings("unet", "test_miou", [], rows, pd.DataFrame(), 3)
+    found = analysis.Findings("test_miou", None, None, 3, [arch])
+    study = analysis.Study(name="f", folder=tmp_path, kind="grid", meta={}, table=pd.DataFrame(), records={},
+                           run_dirs={})
+    note = dashboard.study_note(study, found, tmp_path / "report.html")
+    assert "- loss = dice vs ce: " in note and "- loss = focal vs ce: " in note
+    assert "- loss: " not in note
+    assert f"- {analysis.TOGGLE_LABELS['augment']}: " in note  # toggles keep their words
