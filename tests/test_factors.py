@@ -141,7 +141,7 @@ def test_two_factor_full_design_cells_labels_and_identity():
     assert brief["design"] == {"kind": "full", "levels": {"loss": LOSSES, "optimizer": ["adamw", "sgd"]}}
     assert grids.trial_label("unet", brief["toggles"], 0, brief["factors"]) == "unet · loss=dice optimizer=sgd · s0"
     # identity: the same cells from flags; a changed factor set is another grid
-    same = grids.build_study({"models": ["unet"], "train": {"image_size": 64, "epochs": 4, "batch_size": 8, "lr": 3e-3,
+    same = grids.build_study({"models": ["unet"], "train": {"image_size": 64, "epochs": 4, "batch_size": 8, "lr": 1e-2,
                                                             "patience": 0}, "model_args": {"unet": {"base_channels": 8}}},
                              where="x", overrides={"factor": ["loss=ce,dice,focal,ce+dice", "optimizer=adamw,sgd"],
                                                    "seeds": 3, "name": "losses"})
