@@ -772,7 +772,7 @@ def export_grid_study(spec: TuneSpec, study: optuna.Study, path: str | Path, *, 
 
 
 def grid_toml(config: TrainConfig, *, name: str, seeds: int, about: str) -> str:
-    """One configuration in the grid's study format (ablate/grid.py, studies/quick.toml)."""
+    """One configuration in the grid's study format (ablate/grid/definition.py, studies/quick.toml)."""
     on = [t for t in TOGGLES if getattr(config, t)]
     lines = [f"# Written by `ablate tune --export`: {about}.",
              f"# Run it with: ablate grid --study THIS_FILE",

@@ -1,0 +1,276 @@
+"""Grid claims: the Optuna study as a work queue, each cell completed exactly once.
+
+The study lock, the trial that claims a cell, retry accounting, reclaim of lost workers' cells,
+and the progress of a grid."""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from ablate import _io, store, workers
+from ablate.config import TOGGLES, TrainConfig, stable_hash
+from ablate.errors import AblateError
+from ablate.workers import INTERRUPTED, WORKER_LOST  # failure reasons, shared with the tuner
+from ablate.grid.definition import CELL_FIELDS, Cell, GridStudy, KIND, check_execution, trial_label
+
+
+# --------------------------------------------------------------------------- storage
+@dataclass(frozen=True)
+class CellState:
+    status: str  # completed | running | failed | retry | pending
+    trial: FrozenTrial | None  # the trial that speaks for the cell (complete, running or latest)
+    attempts: int  # trials so far
+    failures: int  # failures charged to --max-retries (see charged_failures)
+
+
+def cell_states(cells: list[dict], trials: list[FrozenTrial], max_retries: int | None = None) -> dict[str, CellState]:
+    """Status of every cell from its trials; max_retries None: any genuine failure is 'failed'."""
+    by_cell: dict[str, list[FrozenTrial]] = {c["cell_id"]: [] for c in cells}
+    for t in trials:
+        if t.user_attrs.get("cell_id") in by_cell:
+            by_cell[t.user_attrs["cell_id"]].append(t)
+    states = {}
+    for cid, ts in by_cell.items():
+        failures = charged_failures(ts)
+        complete = [t for t in ts if t.state == TrialState.COMPLETE]
+        running = [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        if complete:
+            status, trial = "completed", complete[0]
+        elif running:
+            status, trial = "running", running[0]
+        elif failures:
+            retry = max_retries is not None and len(failures) <= max_retries
+            status, trial = ("retry" if retry else "failed"), ts[-1]
+        else:
+            status, trial = "pending", ts[-1] if ts else None
+        states[cid] = CellState(status, trial, len(ts), len(failures))
+    return states
+
+
+def failure_reason(trial: FrozenTrial) -> str | None:
+    if trial.state != TrialState.FAIL:
+        return None
+    return trial.user_attrs.get("failure_reason") or f"{WORKER_LOST} (trial failed by the storage)"
+
+
+def charged_failures(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The failed trials of one cell (in creation order) that count against --max-retries:
+    genuine failures, and every crash (worker lost: killed, OOM killer, segfault, silent)
+    after the cell's first, which is free since the machine may simply have gone down. A
+    cell that kills its own process every time therefore stops; an interruption never counts."""
+    charged, crashes = [], 0
+    for t in trials:
+        if t.state != TrialState.FAIL:
+            continue
+        reason = failure_reason(t)
+        if reason == INTERRUPTED:
+            continue
+        if workers.is_crash(reason):
+            crashes += 1
+            if crashes == 1:
+                continue
+        charged.append(t)
+    return charged
+
+
+class GridStorage:
+    """An Optuna storage holding one grid study, and the study-wide lock under which cells
+    are claimed."""
+
+    def __init__(self, url: str, study_name: str):
+        self.url, self.study_name = url, study_name
+        self._dialect = "file" if store.is_journal(url) else url.split(":", 1)[0].split("+", 1)[0]
+        if self._dialect not in ("file", "sqlite", "postgresql", "mysql", "mariadb"):
+            raise AblateError(f"--storage {store.mask_url(url)}: a grid needs PostgreSQL, MySQL, SQLite or a journal "
+                              f"file (it has no cross-process lock for {self._dialect!r})")
+        self.storage = store.open_storage(url)
+        self.running = 0  # RUNNING trials seen at the last claim (other workers' cells)
+        self._reclaimer = workers.Reclaimer()
+
+    # ---- the lock
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive across every process that uses this storage (for file storages: on one
+        machine; for PostgreSQL and MySQL: across machines)."""
+        if self._dialect in ("file", "sqlite"):
+            path = self.url.removeprefix("sqlite:///")
+            with _flock(f"{path}.grid-lock"):
+                yield
+            return
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha256(f"ablate-grid:{self.study_name}".encode()).digest()[:8], "big", signed=True)
+        if self._dialect == "postgresql":  # session-level: released by the server if this process dies
+            lock, unlock, args = "SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)", {"k": key}
+        else:
+            lock, unlock, args = "SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)", {"k": f"ablate-grid-{key}"}
+        with self.storage.engine.connect() as conn:
+            conn.execute(sqlalchemy.text(lock), args)
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text(unlock), args)
+                conn.commit()
+
+    # ---- the study
+    def study_id(self) -> int | None:
+        try:
+            return self.storage.get_study_id_from_name(self.study_name)
+        except KeyError:
+            return None
+
+    def study_attrs(self) -> dict[str, Any] | None:
+        sid = self.study_id()
+        return None if sid is None else self.storage.get_study_user_attrs(sid)
+
+    def trials(self) -> list[FrozenTrial]:
+        sid = self.study_id()
+        return [] if sid is None else self.storage.get_all_trials(sid, deepcopy=False)
+
+    def prepare(self, study: GridStudy, cells: list[Cell], grid: dict[str, Any], *, dataset: dict | None = None,
+                command: list[str] | None = None) -> dict[str, Any]:
+        """Create the study, or check that the existing one is this grid and add any new
+        seeds' cells to it; returns the study's attrs (its cells and seeds so far). The
+        storage holds what study.json says (`setup`: models, toggles, [train], ...; the
+        `dataset` summary; the `command`), so a report needs no file from this machine."""
+        with self.lock():
+            sid = self.study_id()
+            if sid is None:
+                sid = self.storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], self.study_name)
+            attrs = self.storage.get_study_user_attrs(sid)
+            if attrs:
+                check_same_grid(self.study_name, attrs, grid, self.url, study.train)
+            elif self.storage.get_all_trials(sid, deepcopy=False):
+                raise AblateError(f"study {self.study_name!r} in {store.mask_url(self.url)} is not a grid study; "
+                                  "use another --study-name")
+            known = {c["cell_id"] for c in attrs.get("cells", [])}
+            # grid_hash last: a reader outside the lock that sees it sees the whole definition
+            new = {"kind": KIND, "grid": grid, "description": study.description,
+                   "seeds": sorted(set(attrs.get("seeds", [])) | set(study.seeds)),
+                   "cells": attrs.get("cells", []) + [c.brief() for c in cells if c.cell_id not in known],
+                   "setup": _setup(study),
+                   **({"dataset": _io._json_safe(dataset)} if dataset is not None else {}),
+                   **({"command": command} if command is not None else {}),
+                   "grid_hash": stable_hash(grid)}
+            for key, value in new.items():
+                if attrs.get(key) != value:
+                    self.storage.set_study_user_attr(sid, key, value)
+            return new
+
+    # ---- claiming
+    def claim(self, cells: list[Cell], *, max_retries: int) -> tuple[Cell, int] | None:
+        """Create a RUNNING trial for the first cell that needs a run, or return None."""
+        with self.lock():
+            sid = self.study_id()
+            trials = self.storage.get_all_trials(sid, deepcopy=False)
+            if self._reclaimer.reclaim(self.storage, trials):
+                trials = self.storage.get_all_trials(sid, deepcopy=False)
+            states = cell_states([c.brief() for c in cells], trials, max_retries)
+            self.running = sum(s.status == "running" for s in states.values())
+            for cell in cells:
+                if states[cell.cell_id].status in ("pending", "retry"):
+                    return cell, self.storage.create_new_trial(sid, template_trial=self._new_trial(cell, cells))
+        return None
+
+    def _new_trial(self, cell: Cell, cells: list[Cell]) -> FrozenTrial:
+        """Model and toggles are the trial's params (what the dashboard's importance ranks);
+        the seed is a replicate, not a search parameter, so it is a user attr only (cells are
+        told apart by `cell_id`, never by params)."""
+        c = cell.config
+        distributions = {
+            "model": CategoricalDistribution(sorted({x.config.model for x in cells})),
+            **{t: CategoricalDistribution([False, True]) for t in TOGGLES},
+            # other factors: their levels as text, in the study's order (the reference first)
+            **{k: CategoricalDistribution(cell.design["levels"][k]) for k in cell.factors},
+        }
+        params = {"model": c.model, **{t: getattr(c, t) for t in TOGGLES}, **cell.levels}
+        return optuna.trial.create_trial(
+            state=TrialState.RUNNING, params=params, distributions=distributions,
+            user_attrs={"label": trial_label(c.model, cell.toggles, c.seed, cell.levels), "cell_id": cell.cell_id,
+                        "seed": c.seed,
+                        "toggles": cell.toggles, "model_args": json.dumps(c.model_args),
+                        "worker": workers.identity()},
+            system_attrs=workers.owner_system_attrs(),
+        )
+
+
+@contextlib.contextmanager
+def _flock(path: str) -> Iterator[None]:
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_same_grid(name: str, attrs: dict[str, Any], grid: dict[str, Any], url: str,
+                    train: TrainConfig | None = None) -> None:
+    """Refuse a study of another kind, another execution (when `train`, the requested
+    settings, is given: the message names the flags) or another grid."""
+    if attrs.get("kind") != KIND:
+        raise AblateError(f"study {name!r} in {store.mask_url(url)} is a {attrs.get('kind') or 'non-grid'} study, "
+                          "not a grid; use another --study-name")
+    if attrs.get("grid_hash") == stable_hash(grid):
+        return
+    old = attrs.get("grid") or {}
+    if train is not None:
+        check_execution(name, old, grid["execution"], train)
+    old_models, new_models = old.get("models") or {}, grid["models"]
+    diff = ["models"] if sorted(old_models) != sorted(new_models) else []
+    for model in sorted(new_models) if not diff else []:
+        was, now = old_models[model] if isinstance(old_models[model], dict) else {}, new_models[model]
+        if was.get("args") != now["args"]:
+            diff.append(f"model_args.{model}")
+        train_keys = sorted(set(was.get("train") or {}) | set(now["train"]))
+        diff += [f"model_train.{model}.{k}" for k in train_keys if (was.get("train") or {}).get(k) != now["train"].get(k)]
+    diff += [k for k in ("toggles", "factors", "design", "execution") if old.get(k) != grid.get(k)]
+    diff += [k for k in grid["train"] if (old.get("train") or {}).get(k) != grid["train"][k]]
+    diff = [("data (its files changed)" if k == "data" else k) for k in diff]
+    raise AblateError(f"study {name!r} in {store.mask_url(url)} holds a different grid (differs in: "
+                      f"{', '.join(diff) or 'definition'}); choose a new --study-name, e.g. {name}-2, "
+                      "or repeat the original settings")
+
+
+def _setup(study: GridStudy) -> dict[str, Any]:
+    return {"models": list(study.models), "model_args": study.model_args, "toggles": list(study.toggles),
+            "train": {k: v for k, v in study.train.to_dict().items() if k not in CELL_FIELDS},
+            "max_retries": study.max_retries, "workers": study.workers}
+
+
+@dataclass(frozen=True)
+class Progress:
+    cells: int
+    completed: int
+    running: int
+    failed: int  # genuine failures, retried or not
+    pending: int
+    compute_seconds: float  # wall time of all trials so far (running ones up to now)
+    failed_cells: list[tuple[str, str]]  # (label, reason)
+
+
+def progress(cells: list[dict], trials: list[FrozenTrial], max_retries: int | None = None) -> Progress:
+    states = cell_states(cells, trials, max_retries)
+    count = {s: sum(st.status == s for st in states.values()) for s in ("completed", "running", "failed", "retry", "pending")}
+    now = datetime.datetime.now()
+    compute = 0.0
+    for t in trials:
+        if t.datetime_start is not None:
+            compute += max(0.0, ((t.datetime_complete or now) - t.datetime_start).total_seconds())
+    labels = {c["cell_id"]: f"{c['model']} {c['toggles']}" + "".join(f" {k}={v}" for k, v in (c.get("factors") or {}).items())
+              + f" seed {c['seed']}" for c in cells}
+    failed = [(labels[cid], failure_reason(st.trial) or "") for cid, st in states.items() if st.status == "failed"]
+    return Progress(len(cells), count["completed"], count["running"], count["failed"],
+                    count["pending"] + count["retry"], compute, failed)

@@ -1,0 +1,227 @@
+"""Running cells: train a claimed cell into its attempt's own folder, store its record and
+files with the trial, and the worker loop (one process or several, `ablate.workers`)."""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from ablate import store, workers
+from ablate.config import TOGGLES, TrainConfig
+from ablate.errors import AblateError
+from ablate.workers import INTERRUPTED  # failure reasons, shared with the tuner
+from ablate.grid.definition import Cell, Datasets, GridStudy, POLL_SECONDS, RUNS, check_execution, resolve_execution
+from ablate.grid.claims import GridStorage
+
+
+# --------------------------------------------------------------------------- running cells
+@dataclass(frozen=True)
+class CellResult:
+    cell_id: str
+    label: str
+    status: str  # completed | failed
+    val_miou: float | None
+    test_miou: float | None
+    seconds: float
+    failure_reason: str | None = None
+
+
+def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Path, progress: bool = False,
+             artifacts: store.Artifacts | None = None, keep_checkpoints: str = "best") -> CellResult:
+    """Train one claimed cell (on `dataset`, at its image size) into its attempt's own folder (`run_dir`: a worker
+    reclaimed while alive writes beside the rerun, never over it) and tell the storage; its files
+    go to `artifacts` (see `_tell`)."""
+    from ablate import record as records
+    from ablate.engine import fit_safely
+
+    storage = gs.storage
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        if metrics.get("miou") is not None and math.isfinite(metrics["miou"]):
+            storage.set_trial_intermediate_value(trial_id, epoch, float(metrics["miou"]))
+
+    start = time.perf_counter()
+    try:
+        with workers.Heartbeat(storage, trial_id):
+            try:
+                record = fit_safely(cell.config, dataset, out_dir=run_dir, on_epoch=on_epoch, quiet=True, progress=progress)
+            except AblateError as exc:  # e.g. a batch larger than the split: this cell's problem only
+                record = records.failed(cell.config, reason=str(exc), tb=None)
+                records.write(run_dir, record, None)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the bookkeeping
+        workers.fail_trial(storage, trial_id, INTERRUPTED)
+        raise
+    return _tell(storage, cell, trial_id, record, time.perf_counter() - start, run_dir=run_dir, artifacts=artifacts,
+                 keep_checkpoints=keep_checkpoints, dataset=dataset)
+
+
+def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, run_dir: Path | None = None,
+          artifacts: store.Artifacts | None = None, keep_checkpoints: str = "best", dataset=None) -> CellResult:
+    """Put the trial's record into the storage (summary, flags, curves and the whole record as
+    user attrs, `record.to_attrs`), attach its files to it in `artifacts` (run.json; for a
+    completed run best.pt unless `keep_checkpoints` is 'none', and, given its `dataset`, its
+    predictions of the report gallery's val images, so the gallery needs no checkpoint), then
+    finish it. The local best.pt is removed afterwards: the artifact store holds the one copy
+    (`prune_checkpoints` thins it)."""
+    from ablate import record as records
+
+    row = records.summary(record)
+    row.update(run_flags(record, row))
+    value = row.get("val_miou")
+    ok = record["status"] == "completed" and value is not None and math.isfinite(value)
+    reason = None if ok else (record.get("failure_reason") or "no finite val mIoU")
+    try:
+        for key, v in {**row, **_curves(record), **records.to_attrs(record)}.items():
+            if key not in ("model", "seed", *TOGGLES):  # already params or set at creation
+                storage.set_trial_user_attr(trial_id, key, _plain(v))
+        if artifacts is not None and run_dir is not None:  # only a trial not yet finished takes artifacts
+            try:
+                _attach_files(storage, trial_id, record, run_dir, artifacts, completed=ok,
+                              with_checkpoint=ok and keep_checkpoints != "none", dataset=dataset)
+            except AblateError as exc:  # the store is the record: a cell whose files are not there failed
+                ok, reason = False, str(exc)
+        storage.set_trial_user_attr(trial_id, "failure_reason", reason)
+        storage.set_trial_state_values(trial_id, TrialState.COMPLETE if ok else TrialState.FAIL, [value] if ok else None)
+    except UpdateFinishedTrialError:  # another worker reclaimed it; the cell's result is that worker's
+        print(f"warning: cell {cell.label} was reclaimed by another worker while it ran; this attempt's result "
+              "is dropped", file=sys.stderr)
+        reason = workers.RECLAIMED
+        ok = False
+    finally:
+        if artifacts is not None and run_dir is not None:
+            (run_dir / records.CHECKPOINT_FILE).unlink(missing_ok=True)
+    return CellResult(cell.cell_id, cell.label, "completed" if ok else "failed", row.get("val_miou"),
+                      row.get("test_miou"), seconds, reason)
+
+
+def _attach_files(storage, trial_id: int, record: dict, run_dir: Path, artifacts: store.Artifacts, *,
+                  completed: bool, with_checkpoint: bool, dataset=None) -> None:
+    from ablate import record as records
+
+    if not (run_dir / records.RECORD_FILE).is_file():
+        records.write(run_dir, record, None)
+    storage.set_trial_user_attr(trial_id, "artifact_store", artifacts.spec)
+    store.attach(storage, trial_id, artifacts.store, run_dir / records.RECORD_FILE)
+    if not completed:
+        return
+    checkpoint = run_dir / records.CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        raise AblateError(f"{checkpoint}: the completed run left no checkpoint")
+    if dataset is not None:
+        store.attach(storage, trial_id, artifacts.store, _predictions_png(run_dir, dataset))
+    if with_checkpoint:
+        store.attach(storage, trial_id, artifacts.store, checkpoint)
+
+
+def _predictions_png(run_dir: Path, dataset) -> Path:
+    """The run's predictions of the report gallery's val images (`analysis.gallery_indices`)."""
+    from ablate import analysis
+    from ablate.predict import load_run, predict_masks
+
+    val = dataset.splits["val"]
+    idx = analysis.gallery_indices(len(val))
+    model, ckpt = load_run(run_dir)
+    masks = predict_masks(model, val.images[idx], tuple(ckpt["image_size"]))
+    return analysis.write_predictions_png(run_dir / analysis.PREDICTIONS_FILE, [m.numpy() for m in masks],
+                                          [val.ids[i] for i in idx])
+
+
+def run_flags(record: dict, summary: dict) -> dict[str, Any]:
+    """A run's learning flags (see `ablate.stats.did_not_learn`), and `flags` in words for the
+    dashboard: did not learn, still improving (best epoch = last), early-stopped."""
+    from ablate import stats
+
+    m = (record.get("metrics") or {}).get("val") or {}
+    bar = stats.majority_bar(record.get("dataset"))
+    dnl = stats.did_not_learn(m.get("pixel_acc"), m.get("miou"), bar) if record.get("status") == "completed" else None
+    words = [w for w, on in (("did not learn", dnl), ("still improving: budget-limited", summary.get("best_is_last")),
+                             ("early-stopped", summary.get("early_stopped"))) if on]
+    if record.get("status") == "completed" and bar is None:
+        words.append("did-not-learn bar unknown")
+    return {"did_not_learn": dnl, "flags": "; ".join(words)}
+
+
+CURVES = ("train_loss", "val_loss", "val_miou", "val_pixel_acc", "lr")
+
+
+def _curves(record: dict) -> dict[str, list]:
+    """Per-epoch series for the dashboard, one user attr each (rounded for reading; the
+    analysis reads the full-precision ones in the stored record)."""
+    curves = record.get("curves") or []
+    return {f"curve_{k}": [None if c.get(k) is None else float(f"{float(c[k]):.5g}") if k == "lr" else round(float(c[k]), 5)
+                           for c in curves]
+            for k in CURVES if curves}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def work(gs: GridStorage, cells: list[Cell], datasets: Callable[[tuple[int, int]], Any], *, results_dir: Path,
+         max_retries: int, on_result: Callable[[CellResult], None], progress: bool = False,
+         requested: TrainConfig | None = None, artifacts: str | None = None, keep_checkpoints: str = "best") -> None:
+    """Claim and run cells until none is left to claim and none runs elsewhere. `datasets`
+    gives the data at an image size; `requested` (the study's [train]) is resolved here and
+    must match the execution the study was created for before any cell is claimed. Each
+    cell's files go to the artifact store `artifacts` (default: <results_dir>/<study>/artifacts)."""
+    if requested is not None:
+        check_execution(gs.study_name, (gs.study_attrs() or {}).get("grid") or {}, resolve_execution(requested),
+                        requested)
+    folder = store.study_dir(results_dir, gs.study_name)
+    files = store.artifacts(artifacts or store.default_artifacts(results_dir, gs.study_name))
+    while True:
+        claimed = gs.claim(cells, max_retries=max_retries)
+        if claimed is None:
+            if not gs.running:
+                return
+            time.sleep(POLL_SECONDS)  # other workers' cells may fail (retry) or turn out lost (reclaim)
+            continue
+        cell, trial_id = claimed
+        run_dir = f"{RUNS}/{cell.cell_id}/{gs.storage.get_trial_number_from_id(trial_id)}"
+        gs.storage.set_trial_user_attr(trial_id, "run_dir", run_dir)  # relative to the study folder
+        on_result(run_cell(gs, cell, trial_id, datasets(cell.config.image_size), run_dir=folder / run_dir,
+                           progress=progress, artifacts=files, keep_checkpoints=keep_checkpoints))
+
+
+# --------------------------------------------------------------------------- workers
+def _worker(index: int, events, study: GridStudy, cells: list[Cell], url: str, results_dir: Path,
+            cache_dir: Path, artifacts: str | None = None, keep_checkpoints: str = "best") -> None:
+    """A spawned grid worker (`workers.supervise`): data from the cache, per image size, then cells."""
+    try:
+        work(GridStorage(url, study.name), cells, Datasets(study.train, cache_dir), results_dir=Path(results_dir),
+             max_retries=study.max_retries, on_result=events.put, requested=study.train, artifacts=artifacts,
+             keep_checkpoints=keep_checkpoints)
+    except AblateError as exc:  # e.g. this worker resolves another precision: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_workers(study: GridStudy, cells: list[Cell], url: str, *, results_dir: Path, cache_dir: Path,
+                datasets: Callable[[tuple[int, int]], Any], on_result: Callable[[CellResult], None],
+                progress: bool = False, artifacts: str | None = None, keep_checkpoints: str = "best") -> list[int]:
+    """Run the grid on `study.workers` processes (in this process for one, with `datasets`;
+    spawned workers load their data from `cache_dir`); returns the exit codes of workers
+    that failed. A worker killed by a signal is replaced: each crash of a cell after its
+    first is charged to --max-retries, so the replacements are bounded by the cells' retry budgets."""
+    if study.workers == 1:
+        with workers.sigterm_interrupts():
+            work(GridStorage(url, study.name), cells, datasets, results_dir=results_dir,
+                 max_retries=study.max_retries, on_result=on_result, progress=progress, requested=study.train,
+                 artifacts=artifacts, keep_checkpoints=keep_checkpoints)
+        return []
+    return workers.supervise(_worker, (study, cells, url, results_dir, cache_dir, artifacts, keep_checkpoints),
+                             workers=study.workers,
+                             device=study.train.device, on_event=on_result,
+                             respawns=len(cells) * (study.max_retries + 2))
+
+
