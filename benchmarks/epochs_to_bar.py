@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ablate import grid as grids
-from ablate.data import load_dataset
+from ablate.data import fingerprint, load_dataset
 from ablate.engine import cpu_has_native_bf16, fit
 from ablate.record import device_name
 from ablate.stats import majority_bar
@@ -53,7 +53,8 @@ def main() -> int:
     torch.set_num_threads(1)
     study = grids.load_study(args.study)
     models = args.models or list(study.models)
-    cells_per_model = len(study.toggles) and 2 ** len(study.toggles)
+    cells = grids.expand(study, fingerprint(study.train.data), grids.resolve_execution(study.train))
+    seeds = len({c.config.seed for c in cells})
     print(f"{device_name(torch.device('cpu'))}; {cores()} cores; native bf16: {cpu_has_native_bf16()}; "
           f"1 thread per run; study {args.study.name}; up to {args.max_epochs} epochs", flush=True)
     print(f"{'model':<9} {'size':>5} {'batch':>5} {'lr':>7} {'epoch':>5} {'val mIoU':>8} {'floor':>6} {'s/epoch':>7} "
@@ -70,6 +71,7 @@ def main() -> int:
         per_epoch = (time.process_time() - start) / max(1, len(record["curves"]))
         bar = majority_bar(record["dataset"])
         epoch = first_passing_epoch(record["curves"], bar)
+        cells_per_model = sum(c.config.model == model for c in cells) // seeds  # its settings, one seed
         need = cells_per_model * (epoch or args.max_epochs) * per_epoch
         total += need
         curve = " ".join(f"{c['val_miou']:.2f}" for c in record["curves"])
