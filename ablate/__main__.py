@@ -1,4 +1,4 @@
 """`python -m ablate` runs the CLI."""
-from ablate.cli import main
+from ablate.cli import run
 
-main(prog_name="ablate")
+run()

@@ -88,10 +88,12 @@ class Study:
         if aid is None and (local / CHECKPOINT_FILE).is_file():  # a cell run before checkpoints were artifacts
             return local
         if aid is None:
-            raise NoCheckpoint(f"{what}: no checkpoint stored (the grid ran with --keep-checkpoints none)")
+            raise NoCheckpoint(f"{what}: no checkpoint stored (the {self.kind} ran with --keep-checkpoints "
+                               + ("none)" if self.kind == "grid" else "none, or best and it was never the best trial)"))
         if aid in self.pruned:
-            raise NoCheckpoint(f"{what}: checkpoint pruned by --keep-checkpoints best (it was not an architecture's "
-                               "best run when the grid finished)")
+            why = ("it was not an architecture's best run when the grid finished" if self.kind == "grid"
+                   else "a later trial was better")
+            raise NoCheckpoint(f"{what}: checkpoint pruned by --keep-checkpoints best ({why})")
         spec = self.stores.get(key)
         if not spec:
             raise AblateError(f"{what}: the trial records no artifact store; pass --artifacts")
@@ -135,15 +137,13 @@ class NoCheckpoint(AblateError):
 
 def load_study(results_dir: str | Path, study_name: str, *, storage: str | None = None,
                artifacts: str | None = None) -> Study:
-    """A study by name. A grid is read from its Optuna storage: `storage`, else the one its
+    """A study by name, grid or tune, read from its Optuna storage: `storage`, else the one its
     local study.json records (when it is usable here); `artifacts` overrides the artifact
-    store the trials recorded. Otherwise (a tune study, or a grid whose storage is not here)
-    from the local folder <results_dir>/<study_name>/."""
+    store the trials recorded. Otherwise (a study whose storage is not here) from the local
+    folder <results_dir>/<study_name>/."""
     folder = Path(results_dir) / study_name
     meta_path = folder / "study.json"
     meta = _read_meta(meta_path) if meta_path.is_file() else None
-    if meta is not None and meta.get("kind") == "tune":
-        return _load_folder(folder, study_name, meta)
     if storage is None and meta is not None:
         storage = _recorded_storage(meta, results_dir, study_name)
         artifacts = artifacts or meta.get("artifacts")
@@ -183,6 +183,7 @@ def load_stored_study(results_dir: str | Path, study_name: str, url: str, *, art
     artifact ids from the trials. Exports and downloads go under <results_dir>/<study_name>/."""
     from ablate import grid as grids
     from ablate import store
+    from ablate import tune as tuning
 
     path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else (url if store.is_journal(url) else None)
     if path is not None and not Path(path).is_file():
@@ -193,14 +194,16 @@ def load_stored_study(results_dir: str | Path, study_name: str, url: str, *, art
         names = ", ".join(s.study_name for s in gs.storage.get_all_studies()) or "none"
         raise AblateError(f"--study-name {study_name}: no study {study_name!r} in {store.mask_url(url)} "
                           f"(studies there: {names})")
+    if (attrs.get(tuning.ATTR) or {}).get("kind") == "tune":
+        return load_stored_tune(results_dir, study_name, url, gs.storage, artifacts=artifacts)
     if attrs.get("kind") != grids.KIND:
-        raise AblateError(f"--study-name {study_name}: {study_name!r} in {store.mask_url(url)} is not a grid study; "
-                          "report a tune study from its results folder (--results-dir)")
+        raise AblateError(f"--study-name {study_name}: {study_name!r} in {store.mask_url(url)} was not made by "
+                          "`ablate grid` or `ablate tune`")
     folder = Path(results_dir) / study_name
     trials, cells = gs.trials(), attrs.get("cells") or []
     study = Study(name=study_name, folder=folder, kind="grid", meta=grids.study_meta(study_name, url, attrs),
                   table=grids.runs_table(cells, trials, results_dir=results_dir, study_name=study_name),
-                  pruned=set(attrs.get("pruned_checkpoints") or []), source="storage", storage_url=url)
+                  pruned=store.pruned_ids(attrs), source="storage", storage_url=url)
     spec = store.artifact_spec(artifacts) if artifacts else None
     for key, state in grids.cell_states(cells, trials).items():
         t = state.trial
@@ -210,6 +213,34 @@ def load_stored_study(results_dir: str | Path, study_name: str, url: str, *, art
         study.files[key] = store.artifact_ids(t.system_attrs)
         study.stores[key] = spec or t.user_attrs.get("artifact_store")
         record = _stored_record(study, key, t, folder)
+        if record is not None:
+            study.records[key] = record
+    return study
+
+
+def load_stored_tune(results_dir: str | Path, study_name: str, url: str, storage, *,
+                     artifacts: str | None = None) -> Study:
+    """A tune study from its storage alone: study.json rebuilt from the study attrs
+    (`tune.stored_meta`), trials.csv from the trials, each finished trial's record from its
+    user attrs and its files' artifact ids. Exports and downloads go under <results_dir>/<study_name>/."""
+    import optuna
+
+    from ablate import store
+    from ablate import tune as tuning
+
+    ostudy = optuna.load_study(study_name=study_name, storage=storage)
+    study = Study(name=study_name, folder=Path(results_dir) / study_name, kind="tune",
+                  meta=tuning.stored_meta(ostudy, url), table=tuning.trials_frame(ostudy),
+                  pruned=store.pruned_ids(ostudy.user_attrs), source="storage", storage_url=url)
+    spec = store.artifact_spec(artifacts) if artifacts else None
+    for t in ostudy.get_trials(deepcopy=False):
+        if t.state == optuna.trial.TrialState.RUNNING:
+            continue
+        key = str(t.number)
+        study.labels[key] = f"trial {t.number}"
+        study.files[key] = store.artifact_ids(t.system_attrs)
+        study.stores[key] = spec or t.user_attrs.get("artifact_store")
+        record = _stored_record(study, key, t, study.folder)
         if record is not None:
             study.records[key] = record
     return study
@@ -1185,9 +1216,10 @@ def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = 4, cache_dir: s
 # --------------------------------------------------------------------------- tables on disk
 def write_tables(study: Study, runs: pd.DataFrame) -> list[Path]:
     """effects.csv and comparisons.csv beside the grid's runs.csv; for a study read from its
-    storage, runs.csv and summary.csv too (exports, wherever the report runs)."""
-    if study.kind != "grid":
-        return []
+    storage, runs.csv and summary.csv too, or a tune's trials.csv (exports, wherever the
+    report runs)."""
+    if study.kind == "tune":
+        return [_io.write_csv(study.folder / "trials.csv", study.table)] if study.source == "storage" else []
     written = []
     if study.source == "storage":
         from ablate import grid as grids

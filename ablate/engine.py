@@ -253,6 +253,7 @@ def fit(
     *,
     out_dir: str | Path | None = None,
     on_epoch: EpochCallback | None = None,
+    on_model: Callable[[torch.nn.Module], None] | None = None,
     progress: bool | None = None,
     quiet: bool = False,
     cache_dir: str | Path | None = "results/.cache",
@@ -273,6 +274,9 @@ def fit(
 
     `on_epoch(epoch, metrics)` is called after each epoch's validation; raising `Pruned` there
     ends the run with status "pruned". A non-finite loss ends it with status "failed".
+    `on_model(model)` is called once for a completed run, with the model holding the best
+    checkpoint's weights (in eval mode), before the record is written: e.g. to draw the
+    report gallery's predictions without loading the checkpoint back.
     """
     start = time.perf_counter()
     if progress is None:
@@ -295,6 +299,8 @@ def fit(
     metrics, resolution = _final_metrics(run.model, run.net, history.best_state, run.splits, run.evaluator,
                                          test=history.status == "completed")
     record = _record(config, dataset, run, history, metrics, resolution, seconds=time.perf_counter() - start)
+    if on_model is not None and history.status == "completed" and history.best_state is not None:
+        on_model(run.model.eval())
     if out_dir is not None:
         records.write(out_dir, record, history.best_state)
     if not quiet:

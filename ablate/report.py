@@ -541,7 +541,7 @@ def _failures(study: Study) -> str:
 # --------------------------------------------------------------------------- tune
 def _tune_study(page: _Page, study: Study, runs: pd.DataFrame, storage: str | None) -> str:
     sid = _anchor(study.name)
-    ostudy, why = dashboard.open_optuna(study, storage)
+    ostudy, why = dashboard.open_optuna(study, storage or study.storage_url)
     space = study.meta.get("space") or study.meta.get("definition")
     overview = _overview(study) + (f"<p>Search space:</p><pre>{esc(json.dumps(space, indent=1, default=str))}</pre>" if space else "")
     parts = [

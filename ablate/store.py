@@ -3,10 +3,12 @@ URL such as PostgreSQL), with credentials masked in everything printed or writte
 of workers is not the storage's business: see `ablate.workers` (one heartbeat for every kind)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
 import time
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -62,6 +64,18 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                           "check that the server is running and the URL is right") from None
 
 
+_OPENED: weakref.WeakSet = weakref.WeakSet()  # database storages of this process still in use
+
+
+def close_all() -> None:
+    """Close the database connections of every storage this process still holds (before a
+    fast exit, so a PostgreSQL or MySQL server sees them closed, not dropped)."""
+    for storage in list(_OPENED):
+        with contextlib.suppress(Exception):
+            storage.engine.dispose()
+    _OPENED.clear()
+
+
 def _open_rdb(url: str, attempts: int = 6) -> RDBStorage:
     import sqlalchemy.exc
 
@@ -69,7 +83,9 @@ def _open_rdb(url: str, attempts: int = 6) -> RDBStorage:
         try:
             # No Optuna RDB heartbeat: it exists for RDB storages only; ablate.workers beats
             # the same way for every storage kind.
-            return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+            storage = RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+            _OPENED.add(storage)
+            return storage
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             # Several workers opening a fresh database at once all create Optuna's tables; the
             # losers of that race see "duplicate key"/"already exists" and simply try again.
@@ -180,6 +196,30 @@ def attach(storage, trial_id: int, artifacts, path: Path) -> str:
         raise AblateError(f"{path.name}: cannot upload to the artifact store ({exc}); check --artifacts") from None
 
 
+def attach_run(storage, trial_id: int, record: dict, run_dir: Path, artifacts: Artifacts, *, completed: bool,
+               with_checkpoint: bool) -> None:
+    """Attach a finished run's files to its (still running) trial: run.json always; for a
+    completed run its predictions of the report gallery's val images when it drew them
+    (predictions.png, `predict.gallery_predictions`: the gallery then needs no checkpoint) and,
+    `with_checkpoint`, its best.pt. Used by the grid's cells and the tuner's trials alike."""
+    from ablate import record as records
+
+    if not (run_dir / records.RECORD_FILE).is_file():
+        records.write(run_dir, record, None)
+    storage.set_trial_user_attr(trial_id, "artifact_store", artifacts.spec)
+    attach(storage, trial_id, artifacts.store, run_dir / records.RECORD_FILE)
+    if not completed:
+        return
+    checkpoint = run_dir / records.CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        raise AblateError(f"{checkpoint}: the completed run left no checkpoint")
+    predictions = run_dir / "predictions.png"  # analysis.PREDICTIONS_FILE
+    if predictions.is_file():
+        attach(storage, trial_id, artifacts.store, predictions)
+    if with_checkpoint:
+        attach(storage, trial_id, artifacts.store, checkpoint)
+
+
 def artifact_ids(system_attrs: dict) -> dict[str, str]:
     """filename -> artifact id of the artifacts recorded in a trial's (or study's) system
     attributes by `optuna.artifacts.upload_artifact`."""
@@ -189,6 +229,35 @@ def artifact_ids(system_attrs: dict) -> dict[str, str]:
             meta = json.loads(value)
             out[meta["filename"]] = meta["artifact_id"]
     return out
+
+
+PRUNED_PREFIX = "pruned_checkpoint:"  # study user attr per checkpoint removed by --keep-checkpoints best
+
+
+def mark_pruned(storage, study_id: int, artifact_id: str) -> None:
+    """Record, before removing it, that a finished trial's checkpoint artifact is removed on
+    purpose (a finished trial's artifact list cannot change). One attr per id, so workers
+    that prune at the same time never overwrite each other's marks."""
+    storage.set_study_user_attr(study_id, PRUNED_PREFIX + artifact_id, True)
+
+
+def pruned_ids(study_user_attrs: dict) -> set[str]:
+    """The checkpoint artifact ids `mark_pruned` recorded (and the `pruned_checkpoints` list
+    that studies of earlier versions kept)."""
+    return ({k[len(PRUNED_PREFIX):] for k in study_user_attrs if k.startswith(PRUNED_PREFIX)}
+            | set(study_user_attrs.get("pruned_checkpoints") or []))
+
+
+def remove_artifact(artifacts: Artifacts, artifact_id: str) -> None:
+    """Remove an artifact; one already gone (another worker pruned it first) is fine."""
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    try:
+        artifacts.store.remove(artifact_id)
+    except ArtifactNotFound:
+        pass
+    except OSError as exc:
+        raise AblateError(f"cannot remove artifact {artifact_id} from {artifacts.spec} ({exc})") from None
 
 
 def fetch(artifacts, artifact_id: str, dest: Path, *, what: str) -> Path:

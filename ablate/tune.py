@@ -282,8 +282,8 @@ class TuneSpec:
     sampler: str = "tpe"
     workers: int = 1
     cache_dir: Path | None = None
-    keep_checkpoints: bool = False  # else only the best completed trial keeps best.pt
-    artifacts: str | None = None  # artifact store for each trial's run.json [default: <study folder>/artifacts]
+    keep_checkpoints: str = "best"  # best: the best complete trial's best.pt stays in the store; all; none
+    artifacts: str | None = None  # artifact store for each trial's files [default: <study folder>/artifacts]
 
     @property
     def folder(self) -> Path:
@@ -301,6 +301,8 @@ def validate(spec: TuneSpec) -> None:
         raise AblateError(f"--workers must be >= 1, got {spec.workers}")
     if spec.timeout is not None and not spec.timeout > 0:
         raise AblateError(f"--timeout must be > 0 seconds, got {spec.timeout}")
+    if spec.keep_checkpoints not in store.KEEP_CHECKPOINTS:
+        raise AblateError(f"--keep-checkpoints must be one of {', '.join(store.KEEP_CHECKPOINTS)}, got {spec.keep_checkpoints!r}")
     make_pruner(spec.pruner, epochs=spec.base.epochs)
     make_sampler(spec.sampler, seed=0, n_trials=1, workers=1)
     if not spec.space:
@@ -321,7 +323,7 @@ _TYPE_WORDS = {str: "a string", int: "an integer", bool: "true or false"}
 
 
 def resolve_spec(flags: dict[str, Any], *, given: set[str], study_file: Path | None, workers: int,
-                 storage: str | None, results_dir: Path, keep_checkpoints: bool = False) -> TuneSpec:
+                 storage: str | None, results_dir: Path, keep_checkpoints: str = "best") -> TuneSpec:
     """The tune asked for: each setting from its flag when given on the command line (`given`),
     else from the study file, else the flag's default, else ours; validated."""
     from ablate.models import check_model_name
@@ -465,12 +467,11 @@ class _Surplus(TrialFailed):
     """Another worker reserved the last trial of the budget first."""
 
 
-def _objective(spec: TuneSpec, dataset, study: optuna.Study) -> Callable[[optuna.Trial], float]:
+def _objective(spec: TuneSpec, dataset, study: optuna.Study, files: store.Artifacts) -> Callable[[optuna.Trial], float]:
     from ablate import record as records
     from ablate.engine import Pruned, fit_safely
+    from ablate.predict import gallery_predictions
     from ablate.record import summary
-
-    files = store.artifacts(spec.artifacts or store.default_artifacts(spec.results_dir, spec.study_name))
 
     def objective(trial: optuna.Trial) -> float:
         ahead = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
@@ -492,7 +493,8 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study) -> Callable[[optuna
 
         try:
             record = fit_safely(config, dataset, out_dir=out_dir, on_epoch=on_epoch, quiet=True,
-                                progress=False, cache_dir=spec.cache_dir)
+                                progress=False, cache_dir=spec.cache_dir,
+                                on_model=lambda model: gallery_predictions(model, dataset, out_dir))
         except AblateError as exc:  # e.g. a batch larger than the split: this trial's problem only
             trial.set_user_attr("failure_reason", str(exc))
             raise TrialFailed(str(exc)) from None
@@ -506,14 +508,16 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study) -> Callable[[optuna
         }
         for key, value in {**attrs, **records.to_attrs(record)}.items():  # the storage is the record
             trial.set_user_attr(key, _attr(value))
-        trial.set_user_attr("artifact_store", files.spec)
-        if not (out_dir / records.RECORD_FILE).is_file():
-            records.write(out_dir, record, None)
+        value = row["val_miou"]
+        ok = row["status"] == "completed" and value is not None and math.isfinite(value)
         try:
-            store.attach(study._storage, trial._trial_id, files.store, out_dir / records.RECORD_FILE)
-        except AblateError as exc:  # the store is the record: a trial whose file is not there failed
+            store.attach_run(study._storage, trial._trial_id, record, out_dir, files, completed=ok,
+                             with_checkpoint=ok and _keeps_checkpoint(spec.keep_checkpoints, study, value))
+        except AblateError as exc:  # the store is the record: a trial whose files are not there failed
             trial.set_user_attr("failure_reason", str(exc))
             raise TrialFailed(str(exc)) from None
+        finally:  # the artifact store holds the one copy (a rerun never finds a stale one here)
+            (out_dir / records.CHECKPOINT_FILE).unlink(missing_ok=True)
         reason = row["failure_reason"]
         if row["status"] == "pruned":
             raise optuna.TrialPruned(reason)
@@ -521,12 +525,22 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study) -> Callable[[optuna
             if reason and reason.startswith("oom"):
                 raise optuna.TrialPruned(reason)  # too big a batch for this device: not a crash
             raise TrialFailed(reason)
-        if row["val_miou"] is None or not math.isfinite(row["val_miou"]):
+        if not ok:
             trial.set_user_attr("failure_reason", "val mIoU is not a number")
             raise TrialFailed("val mIoU is not a number")
-        return row["val_miou"]
+        return value
 
     return objective
+
+
+def _keeps_checkpoint(keep: str, study: optuna.Study, value: float) -> bool:
+    """Whether a complete trial with val mIoU `value` uploads its best.pt: always (all), never
+    (none), or when it beats every complete trial so far (best; `prune_checkpoints` then
+    removes the ones it beat)."""
+    if keep != "best":
+        return keep == "all"
+    best = best_trial(study)
+    return best is None or value > best.value
 
 
 def _attr(value: Any) -> Any:
@@ -549,7 +563,8 @@ def run_worker(spec: TuneSpec, *, index: int = 0, dataset=None, echo: Callable[[
     # random start-up trials of the first run, nor parallel workers replay each other's.
     seed = int(stable_hash([spec.base.seed, index, len(study.trials)], 8), 16)
     study.sampler = make_sampler(spec.sampler, seed=seed, n_trials=spec.n_trials, workers=spec.workers)
-    objective = _objective(spec, dataset, study)
+    files = store.artifacts(spec.artifacts or store.default_artifacts(spec.results_dir, spec.study_name))
+    objective = _objective(spec, dataset, study, files)
     reclaimer = workers.Reclaimer()
     prefix = f"[worker {index}] " if spec.workers > 1 else ""
     start, failures, waited = time.monotonic(), 0, False
@@ -563,8 +578,8 @@ def run_worker(spec: TuneSpec, *, index: int = 0, dataset=None, echo: Callable[[
             failures = failures + 1 if trial.state == TrialState.FAIL else 0
         echo(prefix + describe_trial(trial))
         write_trials_csv(study, spec.folder / "trials.csv")
-        if not spec.keep_checkpoints:
-            prune_checkpoints(study)
+        if spec.keep_checkpoints == "best":
+            prune_checkpoints(study, files)
 
     while True:
         reclaimer.reclaim(study._storage, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
@@ -722,34 +737,50 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return None
 
 
-def prune_checkpoints(study: optuna.Study) -> None:
-    """Keep best.pt only for the best completed trial (a custom net's can be 250 MB)."""
+def prune_checkpoints(study: optuna.Study, artifacts: store.Artifacts) -> list[str]:
+    """--keep-checkpoints best: remove from `artifacts` the best.pt of every complete trial but
+    the best one (a custom net's can be 250 MB). Each removal is first marked in a study
+    attr of its own (`store.mark_pruned`: workers prune concurrently without a lock), so
+    the report says "pruned", not "missing". Returns the ids removed now."""
+    from ablate.record import CHECKPOINT_FILE
+
     best = best_trial(study)
-    for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)):
-        if best is not None and t.number == best.number:
+    if best is None:
+        return []
+    storage = study._storage
+    pruned = store.pruned_ids(storage.get_study_user_attrs(study._study_id))
+    removed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        aid = store.artifact_ids(t.system_attrs).get(CHECKPOINT_FILE)
+        if (t.number == best.number or not aid or aid in pruned
+                or t.user_attrs.get("artifact_store") != artifacts.spec):  # another store's machine prunes it
             continue
-        run_dir = t.user_attrs.get("run_dir")
-        if run_dir:
-            Path(run_dir, "best.pt").unlink(missing_ok=True)
+        store.mark_pruned(storage, study._study_id, aid)
+        store.remove_artifact(artifacts, aid)
+        removed.append(aid)
+    return removed
 
 
-def write_study_json(spec: TuneSpec, study: optuna.Study, dataset) -> Path:
-    """results/<study>/study.json: what the report needs to find and describe this tune."""
+META_ATTR = "meta"  # study user attr: what study.json says of the tune, less its trial counts and best
+
+
+def static_meta(spec: TuneSpec, dataset) -> dict:
+    """What a tune is, as study.json and the storage keep it: model, space, fixed settings,
+    dataset summary, budget, pruner, sampler (`stored_meta` adds what the trials say)."""
+    return {"kind": "tune", "study_name": spec.study_name, "model": spec.base.model, "direction": "maximize",
+            "objective": "val_miou", "space": describe_space(spec.space), "fixed_config": spec.base.to_dict(),
+            "dataset": dataset.summary(), "n_trials": spec.n_trials, "pruner": spec.pruner, "sampler": spec.sampler,
+            "keep_checkpoints": spec.keep_checkpoints}
+
+
+def stored_meta(study: optuna.Study, storage_url: str) -> dict:
+    """study.json rebuilt from the storage alone: the study attr `meta`, the storage, the
+    trial counts and the best trial."""
     best = best_trial(study)
     c = counts(study)
-    doc = {
-        "kind": "tune",
-        "study_name": spec.study_name,
-        "model": spec.base.model,
-        "storage": store.mask_url(spec.storage),
-        "direction": "maximize",
-        "objective": "val_miou",
-        "space": describe_space(spec.space),
-        "fixed_config": spec.base.to_dict(),
-        "dataset": dataset.summary(),
-        "n_trials": spec.n_trials,
-        "pruner": spec.pruner,
-        "sampler": spec.sampler,
+    return {
+        **(study.user_attrs.get(META_ATTR) or {"kind": "tune", "study_name": study.study_name}),
+        "storage": store.mask_url(storage_url),
         "trial_counts": {"complete": c["COMPLETE"], "pruned": c["PRUNED"], "fail": c["FAIL"], "running": c["RUNNING"]},
         "trials_csv": "trials.csv",
         "best": None if best is None else {
@@ -757,7 +788,13 @@ def write_study_json(spec: TuneSpec, study: optuna.Study, dataset) -> Path:
             "run_dir": best.user_attrs.get("run_dir"), "test_miou": best.user_attrs.get("test_miou"),
         },
     }
-    return _io.write_json(spec.folder / "study.json", doc)
+
+
+def write_study_json(spec: TuneSpec, study: optuna.Study, dataset) -> Path:
+    """results/<study>/study.json: what the report needs to find and describe this tune (the
+    same document `stored_meta` rebuilds from the storage on any machine)."""
+    study.set_user_attr(META_ATTR, static_meta(spec, dataset))
+    return _io.write_json(spec.folder / "study.json", stored_meta(study, spec.storage))
 
 
 def export_grid_study(spec: TuneSpec, study: optuna.Study, path: str | Path, *, seeds: int = 3) -> Path:

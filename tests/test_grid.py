@@ -127,6 +127,29 @@ def test_expansion_counts_and_stable_ids():
     assert grids.expand(_study(), "0" * 16)[0].cell_id != grids.expand(_study(), FP)[0].cell_id
 
 
+def test_cells_are_claimed_longest_first_once_their_cost_is_known():
+    """LPT scheduling: a model with no finished cell goes first (study order), then the
+    others by expected seconds (seconds per epoch of their finished cells x epoch budget)."""
+    import optuna
+
+    cells = grids.expand(_study(models="baseline,custom,unet", toggles="scheduler", seeds="0,1"), FP)
+    assert grids.longest_first(cells, []) == cells  # nothing known: the study's order
+
+    def done(cell, seconds, epochs=2):
+        return optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs={
+            "cell_id": cell.cell_id, "seconds": seconds, "stopped_epoch": epochs})
+
+    first = {m: next(c for c in cells if c.config.model == m) for m in ("baseline", "custom", "unet")}
+    # baseline 3 s/epoch, custom 10 s/epoch (it stopped early: 20 s over 2 epochs), unet unknown
+    trials = [done(first["baseline"], 6.0), done(first["custom"], 20.0)]
+    order = [c.config.model for c in grids.longest_first(cells, trials)]
+    assert order == ["unet"] * 4 + ["custom"] * 4 + ["baseline"] * 4
+    # a failed trial teaches nothing
+    failed = optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"cell_id": first["unet"].cell_id,
+                                                                          "seconds": 99.0, "stopped_epoch": 1})
+    assert [c.config.model for c in grids.longest_first(cells, [*trials, failed])] == order
+
+
 def test_cell_ids_do_not_depend_on_where_the_data_is_mounted(tmp_path):
     from ablate.data import load_dataset
     from ablate.synthetic import write_voc

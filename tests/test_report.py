@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ablate import record as records
+from ablate import tune as tuning
 from ablate.cli import main
 from ablate.config import TrainConfig
 from ablate.engine import Pruned, fit
@@ -29,11 +30,12 @@ BASE = dict(data="synthetic", image_size=(32, 32), epochs=2, batch_size=32, prec
 MODELS = {"baseline": {}, "unet": {"base_channels": 8}}
 
 
-def _write_study(folder: Path, kind: str, dataset: dict, **extra) -> None:
+def _write_study(folder: Path, kind: str, dataset: dict, **extra) -> dict:
     summary = {**dataset, "class_names": [dataset["class_names"][0], EVIL, *dataset["class_names"][2:]]}
     meta = {"kind": kind, "study_name": folder.name, "dataset": summary, **extra}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "study.json").write_text(json.dumps(meta))
+    return meta
 
 
 def _build_grid(folder: Path, cache_dir: Path) -> dict:
@@ -77,12 +79,20 @@ def _build_tune(folder: Path, cache_dir: Path, dataset: dict) -> None:
         rec = fit(config, out_dir=folder / "runs" / str(trial.number), quiet=True, cache_dir=cache_dir, on_epoch=report)
         val = rec["metrics"]["val"]["miou"]
         state = optuna.trial.TrialState.PRUNED if rec["status"] == "pruned" else optuna.trial.TrialState.COMPLETE
+        # what `ablate tune` stores with each trial: its record and the trials-table attrs
+        attrs = {"val_miou": val, "test_miou": (rec["metrics"].get("test") or {}).get("miou"),
+                 "epochs_run": rec["stopped_epoch"], "seconds": rec["timing"]["seconds"], **records.to_attrs(rec)}
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
         study.tell(trial, val if state == optuna.trial.TrialState.COMPLETE else None, state=state)
         rows.append({"number": trial.number, "state": state.name, "params_lr": lr, "params_batch_size": batch,
                      "val_miou": val, "test_miou": (rec["metrics"].get("test") or {}).get("miou"),
                      "epochs": rec["stopped_epoch"], "seconds": rec["timing"]["seconds"]})
     pd.DataFrame(rows).to_csv(folder / "trials.csv", index=False)
-    _write_study(folder, "tune", dataset, storage=storage, space={"lr": [1e-3, 3e-2], "batch_size": [16, 32]})
+    meta = _write_study(folder, "tune", dataset, storage=storage, space={"lr": [1e-3, 3e-2], "batch_size": [16, 32]})
+    # what `ablate tune` keeps in the storage: the study's identity and its study.json facts
+    study.set_user_attr(tuning.ATTR, {"kind": "tune", "model": "unet"})
+    study.set_user_attr(tuning.META_ATTR, {k: v for k, v in meta.items() if k != "storage"})
 
 
 @pytest.fixture(scope="module")

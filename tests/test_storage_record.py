@@ -68,6 +68,7 @@ def _fake_grid(tmp_path: Path, keep: str, *, name: str = "rec", dataset=None) ->
     weights and chosen val mIoUs: baseline's best cell is 'scheduler' (seed 1 best), unet's
     is 'none' (seed 0 best). Returns (results, storage, cells, {cell_id: val mIoU})."""
     from ablate.models import create_model
+    from ablate.predict import gallery_predictions
 
     study = grids.build_study(grids.QUICK_STUDY, where="t", overrides={
         "models": "baseline,unet", "toggles": "scheduler", "seeds": 2, "image_size": 32, "epochs": 2, "name": name})
@@ -86,11 +87,14 @@ def _fake_grid(tmp_path: Path, keep: str, *, name: str = "rec", dataset=None) ->
         miou[cell.cell_id] = value
         run_dir = results / name / "runs" / cell.cell_id / str(trial_id)
         torch.manual_seed(c.seed + 10 * c.scheduler)  # the same weights for the same cell in every fake grid
-        state = create_model(c.model, 3, **c.model_args).state_dict()
-        records.write(run_dir, _record({**c.to_dict(), "data": "synthetic"}, value), state)
+        model = create_model(c.model, 3, **c.model_args)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if dataset is not None:  # what the engine's on_model does for a completed run
+            gallery_predictions(model.eval(), dataset, run_dir)
+        records.write(run_dir, _record({**c.to_dict(), "data": "synthetic"}, value), model.state_dict())
         gs.storage.set_trial_user_attr(trial_id, "run_dir", str(run_dir.relative_to(results / name)))
         grids._tell(gs.storage, cell, trial_id, _record({**c.to_dict(), "data": "synthetic"}, value), 1.0,
-                    run_dir=run_dir, artifacts=files, keep_checkpoints=keep, dataset=dataset)
+                    run_dir=run_dir, artifacts=files, keep_checkpoints=keep)
         assert not (run_dir / CHECKPOINT_FILE).exists()  # the artifact store holds the one copy
         assert (run_dir / RECORD_FILE).is_file()  # the local record stays, as a cache
     grids.prune_checkpoints(gs, files, keep)
@@ -121,7 +125,7 @@ def test_keep_checkpoints_leaves_exactly_the_expected_checkpoint_artifacts(tmp_p
     assert on_disk == expected
     assert len(expected) == {"all": 8, "none": 0, "best": 2}[keep]
     assert len(list(folder.iterdir())) == 8 + len(expected)  # nothing else left behind
-    pruned = set((gs.study_attrs() or {}).get("pruned_checkpoints") or [])
+    pruned = store.pruned_ids(gs.study_attrs() or {})
     assert pruned == ({ids[c][CHECKPOINT_FILE] for c in set(trials) - expected} if keep == "best" else set())
     # The report's gallery picks exactly the kept ones: each loads from the artifact store.
     study = analysis.load_study(tmp_path / "elsewhere", "rec", storage=gs.url)

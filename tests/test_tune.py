@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from ablate import record as records
+from ablate import store
 from ablate import tune as tuning
 from ablate import workers
 from ablate.cli import main
@@ -117,14 +118,25 @@ def test_best_trial_record_holds_the_best_value_and_is_printed(tuned):
     # The storage is the record: the trial's user attrs hold the same record, and its run.json
     # is an artifact in <study>/artifacts.
     assert records.from_attrs(best.user_attrs, "best") == json.loads(json.dumps(record))
-    from ablate import store
-
     artifact = store.artifact_ids(best.system_attrs)["run.json"]
     assert json.loads((Path(best.user_attrs["artifact_store"]) / artifact).read_text()) == record
-    assert (run_dir / "best.pt").is_file()  # only the best trial keeps its checkpoint
-    others = [t for t in study.trials if t.number != best.number]
-    assert not any((Path(t.user_attrs["run_dir"]) / "best.pt").exists() for t in others)
+    # --keep-checkpoints best: the best trial's best.pt is in the artifact store (and no
+    # trial keeps a local copy); each other complete trial's is gone and marked pruned.
+    folder = Path(best.user_attrs["artifact_store"])
+    kept = store.artifact_ids(best.system_attrs)
+    assert {"run.json", "predictions.png", "best.pt"} <= set(kept) and (folder / kept["best.pt"]).is_file()
+    assert not any((Path(t.user_attrs["run_dir"]) / "best.pt").exists() for t in study.trials)
+    pruned = store.pruned_ids(study.user_attrs)
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        aid = store.artifact_ids(t.system_attrs).get("best.pt")
+        if t.number != best.number and aid is not None:
+            assert aid in pruned and not (folder / aid).exists()
+    checkpoints = [store.artifact_ids(t.system_attrs).get("best.pt") for t in study.trials]
+    assert [aid for aid in checkpoints if aid and (folder / aid).is_file()] == [kept["best.pt"]]
     out = tuned["output"]
+    printed = next(line for line in out.splitlines() if line.startswith("best checkpoint: "))
+    ckpt = torch.load(Path(printed.split()[2]) / "best.pt", weights_only=True)
+    assert ckpt["config"]["model_args"]["first_kernel"] == best.params["first_kernel"]
     assert f"best val mIoU: {study.best_value:.4f}" in out
     assert "best params: lr=" in out and "first_kernel=" in out
     assert str(run_dir / "run.json") in out
@@ -162,6 +174,42 @@ def _wsgi_get(app, path: str) -> dict:
     body = b"".join(app(environ, lambda s, h, exc=None: status.append(s)))
     assert status[0].startswith("200"), (status, body[:300])
     return json.loads(body)
+
+
+@pytest.mark.parametrize("keep", ["best", "none"])
+def test_a_tune_reports_from_an_empty_folder_with_only_its_storage_and_artifacts(tmp_path, keep):
+    """The storage is the record for a tune too: with the machine's results folder gone,
+    `ablate report --storage --study-name --artifacts` rebuilds trials.csv exactly and draws the
+    best trial's predictions (from its checkpoint, or with --keep-checkpoints none from the
+    predictions image it stored)."""
+    import shutil
+
+    from ablate import store
+
+    (tmp_path / "tiny.toml").write_text(TINY_UNET)
+    url, shared = f"sqlite:///{tmp_path}/optuna.db", tmp_path / "shared-artifacts"
+    ran = _tune("--study", tmp_path / "tiny.toml", "--n-trials", "3", "--epochs", "1", "--image-size", "32",
+                "--pruner", "none", "--storage", url, "--study-name", "u", "--results-dir", tmp_path / "ran",
+                "--artifacts", shared, "--keep-checkpoints", keep)
+    assert ran.exit_code == 0, ran.output + (str(ran.exception) if ran.exception else "")
+    local = pd.read_csv(tmp_path / "ran" / "u" / "trials.csv")
+    shutil.rmtree(tmp_path / "ran")  # nothing of the machine that ran it is left
+    best = _load(url, "u").best_trial
+
+    empty = tmp_path / "empty"
+    done = CliRunner().invoke(main, ["report", "--storage", url, "--study-name", "u", "--artifacts", str(shared),
+                                     "--results-dir", str(empty)])
+    assert done.exit_code == 0, done.output + (str(done.exception) if done.exception else "")
+    pd.testing.assert_frame_equal(pd.read_csv(empty / "u" / "trials.csv"), local, check_exact=True)
+    html = (empty / "u" / "report.html").read_text()
+    assert f"best trial {best.number}" in html and "no run record" not in html
+    fetched = list((empty / "u" / "checkpoints").rglob("best.pt"))
+    if keep == "best":
+        aid = store.artifact_ids(best.system_attrs)["best.pt"]
+        assert fetched == [empty / "u" / "checkpoints" / aid / "best.pt"]
+    else:
+        assert fetched == [] and not any("best.pt" in store.artifact_ids(t.system_attrs) for t in _load(url, "u").trials)
+        assert "no checkpoint stored" not in html  # the gallery drew the stored predictions instead
 
 
 def test_export_runs_through_grid_dry_run_with_the_best_params(tuned):
@@ -320,10 +368,27 @@ def _fake_record(config: TrainConfig, *, status="completed", miou=0.5, epochs=2,
             "failure_reason": reason}
 
 
+def _as_fit(fake):
+    """`fake` as the engine's fit: a completed run also leaves its checkpoint, as the engine's
+    does (the tuner stores it and draws the gallery's predictions from it)."""
+    def fit(config, dataset, *, out_dir, **kwargs):
+        record = fake(config, dataset, out_dir=out_dir, **kwargs)
+        if record["status"] == "completed":
+            summary = dataset.summary()
+            state = create_model(config.model, summary["num_classes"], **config.model_args).state_dict()
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            torch.save({"model_state": state, "config": config.to_dict(), "num_classes": summary["num_classes"],
+                        "class_names": summary["class_names"], "image_size": list(config.image_size)},
+                       Path(out_dir) / records.CHECKPOINT_FILE)
+        return record
+    return fit
+
+
 def _spec(tmp_path: Path, **kw) -> tuning.TuneSpec:
-    base = TrainConfig(model="custom", image_size=(32, 32), epochs=2)
+    base = TrainConfig(model="unet", model_args={"base_channels": 4}, image_size=(32, 32), epochs=2)
+    space = {k: v for k, v in tuning.default_space("unet").items() if k != "base_channels"}
     defaults = dict(study_name="f", storage=f"sqlite:///{tmp_path}/f.db", results_dir=tmp_path,
-                    space=tuning.default_space("custom"), base=base, n_trials=3, cache_dir=tmp_path.parent / "cache")
+                    space=space, base=base, n_trials=3, cache_dir=tmp_path.parent / "cache")
     return tuning.TuneSpec(**{**defaults, **kw})
 
 
@@ -338,7 +403,7 @@ def test_nan_loss_fails_and_oom_prunes_the_trial_but_the_study_goes_on(tmp_path,
             raise torch.OutOfMemoryError("CUDA out of memory")
         return _fake_record(config, miou=0.1 * len(calls))
 
-    monkeypatch.setattr("ablate.engine.fit", fake_fit)
+    monkeypatch.setattr("ablate.engine.fit", _as_fit(fake_fit))
     spec = _spec(tmp_path, cache_dir=cache_dir)
     lines: list[str] = []
     study = tuning.tune(spec, echo=lines.append)
@@ -354,8 +419,8 @@ def test_nan_loss_fails_and_oom_prunes_the_trial_but_the_study_goes_on(tmp_path,
 
 
 def test_a_worker_gives_up_after_repeated_failures(tmp_path, monkeypatch, cache_dir):
-    monkeypatch.setattr("ablate.engine.fit", lambda config, dataset, **kw: _fake_record(
-        config, status="failed", reason="non-finite loss at epoch 1 step 1", epochs=1))
+    monkeypatch.setattr("ablate.engine.fit", _as_fit(lambda config, dataset, **kw: _fake_record(
+        config, status="failed", reason="non-finite loss at epoch 1 step 1", epochs=1)))
     with pytest.raises(AblateError, match="5 trials in a row failed .*non-finite loss"):
         tuning.tune(_spec(tmp_path, cache_dir=cache_dir), echo=lambda line: None)
 
@@ -364,14 +429,14 @@ def test_ctrl_c_fails_the_running_trial_and_a_rerun_resumes(tmp_path, monkeypatc
     def interrupted(config, dataset, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ablate.engine.fit", interrupted)
+    monkeypatch.setattr("ablate.engine.fit", _as_fit(interrupted))
     spec = _spec(tmp_path, cache_dir=cache_dir)
     with pytest.raises(KeyboardInterrupt):
         tuning.tune(spec, echo=lambda line: None)
     study = _load(spec.storage, "f")
     assert [t.state for t in study.trials] == [TrialState.FAIL]
     assert study.trials[0].user_attrs["failure_reason"] == "interrupted"
-    monkeypatch.setattr("ablate.engine.fit", lambda config, dataset, **kw: _fake_record(config))
+    monkeypatch.setattr("ablate.engine.fit", _as_fit(lambda config, dataset, **kw: _fake_record(config)))
     study = tuning.tune(spec, echo=lambda line: None)
     assert _states(study)["finished"] == 3 and len(study.trials) == 4
 
@@ -399,7 +464,7 @@ def test_a_live_trial_of_a_worker_in_another_pid_namespace_is_left_alone(tmp_pat
             study._storage.set_trial_state_values(foreign._trial_id, TrialState.COMPLETE, [0.9])
         return _fake_record(config, miou=0.1 * len(calls))
 
-    monkeypatch.setattr("ablate.engine.fit", fake_fit)
+    monkeypatch.setattr("ablate.engine.fit", _as_fit(fake_fit))
     done = tuning.tune(spec, echo=lambda line: None)
     assert [t.state for t in done.trials] == [TrialState.COMPLETE] * 3 and len(calls) == 2
     assert done.trials[0].value == 0.9 and done.trials[0].user_attrs["worker"]["pidns"] == me["pidns"] + 1
@@ -418,7 +483,7 @@ def test_a_trial_reclaimed_while_it_runs_does_not_crash_its_worker(tmp_path, mon
             workers.fail_trial(storage, running._trial_id, "worker lost: no heartbeat for 2 s")
         return _fake_record(config, miou=0.1 * len(calls))
 
-    monkeypatch.setattr("ablate.engine.fit", fake_fit)
+    monkeypatch.setattr("ablate.engine.fit", _as_fit(fake_fit))
     lines: list[str] = []
     study = tuning.tune(spec, echo=lines.append)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]

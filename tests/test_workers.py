@@ -124,6 +124,40 @@ def test_supervised_workers_get_their_gpu_and_a_killed_one_is_replaced(tmp_path,
     assert warnings == ["warning: worker 0 died (SIGKILL); starting another"]
 
 
+def report_environment_then(index: int, events, name: str, how: str) -> None:
+    """A worker target: say what `name` is in its environment, then end as `how` says."""
+    events.put((index, os.environ.get(name), os.getppid()))
+    if how == "exit 2":
+        sys.exit(2)
+    if how == "bug":
+        raise RuntimeError("a bug in a worker")
+    if how == "ctrl-c":
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("how,codes", [("return", []), ("exit 2", [2, 2]), ("bug", [1, 1])])
+def test_workers_get_the_parents_environment_of_now_and_leave_with_their_own_exit_code(monkeypatch, how, codes):
+    """Workers are forked from a server started earlier (forkserver): they must still see the
+    environment as the parent has it when they start, and end with the code their target
+    ended with, although they leave through `workers.fast_exit`."""
+    workers.warm_up()  # the server starts with this environment ...
+    monkeypatch.setenv("ABLATE_TEST_LATE", f"set after the server started ({how})")  # ... this comes later
+    events: list = []
+    got = workers.supervise(report_environment_then, ("ABLATE_TEST_LATE", how), workers=2, device="cpu",
+                            on_event=events.append)
+    late = f"set after the server started ({how})"
+    assert sorted(e[:2] for e in events) == [(0, late), (1, late)]
+    if sys.platform.startswith("linux"):  # forked from the server, not from this process
+        assert {e[2] for e in events} != {os.getpid()}
+    assert got == codes  # (a bug's traceback goes to the stderr the server was started with)
+
+
+def test_a_worker_interrupted_interrupts_the_supervisor():
+    with pytest.raises(KeyboardInterrupt):
+        workers.supervise(report_environment_then, ("HOME", "ctrl-c"), workers=1, device="cpu",
+                          on_event=lambda event: None)
+
+
 def test_auto_workers_one_per_core_or_gpu_never_more_than_cells_or_memory():
     gib = 1024**3
     assert workers.auto_workers(32, device="cpu", gpus=0, cores=2, memory=24 * gib) == 2

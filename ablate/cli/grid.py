@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ablate import data as data_stage
+from ablate import workers
 from ablate.cli._options import data_options, execution_options, results_dir_option, stopping_options
 from ablate.errors import AblateError
+from ablate.studyfile import read_toml
 
 # flag parameter -> study key or [train] key it overrides
 _OVERRIDES = {
@@ -83,6 +84,8 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     overrides = {_OVERRIDES[name]: value for name, value in flags.items()
                  if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+    if not (dry_run or tables_only) and _may_spawn(overrides.get("workers"), study_file):
+        workers.warm_up()  # the worker server imports torch while this process sets up
     study = grids.load_study(study_file, overrides)
     if tables_only:  # an existing storage: default_storage finds the study's file whatever the worker count
         gs = _open_existing(study.storage or store.default_storage(results_dir, study.name), study.name)
@@ -92,6 +95,8 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
 
     grids.check_models(study)
     execution = grids.resolve_execution(study.train)  # also: --device cuda without a GPU is an input error
+    from ablate import data as data_stage
+
     fingerprint = data_stage.fingerprint(study.train.data)
     cells = grids.expand(study, fingerprint, execution)
     grids.check_cells(cells)
@@ -237,7 +242,9 @@ def _open_existing(url: str, name: str):
 
 class _CellPrinter:
     """A tqdm bar over cells on a terminal, else one line per finished cell; refreshes the
-    tables after every cell."""
+    tables after every cell. `[n/N]` counts the cells finished before this command, those its
+    workers finished (one step per line, so two cells ending together never print the same
+    n), and those other machines finished meanwhile (read from the storage)."""
 
     def __init__(self, gs, briefs: list[dict], results_dir: Path, max_retries: int, initial: int):
         from tqdm import tqdm
@@ -246,12 +253,24 @@ class _CellPrinter:
         self.tty = sys.stdout.isatty()
         self.bar = tqdm(total=len(briefs), initial=initial, unit="cell", desc="grid", file=sys.stdout,
                         disable=not self.tty, dynamic_ncols=True)
+        self.before = {cid for cid, st in self._states().items() if st.status in ("completed", "failed")}
+        self.here: set[str] = set()  # cells this command's workers finished
+        self.node = workers.identity()["node"]
+
+    def _states(self):
+        from ablate import grid as grids
+
+        return grids.cell_states(self.briefs, self.gs.trials(), self.max_retries)
 
     def __call__(self, result) -> None:
         from ablate import grid as grids
 
-        p = grids.progress(self.briefs, self.gs.trials(), self.max_retries)
-        done = p.completed + p.failed
+        states = self._states()
+        if result.status == "completed" or states[result.cell_id].status == "failed":  # a retry is not done yet
+            self.here.add(result.cell_id)
+        elsewhere = {cid for cid, st in states.items() if st.status in ("completed", "failed") and st.trial is not None
+                     and (st.trial.user_attrs.get("worker") or {}).get("node") != self.node}
+        done = len(self.before | self.here | elsewhere)
         if result.status == "completed":
             what = f"val mIoU {_num(result.val_miou)} test {_num(result.test_miou)}"
         else:
@@ -267,6 +286,18 @@ class _CellPrinter:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _may_spawn(flag: str | None, study_file: Path | None) -> bool:
+    """Whether this grid may start worker processes, judged before the study is read in full
+    (`--workers`, else the study file's `workers`, else auto) on a machine of several cores."""
+    value = flag
+    if value is None and study_file is not None:
+        try:
+            value = read_toml(study_file).get("workers")
+        except AblateError:
+            return False  # reading the study properly reports it
+    return workers.cores() > 1 and str(value if value is not None else "auto").strip() not in ("1", "0")
 
 
 def _print_dry_run(study, cells, trials, url: str, exists: bool) -> None:

@@ -29,11 +29,11 @@ def default_study(results_dir: Path) -> str:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write [default: RESULTS_DIR/<first study>/report.html].")
 @click.option("--storage", default=None, metavar="URL",
-              help="Optuna storage to read grid studies from (on any machine: the storage is the record), and of "
-                   "tune studies when the one in study.json is masked or has moved [default: the one study.json names].")
+              help="Optuna storage to read the grid or tune studies from, on any machine (the storage is the "
+                   "record) [default: the one study.json names, when it opens from here].")
 @click.option("--artifacts", default=None, metavar="DIR|s3://BUCKET[/PREFIX]",
-              help="Artifact store holding the grid's checkpoints and run records [default: where each trial "
-                   "recorded its files].")
+              help="Artifact store holding the trials' checkpoints, predictions and run records [default: where "
+                   "each trial recorded its files].")
 def report(study_names: tuple[str, ...], results_dir: Path, out: Path | None, storage: str | None,
            artifacts: str | None) -> None:
     """Write one HTML file (plotly inline, no network needed): overview, grid table with

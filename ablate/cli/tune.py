@@ -10,6 +10,7 @@ import click
 from click.core import ParameterSource
 
 from ablate.cli._options import data_options, execution_options, results_dir_option, toggle_options
+from ablate.store import KEEP_CHECKPOINTS
 from ablate.tune import DEFAULT_EPOCHS, DEFAULT_N_TRIALS, PRUNERS, SAMPLERS
 
 
@@ -44,24 +45,31 @@ from ablate.tune import DEFAULT_EPOCHS, DEFAULT_N_TRIALS, PRUNERS, SAMPLERS
 @results_dir_option
 @click.option("--export", "export_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write a grid study file (TOML) that reruns the best configuration with 3 seeds.")
-@click.option("--keep-checkpoints", is_flag=True, help="Keep every trial's best.pt (default: only the best trial's).")
+@click.option("--keep-checkpoints", type=click.Choice(KEEP_CHECKPOINTS), default="best", show_default=True,
+              is_flag=False, flag_value="all",
+              help="Which complete trials keep best.pt in the artifact store: the best one (the report's gallery "
+                   "and `ablate predict` use it), all (the bare flag), or none.")
 @click.option("--artifacts", default=None, metavar="DIR|s3://BUCKET[/PREFIX]",
-              help="Optuna artifact store for each trial's run.json (pip install boto3 for S3) "
-                   "[default: results/<study>/artifacts].")
+              help="Optuna artifact store for each trial's run.json, predictions and checkpoint: a folder (share "
+                   "one between machines) or S3 (pip install boto3)  [default: results/<study>/artifacts].")
 @click.option("--dry-run", is_flag=True, help="Print the resolved search space and settings; run and write nothing.")
 @click.pass_context
 def tune(ctx: click.Context, study_file: Path | None, workers: int, storage: str | None, results_dir: Path,
-         export_path: Path | None, keep_checkpoints: bool, artifacts: str | None, dry_run: bool, **flags: Any):
+         export_path: Path | None, keep_checkpoints: str, artifacts: str | None, dry_run: bool, **flags: Any):
     """Search hyperparameters of one model with Optuna: TPE, Hyperband pruning on val mIoU.
 
-    Every trial trains through the same engine as `ablate train`; its run record goes to
-    results/<study>/runs/<trial>/. Rerunning the same command continues the study until it
+    Every trial trains through the same engine as `ablate train` in results/<study>/runs/<trial>/;
+    its record is kept in the storage and its files in the artifact store, so `ablate report
+    --storage URL --study-name NAME` works on any machine. Rerunning the same command continues the study until it
     holds --n-trials finished (complete or pruned) trials. Review it with the printed
     `optuna-dashboard` command.
     """
     from ablate import store
     from ablate import tune as tuning
+    from ablate import workers as worker_stage
 
+    if workers > 1 and not dry_run:
+        worker_stage.warm_up()  # the worker server imports torch while this process sets up
     given = {name for name in flags
              if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     spec = tuning.resolve_spec(flags, given=given, study_file=study_file, workers=workers, storage=storage,
@@ -78,7 +86,8 @@ def tune(ctx: click.Context, study_file: Path | None, workers: int, storage: str
                    f"(storage {store.mask_url(spec.storage)})", err=True)
         sys.exit(130)
     _print_summary(spec, study)
-    _write_report(spec)
+    if _write_report(spec):
+        _print_best_checkpoint(spec, study)
     if export_path is not None:
         path = tuning.export_grid_study(spec, study, export_path)
         click.echo(f"exported: {path}  (run it: ablate grid --study {path})")
@@ -113,17 +122,39 @@ def _print_summary(spec, study) -> None:
         click.echo(f"best val mIoU: {best.value:.4f} (trial {best.number})")
         click.echo("best params: " + "  ".join(f"{k}={v}" for k, v in best.params.items()))
         click.echo(f"best run record: {Path(best.user_attrs.get('run_dir', '')) / 'run.json'}")
-    click.echo(f"trials: {spec.folder / 'trials.csv'}")
-    click.echo(f"dashboard: {store.dashboard_command(spec.storage)}")
+    files = store.artifacts(spec.artifacts or store.default_artifacts(spec.results_dir, spec.study_name))
+    click.echo(f"trials: {spec.folder / 'trials.csv'}; files: {files.spec}")
+    local = None if files.spec.startswith("s3://") else files.spec
+    click.echo(f"dashboard: {store.dashboard_command(spec.storage, local)}")
 
 
-def _write_report(spec) -> None:
+def _write_report(spec) -> bool:
     try:
         from ablate.report import write_report
 
-        path = write_report(results_dir=spec.results_dir, study_names=[spec.study_name])
+        path = write_report(results_dir=spec.results_dir, study_names=[spec.study_name], storage=spec.storage,
+                            artifacts=spec.artifacts)
         click.echo(f"report: {path}")
+        return True
     except Exception as exc:  # noqa: BLE001 - the tune's results stand without the report
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         click.echo(f"warning: no report written ({type(exc).__name__}{': ' + first if first else ''}); "
                    f"try `ablate report --study-name {spec.study_name}`", err=True)
+        return False
+
+
+def _print_best_checkpoint(spec, study) -> None:
+    """Where the best trial's checkpoint now is on this machine: the report fetched it from
+    the artifact store into results/<study>/checkpoints/<artifact id>/."""
+    from ablate import analysis
+    from ablate import tune as tuning
+
+    best = tuning.best_trial(study)
+    if best is None or spec.keep_checkpoints == "none":
+        return
+    loaded = analysis.load_study(spec.results_dir, spec.study_name, storage=spec.storage, artifacts=spec.artifacts)
+    try:
+        folder = loaded.checkpoint_dir(str(best.number))
+    except analysis.NoCheckpoint:  # e.g. a study resumed with other settings
+        return
+    click.echo(f"best checkpoint: {folder}  (ablate predict --run {folder} --image IMG)")

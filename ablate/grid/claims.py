@@ -168,7 +168,8 @@ class GridStorage:
 
     # ---- claiming
     def claim(self, cells: list[Cell], *, max_retries: int) -> tuple[Cell, int] | None:
-        """Create a RUNNING trial for the first cell that needs a run, or return None."""
+        """Create a RUNNING trial for the cell that needs a run and is expected to take longest
+        (`longest_first`), or return None."""
         with self.lock():
             sid = self.study_id()
             trials = self.storage.get_all_trials(sid, deepcopy=False)
@@ -176,7 +177,7 @@ class GridStorage:
                 trials = self.storage.get_all_trials(sid, deepcopy=False)
             states = cell_states([c.brief() for c in cells], trials, max_retries)
             self.running = sum(s.status == "running" for s in states.values())
-            for cell in cells:
+            for cell in longest_first(cells, trials):
                 if states[cell.cell_id].status in ("pending", "retry"):
                     return cell, self.storage.create_new_trial(sid, template_trial=self._new_trial(cell, cells))
         return None
@@ -201,6 +202,31 @@ class GridStorage:
                         "worker": workers.identity()},
             system_attrs=workers.owner_system_attrs(),
         )
+
+
+def longest_first(cells: list[Cell], trials: list[FrozenTrial]) -> list[Cell]:
+    """The cells in the order workers should take them: longest expected first (LPT
+    scheduling), so the short ones are left for the end and the workers finish together.
+    A cell's expected seconds are its epoch budget times the seconds per epoch of the
+    completed trials of cells with its model and image size; cells with no such trial yet
+    come first, in study order (running one is what teaches their cost)."""
+    by_id = {c.cell_id: c for c in cells}
+    per_epoch: dict[tuple, list[float]] = {}
+    for t in trials:
+        cell = by_id.get(t.user_attrs.get("cell_id"))
+        seconds, epochs = t.user_attrs.get("seconds"), t.user_attrs.get("stopped_epoch")
+        if t.state == TrialState.COMPLETE and cell is not None and seconds and epochs:
+            per_epoch.setdefault(_cost_key(cell), []).append(seconds / epochs)
+
+    def order(cell: Cell) -> tuple[int, float]:
+        known = per_epoch.get(_cost_key(cell))
+        return (0, 0.0) if not known else (1, -cell.config.epochs * sum(known) / len(known))
+
+    return sorted(cells, key=order)  # stable: ties keep the study's order
+
+
+def _cost_key(cell: Cell) -> tuple:
+    return cell.config.model, json.dumps(cell.config.model_args, sort_keys=True), tuple(cell.config.image_size)
 
 
 @contextlib.contextmanager

@@ -40,6 +40,7 @@ def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Pa
     go to `artifacts` (see `_tell`)."""
     from ablate import record as records
     from ablate.engine import fit_safely
+    from ablate.predict import gallery_predictions
 
     storage = gs.storage
 
@@ -51,7 +52,8 @@ def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Pa
     try:
         with workers.Heartbeat(storage, trial_id):
             try:
-                record = fit_safely(cell.config, dataset, out_dir=run_dir, on_epoch=on_epoch, quiet=True, progress=progress)
+                record = fit_safely(cell.config, dataset, out_dir=run_dir, on_epoch=on_epoch, quiet=True, progress=progress,
+                                    on_model=lambda model: gallery_predictions(model, dataset, run_dir))
             except AblateError as exc:  # e.g. a batch larger than the split: this cell's problem only
                 record = records.failed(cell.config, reason=str(exc), tb=None)
                 records.write(run_dir, record, None)
@@ -60,15 +62,15 @@ def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Pa
         workers.fail_trial(storage, trial_id, INTERRUPTED)
         raise
     return _tell(storage, cell, trial_id, record, time.perf_counter() - start, run_dir=run_dir, artifacts=artifacts,
-                 keep_checkpoints=keep_checkpoints, dataset=dataset)
+                 keep_checkpoints=keep_checkpoints)
 
 
 def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, run_dir: Path | None = None,
-          artifacts: store.Artifacts | None = None, keep_checkpoints: str = "best", dataset=None) -> CellResult:
+          artifacts: store.Artifacts | None = None, keep_checkpoints: str = "best") -> CellResult:
     """Put the trial's record into the storage (summary, flags, curves and the whole record as
     user attrs, `record.to_attrs`), attach its files to it in `artifacts` (run.json; for a
-    completed run best.pt unless `keep_checkpoints` is 'none', and, given its `dataset`, its
-    predictions of the report gallery's val images, so the gallery needs no checkpoint), then
+    completed run best.pt unless `keep_checkpoints` is 'none', and the predictions.png of the
+    report gallery's val images that `run_cell` drew, so the gallery needs no checkpoint), then
     finish it. The local best.pt is removed afterwards: the artifact store holds the one copy
     (`prune_checkpoints` thins it)."""
     from ablate import record as records
@@ -84,8 +86,8 @@ def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, r
                 storage.set_trial_user_attr(trial_id, key, _plain(v))
         if artifacts is not None and run_dir is not None:  # only a trial not yet finished takes artifacts
             try:
-                _attach_files(storage, trial_id, record, run_dir, artifacts, completed=ok,
-                              with_checkpoint=ok and keep_checkpoints != "none", dataset=dataset)
+                store.attach_run(storage, trial_id, record, run_dir, artifacts, completed=ok,
+                                 with_checkpoint=ok and keep_checkpoints != "none")
             except AblateError as exc:  # the store is the record: a cell whose files are not there failed
                 ok, reason = False, str(exc)
         storage.set_trial_user_attr(trial_id, "failure_reason", reason)
@@ -100,38 +102,6 @@ def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, r
             (run_dir / records.CHECKPOINT_FILE).unlink(missing_ok=True)
     return CellResult(cell.cell_id, cell.label, "completed" if ok else "failed", row.get("val_miou"),
                       row.get("test_miou"), seconds, reason)
-
-
-def _attach_files(storage, trial_id: int, record: dict, run_dir: Path, artifacts: store.Artifacts, *,
-                  completed: bool, with_checkpoint: bool, dataset=None) -> None:
-    from ablate import record as records
-
-    if not (run_dir / records.RECORD_FILE).is_file():
-        records.write(run_dir, record, None)
-    storage.set_trial_user_attr(trial_id, "artifact_store", artifacts.spec)
-    store.attach(storage, trial_id, artifacts.store, run_dir / records.RECORD_FILE)
-    if not completed:
-        return
-    checkpoint = run_dir / records.CHECKPOINT_FILE
-    if not checkpoint.is_file():
-        raise AblateError(f"{checkpoint}: the completed run left no checkpoint")
-    if dataset is not None:
-        store.attach(storage, trial_id, artifacts.store, _predictions_png(run_dir, dataset))
-    if with_checkpoint:
-        store.attach(storage, trial_id, artifacts.store, checkpoint)
-
-
-def _predictions_png(run_dir: Path, dataset) -> Path:
-    """The run's predictions of the report gallery's val images (`analysis.gallery_indices`)."""
-    from ablate import analysis
-    from ablate.predict import load_run, predict_masks
-
-    val = dataset.splits["val"]
-    idx = analysis.gallery_indices(len(val))
-    model, ckpt = load_run(run_dir)
-    masks = predict_masks(model, val.images[idx], tuple(ckpt["image_size"]))
-    return analysis.write_predictions_png(run_dir / analysis.PREDICTIONS_FILE, [m.numpy() for m in masks],
-                                          [val.ids[i] for i in idx])
 
 
 def run_flags(record: dict, summary: dict) -> dict[str, Any]:

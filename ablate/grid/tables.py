@@ -2,7 +2,6 @@
 checkpoints `--keep-checkpoints` keeps."""
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import warnings
@@ -118,11 +117,9 @@ def prune_checkpoints(gs: GridStorage, artifacts: store.Artifacts, keep: str) ->
     """--keep-checkpoints best: once the grid is done, remove from `artifacts` the checkpoint of
     every completed trial except those the report's gallery (and `ablate predict`) needs: per
     architecture, the best seed of its best cell (`analysis.gallery_keys`). A finished trial's
-    artifact list cannot change, so the removed ids are listed in the study attr
-    `pruned_checkpoints` (the report says "pruned", not "missing"). Trials whose files went to
-    another store are left to that store's machine. Returns the ids removed now."""
-    from optuna.artifacts.exceptions import ArtifactNotFound
-
+    artifact list cannot change, so each removal is marked first (`store.mark_pruned`; the
+    report says "pruned", not "missing"). Trials whose files went to another store are left
+    to that store's machine. Returns the ids removed now."""
     from ablate import analysis
     from ablate.record import CHECKPOINT_FILE
 
@@ -133,18 +130,15 @@ def prune_checkpoints(gs: GridStorage, artifacts: store.Artifacts, keep: str) ->
         cells = attrs.get("cells") or []
         states = cell_states(cells, trials)
         wanted = {states[k].trial.number for k in analysis.gallery_keys(runs_table(cells, trials)) if k in states}
-        pruned, removed = list(attrs.get("pruned_checkpoints") or []), []
+        pruned, removed = store.pruned_ids(attrs), []
         for t in trials:
             aid = store.artifact_ids(t.system_attrs).get(CHECKPOINT_FILE)
             if (t.state != TrialState.COMPLETE or t.number in wanted or not aid or aid in pruned
                     or t.user_attrs.get("artifact_store") != artifacts.spec):
                 continue
-            with contextlib.suppress(ArtifactNotFound):
-                artifacts.store.remove(aid)
-            pruned.append(aid)
+            store.mark_pruned(gs.storage, gs.study_id(), aid)
+            store.remove_artifact(artifacts, aid)
             removed.append(aid)
-        if removed:
-            gs.storage.set_study_user_attr(gs.study_id(), "pruned_checkpoints", pruned)
     return removed
 
 
