@@ -1171,7 +1171,8 @@ def read_predictions_png(path: Path, what: str) -> tuple[list[str], list[np.ndar
 
 def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = 4, cache_dir: str | Path | None = None) -> Gallery:
     """A few fixed val images (evenly spaced over the split), their ground truth, and the
-    prediction of each run from `best_runs`."""
+    prediction of each run from `best_runs`: the masks its worker stored (predictions.png),
+    else predicted here from its checkpoint."""
     from ablate.data import load_dataset
     from ablate.predict import load_run, predict_masks
 
@@ -1194,14 +1195,16 @@ def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = 4, cache_dir: s
     out = Gallery(study.class_names or ds.class_names, [val.ids[i] for i in idx],
                   [im.permute(1, 2, 0).numpy() for im in images], [m.numpy() for m in val.masks[idx]], [])
     for label, key in chosen:
+        # The masks the run's worker drew with the trained model (its predictions.png), when
+        # it stored them for these images: no checkpoint to download and rebuild.
+        masks = study.stored_predictions(key, out.image_ids, [t.shape for t in out.truths])
+        if masks is not None:
+            out.predictions.append((label, masks))
+            continue
         try:
             model, ckpt = load_run(study.checkpoint_dir(key))
         except NoCheckpoint as exc:
-            masks = study.stored_predictions(key, out.image_ids, [t.shape for t in out.truths])
-            if masks is None:
-                out.notes.append(f"{label}: {exc}")
-            else:
-                out.predictions.append((label, masks))
+            out.notes.append(f"{label}: {exc}")
             continue
         except AblateError as exc:
             if study.source == "storage":  # the storage says the file is there: a damaged study, not a note

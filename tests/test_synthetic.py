@@ -164,3 +164,15 @@ def test_write_voc_accepts_empty_existing_folder(tmp_path):
     root = write_voc(tmp_path / "empty", size=16, num_classes=3)
     assert root == tmp_path / "empty" / "VOC2007"
     assert (root / "classes.txt").read_text().split() == list(SYNTH_CLASSES[:3])
+
+
+def test_rendering_on_several_threads_gives_the_images_of_one_by_one():
+    import zlib
+
+    from ablate import synthetic
+
+    images, masks = synthetic.generate_split("val", n=12, size=64)
+    for i in range(12):
+        rng = np.random.default_rng(np.random.SeedSequence(0, spawn_key=(zlib.crc32(b"val"), i)))
+        image, mask = synthetic._render(rng, 64, 6)
+        assert (images[i] == image).all() and (masks[i] == mask).all()

@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
+from ablate import analysis
 from ablate import record as records
 from ablate import store
 from ablate import tune as tuning
@@ -203,13 +204,17 @@ def test_a_tune_reports_from_an_empty_folder_with_only_its_storage_and_artifacts
     pd.testing.assert_frame_equal(pd.read_csv(empty / "u" / "trials.csv"), local, check_exact=True)
     html = (empty / "u" / "report.html").read_text()
     assert f"best trial {best.number}" in html and "no run record" not in html
-    fetched = list((empty / "u" / "checkpoints").rglob("best.pt"))
-    if keep == "best":
+    assert "no checkpoint stored" not in html  # the gallery drew the predictions the trial stored
+    assert not list((empty / "u" / "checkpoints").rglob("best.pt"))  # so it downloaded no checkpoint
+    study = analysis.load_study(empty, "u", storage=url, artifacts=str(shared))
+    if keep == "best":  # the best trial's checkpoint is in the store, for `ablate predict`
         aid = store.artifact_ids(best.system_attrs)["best.pt"]
-        assert fetched == [empty / "u" / "checkpoints" / aid / "best.pt"]
+        assert study.checkpoint_dir(str(best.number)) == empty / "u" / "checkpoints" / aid
+        assert torch.load(empty / "u" / "checkpoints" / aid / "best.pt", weights_only=True)["config"]["lr"] == best.params["lr"]
     else:
-        assert fetched == [] and not any("best.pt" in store.artifact_ids(t.system_attrs) for t in _load(url, "u").trials)
-        assert "no checkpoint stored" not in html  # the gallery drew the stored predictions instead
+        assert not any("best.pt" in store.artifact_ids(t.system_attrs) for t in _load(url, "u").trials)
+        with pytest.raises(analysis.NoCheckpoint, match="--keep-checkpoints none"):
+            study.checkpoint_dir(str(best.number))
 
 
 def test_export_runs_through_grid_dry_run_with_the_best_params(tuned):
