@@ -1217,10 +1217,11 @@ def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = 4, cache_dir: s
 
 
 # --------------------------------------------------------------------------- tables on disk
-def write_tables(study: Study, runs: pd.DataFrame) -> list[Path]:
+def write_tables(study: Study, runs: pd.DataFrame, *, effects: pd.DataFrame | None = None,
+                 comparisons: pd.DataFrame | None = None) -> list[Path]:
     """effects.csv and comparisons.csv beside the grid's runs.csv; for a study read from its
     storage, runs.csv and summary.csv too, or a tune's trials.csv (exports, wherever the
-    report runs)."""
+    report runs). `effects` / `comparisons`: the study's, when the caller computed them."""
     if study.kind == "tune":
         return [_io.write_csv(study.folder / "trials.csv", study.table)] if study.source == "storage" else []
     written = []
@@ -1232,8 +1233,10 @@ def write_tables(study: Study, runs: pd.DataFrame) -> list[Path]:
     if runs.empty:
         return written
     return written + [
-        _io.write_csv(study.folder / "effects.csv", factorial_effects(runs).reindex(columns=EFFECT_COLUMNS)),
-        _io.write_csv(study.folder / "comparisons.csv", paired_comparisons(runs).reindex(columns=COMPARISON_COLUMNS))]
+        _io.write_csv(study.folder / "effects.csv",
+                      (factorial_effects(runs) if effects is None else effects).reindex(columns=EFFECT_COLUMNS)),
+        _io.write_csv(study.folder / "comparisons.csv",
+                      (paired_comparisons(runs) if comparisons is None else comparisons).reindex(columns=COMPARISON_COLUMNS))]
 
 
 _TEST_COLUMNS = ["n", "estimate", "ci_low", "ci_high", "ci_method", "excludes_zero", "p_value", "p_method", "p_holm",

@@ -48,12 +48,14 @@ def write_report(*, results_dir: str | Path, study_names: list[str], out: str | 
             what = "trials" if study.kind == "tune" else "cells"
             raise AblateError(f"study {study.name} has no finished {what} yet in {study.folder}; "
                               f"wait for `ablate {study.kind}` to finish one, then rerun `ablate report`")
-        analysis.write_tables(study, runs)
         if study.kind == "tune":
+            analysis.write_tables(study, runs)
             bodies.append(_tune_study(page, study, runs, storage))
-        else:
-            found = analysis.findings(study, runs)
-            bodies.append(_grid_study(page, study, runs, found))
+        else:  # effects and comparisons once: the tables, the Findings panel and the figures share them
+            effects, comps = analysis.factorial_effects(runs), analysis.paired_comparisons(runs)
+            analysis.write_tables(study, runs, effects=effects, comparisons=comps)
+            found = analysis.findings(study, runs, effects=effects, comparisons=comps)
+            bodies.append(_grid_study(page, study, runs, found, effects, comps))
             notes.append((study, runs, found))
     out = Path(out) if out is not None else studies[0].folder / "report.html"
     path = _io.write_text(out, _document(studies, bodies))
@@ -244,12 +246,11 @@ def _code(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- grid
-def _grid_study(page: _Page, study: Study, runs: pd.DataFrame, found: analysis.Findings) -> str:
+def _grid_study(page: _Page, study: Study, runs: pd.DataFrame, found: analysis.Findings, effects: pd.DataFrame,
+                comps: pd.DataFrame) -> str:
     metric = analysis.primary_metric(runs)
     label = METRIC_LABELS[metric]
     stats = analysis.cell_stats(runs)
-    comps = analysis.paired_comparisons(runs)
-    effects = analysis.factorial_effects(runs)
     ranking = analysis.compare_architectures(runs)
     cost = analysis.cost_table(runs)
     sid = _anchor(study.name)

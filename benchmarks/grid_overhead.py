@@ -9,7 +9,10 @@ process per core, one thread each). For each it prints
   cells         the cells' own seconds (each run record's timing: model build, training,
                 validation, final metrics), summed, divided by the worker count
   share         cells / wall: the part of the wall time the workers spent inside cells (goal >= 0.92)
-  checkpoints   bytes of *.pt files the grid left under its results folder
+  report s      of the wall, the seconds the grid spent writing report.html at the end (from the
+                times its "results:" and "report:" lines were printed); "share w/o report" leaves them out
+  checkpoints   bytes of the checkpoints the grid left: best.pt artifacts still in the artifact
+                store plus any *.pt under the study folder (the dataset cache is not counted)
 
 and the wall-time ratio of the two arrangements.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import re
@@ -46,14 +50,34 @@ def run_grid(label: str, workers: str, grid_args: list[str], *, study_name: str)
     command = [sys.executable, "-m", "ablate", "grid", "--results-dir", str(results), "--workers", workers, *grid_args]
     print("$ " + " ".join(command), flush=True)
     start = time.perf_counter()
-    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = [(time.perf_counter() - start, line) for line in proc.stdout]  # (when it was printed, the line)
+    proc.wait()
     wall = time.perf_counter() - start
-    used = _workers_used(proc.stdout)
+    stdout = "".join(line for _, line in lines)
+    used = _workers_used(stdout)
     runs = list(csv.DictReader((results / study_name / "runs.csv").open()))
     seconds = sum(float(r["seconds"]) for r in runs if r.get("seconds"))
-    checkpoints = sum(p.stat().st_size for p in results.rglob("*.pt"))
     return {"label": label, "exit": proc.returncode, "wall": wall, "cells": seconds / used, "workers": used,
-            "runs": len(runs), "checkpoints": checkpoints, "folder": results}
+            "runs": len(runs), "report": _report_seconds(lines), "checkpoints": _checkpoint_bytes(results, study_name),
+            "folder": results}
+
+
+def _report_seconds(lines: list[tuple[float, str]]) -> float:
+    when = {key: t for t, line in lines for key in ("results:", "report:") if line.startswith(key)}
+    return when["report:"] - when["results:"] if len(when) == 2 else 0.0
+
+
+def _checkpoint_bytes(results: Path, study_name: str) -> int:
+    from ablate import grid as grids
+    from ablate import store
+
+    folder = results / study_name
+    url = json.loads((folder / "study.json").read_text())["storage"]
+    artifacts = folder / store.ARTIFACT_DIR
+    ids = {store.artifact_ids(t.system_attrs).get("best.pt") for t in grids.GridStorage(url, study_name).trials()}
+    stored = sum((artifacts / aid).stat().st_size for aid in ids if aid and (artifacts / aid).is_file())
+    return stored + sum(p.stat().st_size for p in folder.rglob("*.pt"))
 
 
 def _workers_used(stdout: str) -> int:
@@ -73,10 +97,11 @@ def main() -> int:
     rows = [run_grid("one-process", "1", args.grid_args, study_name=args.study_name),
             run_grid("auto", "auto", args.grid_args, study_name=args.study_name)]
     print(f"\n{'arrangement':<12} {'workers':>7} {'runs':>4} {'exit':>4} {'wall s':>7} {'cells s':>7} {'share':>6} "
-          f"{'checkpoints':>11}")
+          f"{'report s':>8} {'share w/o report':>16} {'checkpoints':>11}")
     for r in rows:
         print(f"{r['label']:<12} {r['workers']:>7} {r['runs']:>4} {r['exit']:>4} {r['wall']:7.1f} {r['cells']:7.1f} "
-              f"{r['cells'] / r['wall']:6.1%} {r['checkpoints'] / 1e6:9.1f} MB")
+              f"{r['cells'] / r['wall']:6.1%} {r['report']:8.1f} {r['cells'] / (r['wall'] - r['report']):16.1%} "
+              f"{r['checkpoints'] / 1e6:9.1f} MB")
     one, auto = rows
     print(f"\nwall one-process / auto: {one['wall'] / auto['wall']:.2f}x; results left in {one['folder']} and {auto['folder']}")
     return 0 if all(r["exit"] == 0 for r in rows) else 1
