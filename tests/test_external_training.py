@@ -80,11 +80,17 @@ def test_a_user_model_by_import_path_trains_in_a_grid_and_its_file_is_its_identi
         record = json.loads((results / "ext" / run_dir / "run.json").read_text())
         assert record["model_identity"] == {"import_path": f"{MODULE}:build", "module_sha256": sha, "width": 3}
         assert record["config"]["model_args"] == {"width": 3}
-    # the checkpoint lives in the artifact store; the report fetches the gallery's into checkpoints/<id>/
+    # the checkpoint lives in the artifact store; the report draws the predictions the trial
+    # stored, and `checkpoint_dir` (what `ablate predict --run` is given) fetches it
     shown = _run(["-m", "ablate", "report", "--results-dir", str(results), "--study-name", "ext"], env, work)
     assert shown.returncode == 0, shown.stdout + shown.stderr
-    fetched = sorted((results / "ext" / "checkpoints").glob("*/best.pt"))
-    assert len(fetched) == 1  # --keep-checkpoints best: one architecture, its best cell
+    from ablate import analysis
+
+    stored = analysis.load_study(results, "ext")
+    [(_, key)] = analysis.best_runs(stored, analysis.finished_runs(stored))  # --keep-checkpoints best: its best cell
+    assert not list((results / "ext" / "checkpoints").glob("*/best.pt"))  # the report downloaded none
+    fetched = [stored.checkpoint_dir(key) / "best.pt"]
+    assert fetched[0].is_file()
     sys.path.insert(0, str(modules))  # load_run rebuilds the model by its import path
     try:
         model, _ = load_run(fetched[0].parent)
