@@ -111,13 +111,13 @@ class Study:
         predictions.png artifact), at `shapes`; None when it has none for these images."""
         from ablate import store
 
-        aid = self.files.get(key, {}).get(PREDICTIONS_FILE)
+        aid = self.files.get(key, {}).get(store.PREDICTIONS_FILE)
         if aid is None or not self.stores.get(key):
             return None
         if self.stores[key] not in self._opened:
             self._opened[self.stores[key]] = store.open_artifacts(self.stores[key], create=False)
-        what = f"{self.labels.get(key, key)}: {PREDICTIONS_FILE}"
-        path = store.fetch(self._opened[self.stores[key]], aid, self.folder / "checkpoints" / aid / PREDICTIONS_FILE,
+        what = f"{self.labels.get(key, key)}: {store.PREDICTIONS_FILE}"
+        path = store.fetch(self._opened[self.stores[key]], aid, self.folder / "checkpoints" / aid / store.PREDICTIONS_FILE,
                            what=what)
         stored_ids, masks = read_predictions_png(path, what)
         if stored_ids != list(ids):
@@ -207,14 +207,8 @@ def load_stored_study(results_dir: str | Path, study_name: str, url: str, *, art
     spec = store.artifact_spec(artifacts) if artifacts else None
     for key, state in grids.cell_states(cells, trials).items():
         t = state.trial
-        if t is None or state.status == "running":
-            continue
-        study.labels[key] = f"trial {t.number} ({t.user_attrs.get('label') or key})"
-        study.files[key] = store.artifact_ids(t.system_attrs)
-        study.stores[key] = spec or t.user_attrs.get("artifact_store")
-        record = _stored_record(study, key, t, folder)
-        if record is not None:
-            study.records[key] = record
+        if t is not None and state.status != "running":
+            _add_stored_trial(study, key, t, f"trial {t.number} ({t.user_attrs.get('label') or key})", spec)
     return study
 
 
@@ -234,16 +228,23 @@ def load_stored_tune(results_dir: str | Path, study_name: str, url: str, storage
                   pruned=store.pruned_ids(ostudy.user_attrs), source="storage", storage_url=url)
     spec = store.artifact_spec(artifacts) if artifacts else None
     for t in ostudy.get_trials(deepcopy=False):
-        if t.state == optuna.trial.TrialState.RUNNING:
-            continue
-        key = str(t.number)
-        study.labels[key] = f"trial {t.number}"
-        study.files[key] = store.artifact_ids(t.system_attrs)
-        study.stores[key] = spec or t.user_attrs.get("artifact_store")
-        record = _stored_record(study, key, t, study.folder)
-        if record is not None:
-            study.records[key] = record
+        if t.state != optuna.trial.TrialState.RUNNING:
+            _add_stored_trial(study, str(t.number), t, f"trial {t.number}", spec)
     return study
+
+
+def _add_stored_trial(study: Study, key: str, trial, label: str, artifacts: str | None) -> None:
+    """What a stored study keeps of one finished trial under `key`: its label for messages,
+    its files' artifact ids and their store (`artifacts` overrides the one it recorded), its
+    record (`_stored_record`)."""
+    from ablate import store
+
+    study.labels[key] = label
+    study.files[key] = store.artifact_ids(trial.system_attrs)
+    study.stores[key] = artifacts or trial.user_attrs.get("artifact_store")
+    record = _stored_record(study, key, trial, study.folder)
+    if record is not None:
+        study.records[key] = record
 
 
 def _stored_record(study: Study, key: str, trial, folder: Path) -> dict | None:
@@ -1140,7 +1141,6 @@ def _best_grid_runs(runs: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 GALLERY_IMAGES = 4  # val images in the report's gallery (and in each grid trial's predictions.png)
-PREDICTIONS_FILE = "predictions.png"
 
 
 def gallery_indices(n_val: int, n_images: int = GALLERY_IMAGES) -> list[int]:

@@ -40,14 +40,14 @@ def gallery_predictions(model: torch.nn.Module, dataset, run_dir: str | Path) ->
     images (`analysis.gallery_indices`, at the dataset's working size, as the model was
     trained), which a report then draws without the checkpoint. The engine hands the model
     over (`fit(on_model=...)`), so the checkpoint is not loaded back for it."""
-    from ablate import analysis
+    from ablate import analysis, store
 
     val = dataset.splits["val"]
     idx = analysis.gallery_indices(len(val))
     images = val.images[idx]
     with torch.inference_mode():
         masks = predict_masks(model, images, tuple(images.shape[-2:]))
-    return analysis.write_predictions_png(Path(run_dir) / analysis.PREDICTIONS_FILE, [m.numpy() for m in masks],
+    return analysis.write_predictions_png(Path(run_dir) / store.PREDICTIONS_FILE, [m.numpy() for m in masks],
                                           [val.ids[i] for i in idx])
 
 

@@ -112,6 +112,7 @@ def dashboard_command(url: str, artifact_dir: str | Path | None = None) -> str:
 
 # --------------------------------------------------------------------------- artifacts
 ARTIFACT_DIR = "artifacts"  # the default artifact folder: <results-dir>/<study>/artifacts
+PREDICTIONS_FILE = "predictions.png"  # a run's masks for the report gallery's val images (`predict.gallery_predictions`)
 KEEP_CHECKPOINTS = ("best", "all", "none")
 
 
@@ -213,7 +214,7 @@ def attach_run(storage, trial_id: int, record: dict, run_dir: Path, artifacts: A
     checkpoint = run_dir / records.CHECKPOINT_FILE
     if not checkpoint.is_file():
         raise AblateError(f"{checkpoint}: the completed run left no checkpoint")
-    predictions = run_dir / "predictions.png"  # analysis.PREDICTIONS_FILE
+    predictions = run_dir / PREDICTIONS_FILE
     if predictions.is_file():
         attach(storage, trial_id, artifacts.store, predictions)
     if with_checkpoint:
@@ -258,6 +259,27 @@ def remove_artifact(artifacts: Artifacts, artifact_id: str) -> None:
         pass
     except OSError as exc:
         raise AblateError(f"cannot remove artifact {artifact_id} from {artifacts.spec} ({exc})") from None
+
+
+def prune_trial_checkpoints(storage, study_id: int, trials, artifacts: Artifacts, *, keep: set[int]) -> list[str]:
+    """Remove from `artifacts` the checkpoint of every COMPLETE trial among `trials` whose
+    number is not in `keep` (a trial whose files went to another store is left to that
+    store's machine), each marked first (`mark_pruned`) so the report says "pruned", not
+    "missing". Returns the ids removed now. The grid's and the tuner's --keep-checkpoints best."""
+    from optuna.trial import TrialState
+
+    from ablate.record import CHECKPOINT_FILE
+
+    pruned, removed = pruned_ids(storage.get_study_user_attrs(study_id)), []
+    for t in trials:
+        aid = artifact_ids(t.system_attrs).get(CHECKPOINT_FILE)
+        if (t.state != TrialState.COMPLETE or t.number in keep or not aid or aid in pruned
+                or t.user_attrs.get("artifact_store") != artifacts.spec):
+            continue
+        mark_pruned(storage, study_id, aid)
+        remove_artifact(artifacts, aid)
+        removed.append(aid)
+    return removed
 
 
 def fetch(artifacts, artifact_id: str, dest: Path, *, what: str) -> Path:

@@ -739,26 +739,14 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 def prune_checkpoints(study: optuna.Study, artifacts: store.Artifacts) -> list[str]:
     """--keep-checkpoints best: remove from `artifacts` the best.pt of every complete trial but
-    the best one (a custom net's can be 250 MB). Each removal is first marked in a study
-    attr of its own (`store.mark_pruned`: workers prune concurrently without a lock), so
-    the report says "pruned", not "missing". Returns the ids removed now."""
-    from ablate.record import CHECKPOINT_FILE
-
+    the best one (a custom net's can be 250 MB). Each removal is marked in a study attr of
+    its own (`store.prune_trial_checkpoints`), so workers prune concurrently without a lock.
+    Returns the ids removed now."""
     best = best_trial(study)
     if best is None:
         return []
-    storage = study._storage
-    pruned = store.pruned_ids(storage.get_study_user_attrs(study._study_id))
-    removed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        aid = store.artifact_ids(t.system_attrs).get(CHECKPOINT_FILE)
-        if (t.number == best.number or not aid or aid in pruned
-                or t.user_attrs.get("artifact_store") != artifacts.spec):  # another store's machine prunes it
-            continue
-        store.mark_pruned(storage, study._study_id, aid)
-        store.remove_artifact(artifacts, aid)
-        removed.append(aid)
-    return removed
+    return store.prune_trial_checkpoints(study._storage, study._study_id, study.get_trials(deepcopy=False),
+                                         artifacts, keep={best.number})
 
 
 META_ATTR = "meta"  # study user attr: what study.json says of the tune, less its trial counts and best

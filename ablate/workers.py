@@ -315,7 +315,7 @@ def _child(env: dict[str, str], threads: int, target: Callable, index: int, even
     except KeyboardInterrupt:
         code = 130
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = exit_code(exc)
     except BaseException:  # a bug: its traceback, then the exit code Python would give
         import traceback
 
@@ -324,6 +324,16 @@ def _child(env: dict[str, str], threads: int, target: Callable, index: int, even
     events.close()
     events.join_thread()  # the events put so far reach the parent
     fast_exit(code)
+
+
+def exit_code(exc: SystemExit) -> int:
+    """The status Python leaves with for `exc`: its code when an int, 0 for None, else 1
+    with the code (a message) printed to stderr, as the interpreter does."""
+    if isinstance(exc.code, int):
+        return exc.code
+    if exc.code is not None:
+        print(exc.code, file=sys.stderr)
+    return 0 if exc.code is None else 1
 
 
 def fast_exit(code: int) -> None:
@@ -352,10 +362,8 @@ def supervise(target: Callable, args: tuple, *, workers: int, device: str, on_ev
     Ctrl-C or SIGTERM here: the workers get time to mark their trials interrupted, then
     KeyboardInterrupt is raised. Returns the non-zero exit codes of the last workers."""
     warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
-    method = start_method()
-    if method == "forkserver":
-        warm_up()  # already running when the caller warmed it up early
-    ctx = multiprocessing.get_context(method)
+    warm_up()  # forkserver: already running when the caller warmed it up early
+    ctx = multiprocessing.get_context(start_method())
     plans = worker_plan(workers, device=device, gpu_ids=visible_gpus(), cores=cores())
 
     def start(i: int) -> tuple[Any, Any]:

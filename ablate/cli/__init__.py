@@ -73,15 +73,11 @@ def run() -> None:
     takes 1-2 s). A bug's traceback still goes the usual way."""
     try:
         main(prog_name="ablate")
-        code = 0
+        status = SystemExit(0)
     except SystemExit as exc:
-        code = exc.code
-    if not isinstance(code, int):
-        if code is not None:
-            print(code, file=sys.stderr)
-        code = 0 if code is None else 1
-    if "torch" not in sys.modules:  # e.g. --help: nothing slow to skip
-        sys.exit(code)
-    from ablate.workers import fast_exit
+        status = exc
+    if "torch" not in sys.modules:  # e.g. --help: nothing slow to skip (and no optuna to import)
+        raise status
+    from ablate import workers
 
-    fast_exit(code)
+    workers.fast_exit(workers.exit_code(status))

@@ -144,8 +144,8 @@ def _write_report(spec) -> bool:
 
 
 def _print_best_checkpoint(spec, study) -> None:
-    """Where the best trial's checkpoint now is on this machine: the report fetched it from
-    the artifact store into results/<study>/checkpoints/<artifact id>/."""
+    """Where the best trial's checkpoint now is on this machine: fetched from the artifact
+    store into results/<study>/checkpoints/<artifact id>/ (`Study.checkpoint_dir`)."""
     from ablate import analysis
     from ablate import tune as tuning
 

@@ -117,11 +117,9 @@ def prune_checkpoints(gs: GridStorage, artifacts: store.Artifacts, keep: str) ->
     """--keep-checkpoints best: once the grid is done, remove from `artifacts` the checkpoint of
     every completed trial except those the report's gallery (and `ablate predict`) needs: per
     architecture, the best seed of its best cell (`analysis.gallery_keys`). A finished trial's
-    artifact list cannot change, so each removal is marked first (`store.mark_pruned`; the
-    report says "pruned", not "missing"). Trials whose files went to another store are left
-    to that store's machine. Returns the ids removed now."""
+    artifact list cannot change, so each removal is marked (`store.prune_trial_checkpoints`).
+    Returns the ids removed now."""
     from ablate import analysis
-    from ablate.record import CHECKPOINT_FILE
 
     if keep != "best":
         return []
@@ -130,16 +128,7 @@ def prune_checkpoints(gs: GridStorage, artifacts: store.Artifacts, keep: str) ->
         cells = attrs.get("cells") or []
         states = cell_states(cells, trials)
         wanted = {states[k].trial.number for k in analysis.gallery_keys(runs_table(cells, trials)) if k in states}
-        pruned, removed = store.pruned_ids(attrs), []
-        for t in trials:
-            aid = store.artifact_ids(t.system_attrs).get(CHECKPOINT_FILE)
-            if (t.state != TrialState.COMPLETE or t.number in wanted or not aid or aid in pruned
-                    or t.user_attrs.get("artifact_store") != artifacts.spec):
-                continue
-            store.mark_pruned(gs.storage, gs.study_id(), aid)
-            store.remove_artifact(artifacts, aid)
-            removed.append(aid)
-    return removed
+        return store.prune_trial_checkpoints(gs.storage, gs.study_id(), trials, artifacts, keep=wanted)
 
 
 OBJECTIVE_NAME = "val mIoU"
