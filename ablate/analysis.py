@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ablate import _io, stats
+from ablate.gallery import GALLERY_IMAGES, gallery_indices, read_predictions_png
 from ablate.config import TOGGLES
 from ablate.errors import AblateError
 
@@ -1140,36 +1141,7 @@ def _best_grid_runs(runs: pd.DataFrame) -> list[tuple[str, str]]:
     return out
 
 
-GALLERY_IMAGES = 4  # val images in the report's gallery (and in each grid trial's predictions.png)
-
-
-def gallery_indices(n_val: int, n_images: int = GALLERY_IMAGES) -> list[int]:
-    """The gallery's val images: evenly spaced over the split."""
-    return sorted(set(np.linspace(0, n_val - 1, min(n_images, n_val)).round().astype(int).tolist()))
-
-
-def write_predictions_png(path: Path, masks: list[np.ndarray], ids: list[str]) -> Path:
-    """Label masks side by side in one lossless 8-bit PNG, the image ids in its text chunk."""
-    from PIL import Image, PngImagePlugin
-
-    info = PngImagePlugin.PngInfo()
-    info.add_text("ablate:ids", json.dumps(list(ids)))
-    strip = np.concatenate([np.asarray(m, dtype=np.uint8) for m in masks], axis=1)
-    return _io._atomic(path, lambda tmp: Image.fromarray(strip, mode="L").save(tmp, format="PNG", pnginfo=info))
-
-
-def read_predictions_png(path: Path, what: str) -> tuple[list[str], list[np.ndarray]]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            ids, strip = json.loads(im.text["ablate:ids"]), np.array(im)
-    except (OSError, UnidentifiedImageError, KeyError, ValueError) as exc:
-        raise AblateError(f"{what}: {path.name} is not a predictions image ({type(exc).__name__}); rerun the cell") from None
-    return ids, np.split(strip, len(ids), axis=1) if ids else []
-
-
-def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = 4, cache_dir: str | Path | None = None) -> Gallery:
+def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = GALLERY_IMAGES, cache_dir: str | Path | None = None) -> Gallery:
     """A few fixed val images (evenly spaced over the split), their ground truth, and the
     prediction of each run from `best_runs`: the masks its worker stored (predictions.png),
     else predicted here from its checkpoint."""

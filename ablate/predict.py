@@ -37,17 +37,17 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[t
 
 def gallery_predictions(model: torch.nn.Module, dataset, run_dir: str | Path) -> Path:
     """<run_dir>/predictions.png: a trained model's predictions of the report gallery's val
-    images (`analysis.gallery_indices`, at the dataset's working size, as the model was
+    images (`gallery.gallery_indices`, at the dataset's working size, as the model was
     trained), which a report then draws without the checkpoint. The engine hands the model
     over (`fit(on_model=...)`), so the checkpoint is not loaded back for it."""
-    from ablate import analysis, store
+    from ablate import gallery, store
 
     val = dataset.splits["val"]
-    idx = analysis.gallery_indices(len(val))
+    idx = gallery.gallery_indices(len(val))
     images = val.images[idx]
     with torch.inference_mode():
         masks = predict_masks(model, images, tuple(images.shape[-2:]))
-    return analysis.write_predictions_png(Path(run_dir) / store.PREDICTIONS_FILE, [m.numpy() for m in masks],
+    return gallery.write_predictions_png(Path(run_dir) / store.PREDICTIONS_FILE, [m.numpy() for m in masks],
                                           [val.ids[i] for i in idx])
 
 

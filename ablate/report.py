@@ -17,12 +17,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ablate import __version__, _io, analysis, dashboard
+from ablate import __version__, _io, analysis, dashboard, gallery
 from ablate.analysis import METRIC_LABELS, Study
 from ablate.errors import AblateError
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-GALLERY_IMAGES = analysis.GALLERY_IMAGES  # each grid trial stores its predictions of these
+GALLERY_IMAGES = gallery.GALLERY_IMAGES  # each grid trial stores its predictions of these
 
 
 def esc(value) -> str:

@@ -13,7 +13,6 @@ could ever pass a Holm-corrected 5% level below 7 seeds, whatever its size.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats as _scipy
 
 LEVEL = 0.95
 MIN_VERDICT_N = 3  # paired seeds needed before a verdict word (STATISTICS.md)
@@ -25,6 +24,14 @@ P_METHOD = "paired t-test, two-sided"
 BAR_TOLERANCE = 1e-6
 
 
+def _student_t():
+    """scipy's t distribution, imported when first needed: scipy.stats takes a second and a
+    half to import, which a grid worker (it needs only the learning bar) never pays."""
+    from scipy import stats
+
+    return stats.t
+
+
 def t_bounds(values: np.ndarray, *, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
     """Student-t interval of the mean along the last axis (no NaNs; n >= 2):
     mean ± t_{n-1, (1+level)/2} · s / √n. Vectorised so the coverage test can run thousands
@@ -32,7 +39,7 @@ def t_bounds(values: np.ndarray, *, level: float = LEVEL) -> tuple[np.ndarray, n
     v = np.asarray(values, dtype=float)
     n = v.shape[-1]
     mean = v.mean(axis=-1)
-    half = _scipy.t.ppf((1 + level) / 2, n - 1) * v.std(axis=-1, ddof=1) / np.sqrt(n)
+    half = _student_t().ppf((1 + level) / 2, n - 1) * v.std(axis=-1, ddof=1) / np.sqrt(n)
     return mean - half, mean + half
 
 
@@ -55,7 +62,7 @@ def paired_t_p(diffs) -> float:
         return 1.0 if d[0] == 0 else 0.0
     sd = d.std(ddof=1)
     t = d.mean() / (sd / np.sqrt(len(d)))
-    return float(2 * _scipy.t.sf(abs(t), len(d) - 1))
+    return float(2 * _student_t().sf(abs(t), len(d) - 1))
 
 
 def p_improve(diffs) -> float:

@@ -233,15 +233,24 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         patch = colour * (0.7 + 0.6 * texture[..., None])
         image = image * (1 - alpha[..., None]) + patch * alpha[..., None]
     for _ in range(int(rng.integers(0, 7))):
-        # Speck look-alikes with a soft rim: only the crisp edge marks the real rare class.
-        cy, cx = rng.uniform(0.0, 1.0, 2)
-        radius = rng.uniform(0.03, 0.06)
-        rim = np.clip(2.0 * (1.0 - np.hypot(xx - cx, yy - cy) / radius), 0.0, 1.0)
-        alpha = rng.uniform(0.5, 0.9) * rim
-        hue = _HUES[int(rng.integers(0, 5))] if rng.random() < 0.5 else rng.random()
-        colour = np.asarray(colorsys.hsv_to_rgb(hue, rng.uniform(0.4, 0.9), rng.uniform(0.6, 1.0))) * 255
-        image = image * (1 - alpha[..., None]) + colour * alpha[..., None]
+        _speck_lookalike(rng, image)
     return image
+
+
+def _speck_lookalike(rng: np.random.Generator, image: np.ndarray) -> None:
+    """Blend a speck look-alike with a soft rim into `image` (in place): only the crisp edge
+    marks the real rare class. Blended within its bounding window only: outside it alpha is
+    0, which leaves every pixel exactly as blending the whole image would."""
+    size = image.shape[0]
+    cy, cx = rng.uniform(0.0, 1.0, 2)
+    radius = rng.uniform(0.03, 0.06)
+    window = (_span(cy, radius, size), _span(cx, radius, size))
+    yy, xx = _unit_grid(size, *window)
+    rim = np.clip(2.0 * (1.0 - np.hypot(xx - cx, yy - cy) / radius), 0.0, 1.0)
+    alpha = rng.uniform(0.5, 0.9) * rim
+    hue = _HUES[int(rng.integers(0, 5))] if rng.random() < 0.5 else rng.random()
+    colour = np.asarray(colorsys.hsv_to_rgb(hue, rng.uniform(0.4, 0.9), rng.uniform(0.6, 1.0))) * 255
+    image[window] = image[window] * (1 - alpha[..., None]) + colour * alpha[..., None]
 
 
 def _shape(

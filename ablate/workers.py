@@ -271,10 +271,11 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-# What the worker server imports once (forkserver): torch, the engine, both worker loops and
-# what a finished cell needs (analysis for its gallery predictions); `ablate._server` makes
-# the server itself leave without the seconds of teardown.
-PRELOAD = ["ablate.engine", "ablate.grid.run", "ablate.tune", "ablate.analysis", "ablate._server"]
+# What the worker server imports once (forkserver), besides the module of the worker loop it
+# serves (`warm_up`): torch and the engine; `ablate._server` makes the server itself leave
+# without the seconds of teardown. Nothing a worker does not need (the analysis stage and
+# pandas cost a second and a half of a core while the parent sets up).
+PRELOAD = ["ablate.engine", "ablate._server"]
 
 
 def start_method() -> str:
@@ -284,15 +285,17 @@ def start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def warm_up() -> None:
-    """Start the worker server now, so it imports torch and the engine while this process
-    does its own set-up (reading the study, loading data); workers started later begin at
-    once. Nothing to do with spawn; an unused server exits with this process."""
+def warm_up(worker_module: str) -> None:
+    """Start the worker server now, so it imports torch, the engine and `worker_module` (the
+    worker loop's, e.g. "ablate.grid.run") while this process does its own set-up (reading
+    the study, loading data); workers started later begin at once. Nothing to do with spawn;
+    an unused server exits with this process. One server per process: a later call for
+    another loop reuses it (its workers import what the server lacks)."""
     if start_method() != "forkserver":
         return
     from multiprocessing import forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    multiprocessing.get_context("forkserver").set_forkserver_preload([*PRELOAD, worker_module])
     forkserver.ensure_running()
 
 
@@ -362,7 +365,7 @@ def supervise(target: Callable, args: tuple, *, workers: int, device: str, on_ev
     Ctrl-C or SIGTERM here: the workers get time to mark their trials interrupted, then
     KeyboardInterrupt is raised. Returns the non-zero exit codes of the last workers."""
     warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
-    warm_up()  # forkserver: already running when the caller warmed it up early
+    warm_up(target.__module__)  # forkserver: already running when the caller warmed it up early
     ctx = multiprocessing.get_context(start_method())
     plans = worker_plan(workers, device=device, gpu_ids=visible_gpus(), cores=cores())
 

@@ -2,6 +2,7 @@
 recorded grace, and supervised worker processes (GPU round-robin, a killed worker replaced)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -140,7 +141,7 @@ def test_workers_get_the_parents_environment_of_now_and_leave_with_their_own_exi
     """Workers are forked from a server started earlier (forkserver): they must still see the
     environment as the parent has it when they start, and end with the code their target
     ended with, although they leave through `workers.fast_exit`."""
-    workers.warm_up()  # the server starts with this environment ...
+    workers.warm_up(__name__)  # the server starts with this environment ...
     monkeypatch.setenv("ABLATE_TEST_LATE", f"set after the server started ({how})")  # ... this comes later
     events: list = []
     got = workers.supervise(report_environment_then, ("ABLATE_TEST_LATE", how), workers=2, device="cpu",
@@ -168,3 +169,35 @@ def test_auto_workers_one_per_core_or_gpu_never_more_than_cells_or_memory():
     assert workers.auto_workers(2, device="cuda", gpus=3, cores=16, memory=64 * gib) == 2
     # each auto worker gets an equal share of the cores as torch threads
     assert [t for _, t in workers.worker_plan(2, device="cpu", gpu_ids=[], cores=2)] == [1, 1]
+
+
+GRID_WORKER = """
+import json, sys
+from pathlib import Path
+from ablate import workers
+for module in [*workers.PRELOAD, "ablate.grid.run"]:  # what the grid's worker server imports
+    __import__(module)
+from ablate import grid as grids, store
+results, cache = Path(sys.argv[1]), Path(sys.argv[2])
+study = grids.build_study(grids.QUICK_STUDY, where="test", overrides={
+    "models": "unet", "toggles": "none", "seeds": 1, "model_arg": ["base_channels=4"], "image_size": 32,
+    "epochs": 1, "name": "t"})
+cells = grids.expand(study, "f" * 16)
+gs = grids.GridStorage(store.default_storage(results, "t", 2), "t")
+gs.prepare(study, cells, grids.definition(study, "f" * 16))
+done = []
+grids.work(gs, cells, grids.Datasets(study.train, cache), results_dir=results, max_retries=1, on_result=done.append)
+print(json.dumps({"status": [r.status for r in done],
+                  "loaded": sorted(m for m in ("pandas", "scipy.stats", "plotly") if m in sys.modules)}))
+"""
+
+
+def test_a_grid_worker_runs_a_cell_without_the_analysis_libraries(tmp_path, cache_dir):
+    """A grid worker (forked from a server holding `PRELOAD` and the grid's worker loop) trains,
+    stores and attaches a cell without importing pandas, scipy.stats or plotly: each costs the
+    worker server a second or more of a core while the parent sets up, and none is needed
+    before the report."""
+    out = subprocess.run([sys.executable, "-c", GRID_WORKER, str(tmp_path), str(cache_dir)], capture_output=True,
+                         text=True, check=True, timeout=600)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"status": ["completed"], "loaded": []}

@@ -85,7 +85,7 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
     overrides = {_OVERRIDES[name]: value for name, value in flags.items()
                  if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     if not (dry_run or tables_only) and _may_spawn(overrides.get("workers"), study_file):
-        workers.warm_up()  # the worker server imports torch while this process sets up
+        workers.warm_up("ablate.grid.run")  # the worker server imports torch while this process sets up
     study = grids.load_study(study_file, overrides)
     if tables_only:  # an existing storage: default_storage finds the study's file whatever the worker count
         gs = _open_existing(study.storage or store.default_storage(results_dir, study.name), study.name)

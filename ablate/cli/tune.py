@@ -69,7 +69,7 @@ def tune(ctx: click.Context, study_file: Path | None, workers: int, storage: str
     from ablate import workers as worker_stage
 
     if workers > 1 and not dry_run:
-        worker_stage.warm_up()  # the worker server imports torch while this process sets up
+        worker_stage.warm_up("ablate.tune")  # the worker server imports torch while this process sets up
     given = {name for name in flags
              if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     spec = tuning.resolve_spec(flags, given=given, study_file=study_file, workers=workers, storage=storage,
