@@ -800,7 +800,7 @@ def grid_toml(config: TrainConfig, *, name: str, seeds: int, about: str) -> str:
     """One configuration in the grid's study format (ablate/grid/definition.py, studies/quick.toml)."""
     on = [t for t in TOGGLES if getattr(config, t)]
     lines = [f"# Written by `ablate tune --export`: {about}.",
-             f"# Run it with: ablate grid --study THIS_FILE",
+             "# Run it with: ablate grid --study THIS_FILE",
              f"name = {_toml(name)}",
              f"description = {_toml('Reruns ' + about + f' with {seeds} seeds.')}",
              f"models = [{_toml(config.model)}]"]

@@ -14,6 +14,15 @@ process per core, one thread each). For each it prints
   checkpoints   bytes of the checkpoints the grid left: best.pt artifacts still in the artifact
                 store plus any *.pt under the study folder (the dataset cache is not counted)
 
+and where the rest of the wall time went, from the trials' start and completion times:
+
+  start s       command start -> the first trial claimed (imports, study, data, worker start-up)
+  in-trial s    per worker, a trial's span (claim -> complete) minus its cell's seconds: the
+                gallery predictions, the checkpoint write and upload, the storage writes
+  idle s        per worker, the rest between the first claim and the last completion (waiting
+                for a claim, the tail where one worker has no cell left)
+  end s         the last completion -> the command's exit (tables, report, exit)
+
 and the wall-time ratio of the two arrangements.
 
     python benchmarks/grid_overhead.py                                  # the default study
@@ -49,7 +58,7 @@ def run_grid(label: str, workers: str, grid_args: list[str], *, study_name: str)
     results = Path(tempfile.mkdtemp(prefix=f"grid-overhead-{label}-"))
     command = [sys.executable, "-m", "ablate", "grid", "--results-dir", str(results), "--workers", workers, *grid_args]
     print("$ " + " ".join(command), flush=True)
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = [(time.perf_counter() - start, line) for line in proc.stdout]  # (when it was printed, the line)
     proc.wait()
@@ -60,7 +69,22 @@ def run_grid(label: str, workers: str, grid_args: list[str], *, study_name: str)
     seconds = sum(float(r["seconds"]) for r in runs if r.get("seconds"))
     return {"label": label, "exit": proc.returncode, "wall": wall, "cells": seconds / used, "workers": used,
             "runs": len(runs), "report": _report_seconds(lines), "checkpoints": _checkpoint_bytes(results, study_name),
-            "folder": results}
+            "folder": results, **_phases(results, study_name, started, wall, used)}
+
+
+def _phases(results: Path, study_name: str, started: float, wall: float, workers: int) -> dict:
+    """Start, in-trial overhead, idle and end seconds (see the module docstring), from the
+    trials' datetime_start/datetime_complete (this machine's clock, like `started`)."""
+    from ablate import grid as grids
+
+    url = json.loads((results / study_name / "study.json").read_text())["storage"]
+    spans = [(t.datetime_start.timestamp() - started, t.datetime_complete.timestamp() - started,
+              float(t.user_attrs.get("seconds") or 0.0))
+             for t in grids.GridStorage(url, study_name).trials() if t.datetime_start and t.datetime_complete]
+    first, last = min(a for a, _, _ in spans), max(b for _, b, _ in spans)
+    in_trial = sum(b - a - s for a, b, s in spans) / workers
+    cells = sum(s for _, _, s in spans) / workers
+    return {"start": first, "in_trial": in_trial, "idle": (last - first) - cells - in_trial, "end": wall - last}
 
 
 def _report_seconds(lines: list[tuple[float, str]]) -> float:
@@ -103,6 +127,9 @@ def main() -> int:
               f"{r['cells'] / r['wall']:6.1%} {r['report']:8.1f} {r['cells'] / (r['wall'] - r['report']):16.1%} "
               f"{r['checkpoints'] / 1e6:9.1f} MB")
     one, auto = rows
+    print(f"\n{'arrangement':<12} {'start s':>7} {'in-trial s':>10} {'idle s':>6} {'end s':>5}   (the wall's other seconds)")
+    for r in rows:
+        print(f"{r['label']:<12} {r['start']:7.1f} {r['in_trial']:10.1f} {r['idle']:6.1f} {r['end']:5.1f}")
     print(f"\nwall one-process / auto: {one['wall'] / auto['wall']:.2f}x; results left in {one['folder']} and {auto['folder']}")
     return 0 if all(r["exit"] == 0 for r in rows) else 1
 
