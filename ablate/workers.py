@@ -365,7 +365,7 @@ def supervise(target: Callable, args: tuple, *, workers: int, device: str, on_ev
     Ctrl-C or SIGTERM here: the workers get time to mark their trials interrupted, then
     KeyboardInterrupt is raised. Returns the non-zero exit codes of the last workers."""
     warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
-    warm_up(target.__module__)  # forkserver: already running when the caller warmed it up early
+    warm_up(getattr(target, "__module__", None) or __name__)  # forkserver: already running when warmed up early
     ctx = multiprocessing.get_context(start_method())
     plans = worker_plan(workers, device=device, gpu_ids=visible_gpus(), cores=cores())
 

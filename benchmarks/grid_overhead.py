@@ -20,8 +20,12 @@ and where the rest of the wall time went, from the trials' start and completion 
   in-trial s    per worker, a trial's span (claim -> complete) minus its cell's seconds: the
                 gallery predictions, the checkpoint write and upload, the storage writes
   idle s        per worker, the rest between the first claim and the last completion (waiting
-                for a claim, the tail where one worker has no cell left)
+                for a claim, a later worker's own start-up, the tail where one worker has no
+                cell left)
   end s         the last completion -> the command's exit (tables, report, exit)
+
+cells + start + in-trial + idle + end = wall when no cell was retried (a failed attempt's
+seconds are not in runs.csv, so they count as idle).
 
 and the wall-time ratio of the two arrangements.
 
@@ -69,21 +73,24 @@ def run_grid(label: str, workers: str, grid_args: list[str], *, study_name: str)
     seconds = sum(float(r["seconds"]) for r in runs if r.get("seconds"))
     return {"label": label, "exit": proc.returncode, "wall": wall, "cells": seconds / used, "workers": used,
             "runs": len(runs), "report": _report_seconds(lines), "checkpoints": _checkpoint_bytes(results, study_name),
-            "folder": results, **_phases(results, study_name, started, wall, used)}
+            "folder": results, **_phases(results, study_name, started, wall, used, runs)}
 
 
-def _phases(results: Path, study_name: str, started: float, wall: float, workers: int) -> dict:
+def _phases(results: Path, study_name: str, started: float, wall: float, workers: int, runs: list[dict]) -> dict:
     """Start, in-trial overhead, idle and end seconds (see the module docstring), from the
     trials' datetime_start/datetime_complete (this machine's clock, like `started`)."""
     from ablate import grid as grids
 
     url = json.loads((results / study_name / "study.json").read_text())["storage"]
     spans = [(t.datetime_start.timestamp() - started, t.datetime_complete.timestamp() - started,
-              float(t.user_attrs.get("seconds") or 0.0))
+              float(t.user_attrs.get("seconds") or 0.0), t.number)
              for t in grids.GridStorage(url, study_name).trials() if t.datetime_start and t.datetime_complete]
-    first, last = min(a for a, _, _ in spans), max(b for _, b, _ in spans)
-    in_trial = sum(b - a - s for a, b, s in spans) / workers
-    cells = sum(s for _, _, s in spans) / workers
+    if not spans:  # no trial finished: nothing to split (the exit column says why)
+        return {"start": wall, "in_trial": 0.0, "idle": 0.0, "end": 0.0}
+    kept = {int(r["trial_number"]) for r in runs if r.get("trial_number")}
+    first, last = min(a for a, _, _, _ in spans), max(b for _, b, _, _ in spans)
+    in_trial = sum(b - a - s for a, b, s, _ in spans) / workers
+    cells = sum(s for _, _, s, n in spans if n in kept or not kept) / workers  # the runs.csv rows' seconds
     return {"start": first, "in_trial": in_trial, "idle": (last - first) - cells - in_trial, "end": wall - last}
 
 

@@ -391,6 +391,38 @@ def test_registering_a_model_makes_it_creatable(monkeypatch):
     assert create_model("tiny", 2, **parse_model_args("tiny", ["width=0"])).bias is None
 
 
+def test_check_model_builds_ablates_own_models_on_meta_and_other_registered_ones_for_real(monkeypatch):
+    """The input check builds ablate's own models on the meta device (no weights allocated),
+    which refuses the same bad arguments a real build does; a model registered from elsewhere
+    may read values while it initialises, so it is built for real."""
+    import torch
+
+    from ablate.models import check_model
+
+    monkeypatch.setattr(_registry, "_MODELS", dict(_registry._MODELS))
+    monkeypatch.setattr(_registry, "_PARAMS", dict(_registry._PARAMS))
+    devices = []
+
+    @register_model
+    def reads_its_weights(num_classes: int, *, width: int = 4) -> nn.Module:
+        conv = nn.Conv2d(3, num_classes, 1)
+        devices.append(conv.weight.device.type)
+        float(conv.weight.detach().abs().max())  # a value: impossible on meta
+        return conv
+
+    check_model("reads_its_weights", {"width": 2})
+    assert devices == ["cpu"]
+    built = []
+    real_unet = _registry._MODELS["unet"]
+    monkeypatch.setitem(_registry._MODELS, "unet", lambda *a, **k: built.append(torch.empty(1).device.type) or real_unet(*a, **k))
+    _registry._MODELS["unet"].__module__ = real_unet.__module__
+    check_model("unet", {"base_channels": 4})
+    assert built == ["meta"]
+    with pytest.raises(AblateError, match="base_channels"):
+        check_model("unet", {"base_channels": 0})
+    assert torch.empty(1).device.type == "cpu"  # the default device is back
+
+
 def test_register_rejects_untyped_or_positional_options(monkeypatch):
     monkeypatch.setattr(_registry, "_MODELS", dict(_registry._MODELS))
 

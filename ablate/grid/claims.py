@@ -20,7 +20,7 @@ from ablate import _io, store, workers
 from ablate.config import TOGGLES, TrainConfig, stable_hash
 from ablate.errors import AblateError
 from ablate.workers import INTERRUPTED, WORKER_LOST  # failure reasons, shared with the tuner
-from ablate.grid.definition import CELL_FIELDS, Cell, GridStudy, KIND, check_execution, trial_label
+from ablate.grid.definition import CELL_FIELDS, KIND, POLL_SECONDS, Cell, GridStudy, check_execution, trial_label
 
 
 # --------------------------------------------------------------------------- storage
@@ -95,6 +95,11 @@ class GridStorage:
         self.storage = store.open_storage(url)
         self.running = 0  # RUNNING trials seen at the last claim (other workers' cells)
         self._reclaimer = workers.Reclaimer()
+
+    @property
+    def poll_seconds(self) -> float:
+        """How long an idle worker of this storage waits before it looks for a cell again."""
+        return POLL_SECONDS["local" if self._dialect in ("file", "sqlite") else "server"]
 
     # ---- the lock
     @contextlib.contextmanager

@@ -35,7 +35,10 @@ FACTOR_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name no
 DESIGNS = ("full", "fractional", "one-at-a-time")
 _OFF_ON = {False: False, True: True, "off": False, "on": True, "false": False, "true": True}
 RUNS = "runs"  # attempt folders: <study>/runs/<cell_id>/<trial number>/
-POLL_SECONDS = 0.25  # how often an idle worker looks again while other workers' cells run (the grid ends at most this late after its last cell)
+# How often an idle worker looks again while other workers' cells run (a grid ends at most this
+# late after its last cell): often for a file storage (one machine, a local lock), less for a
+# database server shared by many machines (each look takes the study lock and reads every trial).
+POLL_SECONDS = {"local": 0.25, "server": 1.0}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # The built-in quick study: what studies/quick.toml says, for when that file is not around.

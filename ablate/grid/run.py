@@ -17,7 +17,7 @@ from ablate import store, workers
 from ablate.config import TOGGLES, TrainConfig
 from ablate.errors import AblateError
 from ablate.workers import INTERRUPTED  # failure reasons, shared with the tuner
-from ablate.grid.definition import Cell, Datasets, GridStudy, POLL_SECONDS, RUNS, check_execution, resolve_execution
+from ablate.grid.definition import Cell, Datasets, GridStudy, RUNS, check_execution, resolve_execution
 from ablate.grid.claims import GridStorage
 
 
@@ -154,7 +154,7 @@ def work(gs: GridStorage, cells: list[Cell], datasets: Callable[[tuple[int, int]
         if claimed is None:
             if not gs.running:
                 return
-            time.sleep(POLL_SECONDS)  # other workers' cells may fail (retry) or turn out lost (reclaim)
+            time.sleep(gs.poll_seconds)  # other workers' cells may fail (retry) or turn out lost (reclaim)
             continue
         cell, trial_id = claimed
         run_dir = f"{RUNS}/{cell.cell_id}/{gs.storage.get_trial_number_from_id(trial_id)}"

@@ -228,12 +228,14 @@ def _build_external(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.M
 def check_model(name: str, model_args: dict[str, Any]) -> None:
     """Build model `name` once with `model_args`, so a bad argument (a missing weights file,
     weights that cannot be downloaded) is an input error before any data loads or trains.
-    A built-in model is built on the meta device: every argument, layer shape and weights
-    file is checked as in a real build (files read, downloads attempted), but no weights are
-    allocated or initialised (a tenth of the time). Code from elsewhere is built for real:
-    its initialisation may need values."""
-    if _external.is_external(name):
-        create_model(name, 2, **model_args)
+    One of ablate's own models is built on the meta device: every argument, layer shape and
+    weights file is checked as in a real build (files read, downloads attempted), but no
+    weights are allocated or initialised (a tenth of the time). Code from elsewhere (an import
+    path, smp, a model registered by another package) is built for real: its initialisation
+    may need values."""
+    fn = None if _external.is_external(name) else _MODELS.get(name)
+    if fn is None or not fn.__module__.startswith("ablate.models."):
+        create_model(name, 2, **model_args)  # (an unknown name: its error)
         return
     with torch.device("meta"), warnings.catch_warnings():
         # loading a checked weights file into meta parameters is the no-op it is meant to be
