@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from ablate import _io, stats
-from ablate.gallery import GALLERY_IMAGES, gallery_indices, read_predictions_png
 from ablate.config import TOGGLES
 from ablate.errors import AblateError
+from ablate.gallery import GALLERY_IMAGES, gallery_indices, read_predictions_png
 
 LEVEL = stats.LEVEL
 NO_INTERVAL = "n=1, no interval"
