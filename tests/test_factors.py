@@ -294,7 +294,11 @@ def test_a_factor_grid_trains_resumes_extends_reports_and_refuses_another_factor
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     assert "2 cells (1 model x 2 settings x 1 seed), 0 done, 2 to run" in first.stdout
-    assert re.search(r"\[2/2\] baseline none lr=0\.002 seed 0: val mIoU", first.stdout), first.stdout
+    # two workers: either cell may finish first, but each prints its levels once, and the counter
+    # counts 1 then 2
+    done = re.findall(r"\[(\d)/2\] baseline none (lr=0\.00\d) seed 0: val mIoU", first.stdout)
+    assert sorted(n for n, _ in done) == ["1", "2"], first.stdout
+    assert sorted(level for _, level in done) == ["lr=0.001", "lr=0.002"], first.stdout
     runs = pd.read_csv(results / "fx" / "runs.csv")
     assert [json.loads(f) for f in runs["factors"]] == [{"lr": "0.001"}, {"lr": "0.002"}]
     assert list(runs["label"]) == ["baseline · lr=0.001 · s0", "baseline · lr=0.002 · s0"]
