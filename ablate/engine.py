@@ -28,9 +28,8 @@ from ablate.errors import AblateError
 from ablate.metrics import ConfusionMatrix
 from ablate.losses import Loss, make_loss
 from ablate.models import create_model, model_identity
-from ablate.optim import make_optimizer, make_schedule
+from ablate.optim import check_optimizer, make_optimizer, make_schedule
 from ablate.predict import native_logits
-from ablate.transforms import augment_batch
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -168,6 +167,11 @@ def _to_input(
     converting, and no rounding back to 8 bits)."""
     images = images.float().div_(255.0)
     if generator is not None:
+        # Imported here: torchvision's v2 transforms import torch._dynamo (2.6 s of a core), which
+        # a process that only checks a study against the engine's rules does not need. A worker
+        # server has it preloaded (`workers.PRELOAD`).
+        from ablate.transforms import augment_batch
+
         images, masks = augment_batch(images, masks, generator)
     return images.contiguous(memory_format=torch.channels_last), masks
 
@@ -278,6 +282,8 @@ def fit(
     checkpoint's weights (in eval mode), before the record is written: e.g. to draw the
     report gallery's predictions without loading the checkpoint back.
     """
+    import ablate.transforms  # noqa: F401 - torchvision (2.6 s once per process) before the run's clock starts
+
     start = time.perf_counter()
     if progress is None:
         progress = not quiet and sys.stdout.isatty()
@@ -374,7 +380,7 @@ def check_training(config: TrainConfig) -> None:
     """Refuse, before any data loads, the choices that TrainConfig accepts one by one but the
     engine cannot combine: class weights with dice or lovasz, nesterov without sgd."""
     make_loss(config.loss, weight=torch.ones(1) if config.weighted_loss else None)
-    _optimizer(torch.nn.Linear(1, 1), config)
+    check_optimizer(config.optimizer, momentum=config.momentum, nesterov=config.nesterov)
 
 
 def _epoch(run: _Run, config: TrainConfig, epoch: int, history: _History, *, progress: bool, quiet: bool) -> dict:

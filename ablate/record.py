@@ -8,13 +8,14 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-
-import torch
-import torchvision
+from typing import TYPE_CHECKING
 
 from ablate import _io
 from ablate.config import TrainConfig
 from ablate.errors import AblateError
+
+if TYPE_CHECKING:  # torch is imported where a record is built: reading records (tables, report) needs no torch
+    import torch
 
 RECORD_FILE = "run.json"
 CHECKPOINT_FILE = "best.pt"
@@ -118,6 +119,9 @@ def _fmt(x) -> str:
 
 
 def environment(device: torch.device, precision: str) -> dict:
+    import torch
+    import torchvision
+
     return {
         "python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
         "platform": platform.platform(), "device": str(device), "device_name": device_name(device),
@@ -127,6 +131,8 @@ def environment(device: torch.device, precision: str) -> dict:
 
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name."""
+    import torch
+
     return torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
 
 

@@ -272,10 +272,11 @@ def sigterm_interrupts() -> Iterator[None]:
 
 
 # What the worker server imports once (forkserver), besides the module of the worker loop it
-# serves (`warm_up`): torch and the engine; `ablate._server` makes the server itself leave
-# without the seconds of teardown. Nothing a worker does not need (the analysis stage and
-# pandas cost a second and a half of a core while the parent sets up).
-PRELOAD = ["ablate.engine", "ablate._server"]
+# serves (`warm_up`): torch, the engine and its augmentation (torchvision, which the engine
+# and the resnet18 model import only when they use it); `ablate._server` makes the server
+# itself leave without the seconds of teardown. Nothing a worker does not need (the analysis
+# stage and pandas cost a second and a half of a core while the parent sets up).
+PRELOAD = ["ablate.engine", "ablate.transforms", "ablate._server"]
 
 
 def start_method() -> str:

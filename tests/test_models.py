@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import socket
 import sys
 
@@ -518,3 +519,32 @@ def test_smp_identity_names_architecture_encoder_and_weights():
     assert model_identity("smp:FPN/resnet18", {}) == {"architecture": "FPN", "encoder": "resnet18",
                                                       "smp": smp.__version__, "weights": "none"}
     assert TrainConfig(model="smp:FPN/resnet18").run_id != TrainConfig(model="smp:FPN/resnet34").run_id
+
+
+def test_resnet18_names_torchvisions_imagenet_weights_without_importing_torchvision():
+    """The weights' name, address and cache file are spelled out so that checking a study needs
+    no torchvision import; they must be torchvision's own."""
+    from torchvision.models import ResNet18_Weights
+
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    assert (resnet18_module.IMAGENET_WEIGHTS_NAME, resnet18_module.IMAGENET_URL) == (weights.name, weights.url)
+    assert resnet18_module.CACHE_FILE == os.path.basename(weights.url) == "resnet18-f37072fd.pth"
+
+
+def test_check_model_builds_resnet18_only_when_its_weights_need_reading(tmp_path, monkeypatch):
+    """Random weights: nothing a build could refuse beyond the frozen-random combination, so no
+    build (none of torchvision's ResNet); a weights file or imagenet: built on meta as before."""
+    from ablate.models import check_model
+
+    built = []
+    real = resnet18_module._load_resnet18
+    monkeypatch.setattr(resnet18_module, "_load_resnet18", lambda weights, **kw: built.append(weights) or real(weights, **kw))
+    check_model("resnet18", {"weights": "none", "freeze_encoder": False})
+    assert built == []
+    with pytest.raises(AblateError, match="freeze_encoder=true with weights=none"):
+        check_model("resnet18", {"weights": "none"})
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a state dict")
+    with pytest.raises(AblateError, match="is not a torchvision ResNet-18 state_dict"):
+        check_model("resnet18", {"weights": str(bad), "freeze_encoder": False})
+    assert built == [str(bad)]

@@ -192,6 +192,31 @@ print(json.dumps({"status": [r.status for r in done],
 """
 
 
+GRID_PARENT = """
+import json, sys
+from pathlib import Path
+from ablate import grid as grids
+study = grids.load_study(None, {})  # the default study: all four architectures, every toggle
+grids.check_models(study)
+execution = grids.resolve_execution(study.train)
+cells = grids.expand(study, "f" * 16, execution)
+grids.check_cells(cells)
+dataset = grids.Datasets(study.train, Path(sys.argv[1]))(study.train.image_size)
+print(json.dumps({"cells": len(cells), "images": len(dataset.splits["train"]),
+                  "loaded": sorted(m for m in ("torchvision", "torch._dynamo") if m in sys.modules)}))
+"""
+
+
+def test_the_grid_parent_checks_the_default_study_and_loads_its_data_without_torchvision(cache_dir):
+    """What `ablate grid` does before its workers start (check the study's models and training
+    choices, load the data) imports neither torchvision nor torch._dynamo: 2.6 s of a core that
+    the worker server, importing them at the same time, needs on a 2-core machine."""
+    out = subprocess.run([sys.executable, "-c", GRID_PARENT, str(cache_dir)], capture_output=True, text=True,
+                         check=True, timeout=600)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"cells": 32, "images": 160, "loaded": []}
+
+
 def test_a_grid_worker_runs_a_cell_without_the_analysis_libraries(tmp_path, cache_dir):
     """A grid worker (forked from a server holding `PRELOAD` and the grid's worker loop) trains,
     stores and attaches a cell without importing pandas, scipy.stats or plotly: each costs the

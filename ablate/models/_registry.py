@@ -27,6 +27,7 @@ ModelFn = Callable[..., nn.Module]
 _MODELS: dict[str, ModelFn] = {}
 _PARAMS: dict[str, dict[str, tuple[Any, Any]]] = {}
 _IDENTITY: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+_CHECKS: dict[str, Callable[[dict[str, Any]], bool]] = {}  # name -> register_check hook
 _RESOLVED: dict[str, tuple[_external.ExternalModel, dict[str, tuple[Any, Any]]]] = {}
 
 # The argument types an entry point may declare; parse_model_args knows how to read each.
@@ -76,6 +77,15 @@ def register_identity(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]])
     e.g. a weights file by its content hash instead of its path."""
     _require_known(name)
     _IDENTITY[name] = fn
+
+
+def register_check(name: str, fn: Callable[[dict[str, Any]], bool]) -> None:
+    """Let model `name` check its (defaults-filled) arguments without being built: `fn` raises
+    an AblateError for what a build would refuse and returns whether a build (on the meta
+    device) is still needed to check the rest, e.g. a weights file. A model whose builder
+    imports a heavy library then costs `check_model` nothing when no build is needed."""
+    _require_known(name)
+    _CHECKS[name] = fn
 
 
 def model_identity(name: str, model_args: dict[str, Any]) -> dict[str, Any]:
@@ -232,10 +242,13 @@ def check_model(name: str, model_args: dict[str, Any]) -> None:
     weights file is checked as in a real build (files read, downloads attempted), but no
     weights are allocated or initialised (a tenth of the time). Code from elsewhere (an import
     path, smp, a model registered by another package) is built for real: its initialisation
-    may need values."""
+    may need values. A model with a `register_check` hook is built only when its hook asks."""
     fn = None if _external.is_external(name) else _MODELS.get(name)
     if fn is None or not fn.__module__.startswith("ablate.models."):
         create_model(name, 2, **model_args)  # (an unknown name: its error)
+        return
+    check = _CHECKS.get(name)
+    if check is not None and not check({key: default for key, (_, default) in model_params(name).items()} | model_args):
         return
     with torch.device("meta"), warnings.catch_warnings():
         # loading a checked weights file into meta parameters is the no-op it is meant to be

@@ -20,19 +20,22 @@ import sys
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import ResNet18_Weights
 
 from ablate.errors import AblateError
 from ablate.models._blocks import DeconvBNReLU, Normalize, mirrored_forward, xavier_init_
-from ablate.models._registry import register_identity, register_model
+from ablate.models._registry import register_check, register_identity, register_model
 
+# torchvision is imported only where its ResNet-18 is built or its weights downloaded: importing
+# it imports torch._dynamo (2.6 s of a core), which a process that only checks a study, loads
+# data or writes a report does not need.
 IMAGENET = "imagenet"
 NO_WEIGHTS = "none"
-IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
-# The file name torchvision gives IMAGENET1K_V1 in its hub cache (resnet18-f37072fd.pth).
-CACHE_FILE = os.path.basename(IMAGENET_WEIGHTS.url)
+# torchvision's ResNet18_Weights.IMAGENET1K_V1: its name and download address, and the file name
+# its hub cache gives it (tests/test_models.py checks them against the installed torchvision).
+IMAGENET_WEIGHTS_NAME = "IMAGENET1K_V1"
+IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+CACHE_FILE = os.path.basename(IMAGENET_URL)
 RANDOM_INIT = "none (random init)"
 SHA_PREFIX = 8  # hex digits of a weights file's sha256 in identities and records
 # Per socket operation while downloading: an online user's download proceeds, a network
@@ -73,7 +76,7 @@ def weights_identity(weights: str) -> str:
     'sha256:<prefix>' of the file (so the same file under two home folders is one run, and
     a changed file is a new one)."""
     if weights == IMAGENET:
-        return f"{IMAGENET}:{IMAGENET_WEIGHTS.name}"
+        return f"{IMAGENET}:{IMAGENET_WEIGHTS_NAME}"
     if weights == NO_WEIGHTS:
         return NO_WEIGHTS
     return f"sha256:{file_sha256(_weights_file(weights))[:SHA_PREFIX]}"
@@ -83,17 +86,19 @@ def _download_imagenet(progress: bool) -> None:
     """Fetch IMAGENET1K_V1 into the hub cache with torchvision's own mechanism
     (`weights.get_state_dict`, which verifies the hash prefix in the file name on download).
     Offline: one line naming the file to place, and the `none` alternative."""
+    from torchvision.models import ResNet18_Weights
+
     cached = cached_weights_path()
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     said = io.StringIO()  # torch.hub announces the download on stdout; keep stdout for results
     try:
         with contextlib.redirect_stdout(said):
-            IMAGENET_WEIGHTS.get_state_dict(progress=progress, check_hash=True)
+            ResNet18_Weights[IMAGENET_WEIGHTS_NAME].get_state_dict(progress=progress, check_hash=True)
     except (OSError, RuntimeError) as exc:  # URLError, timeouts, HTTP errors; RuntimeError: bad hash
         reason = str(getattr(exc, "reason", None) or exc).strip().splitlines()[0]
         raise AblateError(
-            f"resnet18 weights={IMAGENET}: cannot download {IMAGENET_WEIGHTS.url} ({reason}); place that file at "
+            f"resnet18 weights={IMAGENET}: cannot download {IMAGENET_URL} ({reason}); place that file at "
             f"{cached} (or set TORCH_HOME), or pass weights={NO_WEIGHTS} with freeze_encoder=false") from None
     finally:
         socket.setdefaulttimeout(previous)
@@ -101,9 +106,11 @@ def _download_imagenet(progress: bool) -> None:
         print(said.getvalue().strip(), file=sys.stderr)
 
 
-def _load_resnet18(weights: str, *, progress: bool = True) -> tuple[torchvision.models.ResNet, str, str | None]:
+def _load_resnet18(weights: str, *, progress: bool = True) -> tuple[nn.Module, str, str | None]:
     """A torchvision ResNet-18 body (fc removed) with `weights`; also says which weights ran
     and their sha256."""
+    import torchvision
+
     net = torchvision.models.resnet18(weights=None)
     net.fc = nn.Identity()
     if weights == NO_WEIGHTS:
@@ -131,7 +138,7 @@ def _load_resnet18(weights: str, *, progress: bool = True) -> tuple[torchvision.
     net.load_state_dict(body)
     sha = file_sha256(path)
     if weights == IMAGENET:
-        return net, f"{IMAGENET} ({IMAGENET_WEIGHTS.name}, sha256 {sha[:SHA_PREFIX]})", sha
+        return net, f"{IMAGENET} ({IMAGENET_WEIGHTS_NAME}, sha256 {sha[:SHA_PREFIX]})", sha
     return net, f"file {path} (sha256 {sha[:SHA_PREFIX]})", sha
 
 
@@ -154,9 +161,7 @@ class ResNet18Seg(nn.Module):
 
     def __init__(self, num_classes: int, *, freeze_encoder: bool = True, weights: str = IMAGENET):
         super().__init__()
-        if freeze_encoder and weights == NO_WEIGHTS:
-            raise AblateError(f"model 'resnet18': freeze_encoder=true with weights={NO_WEIGHTS} would train a "
-                              "decoder on random features; pass freeze_encoder=false, or weights=imagenet or a file")
+        _check_args({"freeze_encoder": freeze_encoder, "weights": weights})
         net, self.weights_source, self.weights_sha256 = _load_resnet18(weights)
         self.freeze_encoder = freeze_encoder
         self.normalize = Normalize()
@@ -194,4 +199,14 @@ def resnet18(num_classes: int, *, freeze_encoder: bool = True, weights: str = IM
     return ResNet18Seg(num_classes, freeze_encoder=freeze_encoder, weights=weights)
 
 
+def _check_args(args: dict) -> bool:
+    """What a build would refuse that needs no build; True when the weights (a file, imagenet)
+    are left to check by building on the meta device."""
+    if args["freeze_encoder"] and args["weights"] == NO_WEIGHTS:
+        raise AblateError(f"model 'resnet18': freeze_encoder=true with weights={NO_WEIGHTS} would train a "
+                          "decoder on random features; pass freeze_encoder=false, or weights=imagenet or a file")
+    return args["weights"] != NO_WEIGHTS
+
+
 register_identity("resnet18", lambda args: {**args, "weights": weights_identity(args["weights"])})
+register_check("resnet18", _check_args)
