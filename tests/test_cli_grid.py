@@ -467,3 +467,28 @@ def test_workers_auto_is_the_default_one_process_per_core_on_journal_storage(tmp
     assert (results / "auto" / "optuna.journal").is_file() and not (results / "auto" / "optuna.db").exists()
     trials = _trials(store.default_storage(results, "auto"), "auto")
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE"]
+
+
+def test_the_cell_printer_imports_the_report_once_after_the_result_that_leaves_no_cell_waiting(tmp_path, monkeypatch):
+    """`ablate grid` with several workers imports the report's libraries while the last cells run
+    (a core is free once no cell waits): after the result that leaves none pending or to retry,
+    once, and not before."""
+    from ablate.cli import grid as cli_grid
+    from ablate.grid.claims import CellState
+    from ablate.grid.run import CellResult
+
+    briefs = [{"cell_id": c} for c in "abc"]
+    rounds = iter([
+        {"a": "completed", "b": "running", "c": "pending"},  # c waits: not yet
+        {"a": "completed", "b": "retry", "c": "running"},  # b failed and waits for its retry: not yet
+        {"a": "completed", "b": "running", "c": "completed"},  # nothing waits: now
+        {"a": "completed", "b": "completed", "c": "completed"},  # already done: not again
+    ])
+    monkeypatch.setattr(cli_grid._CellPrinter, "_states", lambda self: getattr(self, "now", {}))
+    monkeypatch.setattr(grids, "write_tables", lambda gs, results_dir: None)
+    calls = []
+    printer = cli_grid._CellPrinter(None, briefs, tmp_path, 1, 0, when_all_claimed=lambda: calls.append(seen))
+    for seen, statuses in enumerate(rounds):
+        printer.now = {cid: CellState(status, None, 1, 0) for cid, status in statuses.items()}
+        printer(CellResult("a", "a", "completed", 0.5, 0.5, 1.0))
+    assert calls == [2]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 from click.core import ParameterSource
@@ -130,7 +131,8 @@ def grid(ctx: click.Context, study_file: Path | None, results_dir: Path, cache_d
                f"{_plural(study.workers, 'worker')}; storage {store.mask_url(url)}")
     click.echo(dataset.describe())
 
-    printer = _CellPrinter(gs, briefs, results_dir, study.max_retries, initial=start.completed + start.failed)
+    printer = _CellPrinter(gs, briefs, results_dir, study.max_retries, initial=start.completed + start.failed,
+                           when_all_claimed=_import_report if report and study.workers > 1 else None)
     try:
         crashed = grids.run_workers(study, cells, url, results_dir=results_dir, cache_dir=cache_dir, datasets=datasets,
                                     on_result=printer, progress=printer.tty and study.workers == 1,
@@ -246,7 +248,8 @@ class _CellPrinter:
     workers finished (one step per line, so two cells ending together never print the same
     n), and those other machines finished meanwhile (read from the storage)."""
 
-    def __init__(self, gs, briefs: list[dict], results_dir: Path, max_retries: int, initial: int):
+    def __init__(self, gs, briefs: list[dict], results_dir: Path, max_retries: int, initial: int,
+                 when_all_claimed: Callable[[], None] | None = None):
         from tqdm import tqdm
 
         self.gs, self.briefs, self.results_dir, self.max_retries = gs, briefs, results_dir, max_retries
@@ -256,6 +259,7 @@ class _CellPrinter:
         self.before = {cid for cid, st in self._states().items() if st.status in ("completed", "failed")}
         self.here: set[str] = set()  # cells this command's workers finished
         self.node = workers.identity()["node"]
+        self.when_all_claimed = when_all_claimed  # called once, after the first result that leaves no cell waiting
 
     def _states(self):
         from ablate import grid as grids
@@ -283,6 +287,9 @@ class _CellPrinter:
         else:
             click.echo(line)
         _quietly(lambda: grids.write_tables(self.gs, self.results_dir))
+        if self.when_all_claimed is not None and not any(st.status in ("pending", "retry") for st in states.values()):
+            self.when_all_claimed, call = None, self.when_all_claimed
+            call()
 
     def close(self) -> None:
         self.bar.close()
@@ -387,6 +394,18 @@ def _write_report(results_dir: Path, study_name: str, url: str) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         click.echo(f"warning: no report written ({type(exc).__name__}{': ' + first if first else ''}); "
                    f"try `ablate report --study-name {study_name}`", err=True)
+
+
+def _import_report() -> None:
+    """Import the report's libraries (plotly, scipy.stats: 1.3 s of a core) while the last cells
+    run: no cell is left to claim, so a worker's core is free, or soon, until the report starts.
+    A library that fails to import is left to the report, which names it (`_write_report`)."""
+    try:
+        import scipy.stats  # noqa: F401
+
+        from ablate import report  # noqa: F401
+    except ImportError:
+        pass
 
 
 def _quietly(fn) -> None:
