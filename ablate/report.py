@@ -29,6 +29,12 @@ def esc(value) -> str:
     return html.escape(str(value), quote=True)
 
 
+def warm_up() -> None:
+    """Load what plotly loads for a report's first figure (its template and validators: half a
+    second of a core), e.g. while a grid's last cells run."""
+    _Page(Path(".")).figure(go.Figure(go.Scatter(x=[0], y=[0])))
+
+
 def write_report(*, results_dir: str | Path, study_names: list[str], out: str | Path | None = None,
                  storage: str | None = None, artifacts: str | None = None) -> Path:
     """Analyse each study, write effects.csv / comparisons.csv beside grid tables (and, for a
