@@ -541,6 +541,8 @@ def test_check_model_builds_resnet18_only_when_its_weights_need_reading(tmp_path
     monkeypatch.setattr(resnet18_module, "_load_resnet18", lambda weights, **kw: built.append(weights) or real(weights, **kw))
     check_model("resnet18", {"weights": "none", "freeze_encoder": False})
     assert built == []
+    with pytest.raises(AblateError, match="model 'resnet18' has no argument 'width'"):
+        check_model("resnet18", {"weights": "none", "freeze_encoder": False, "width": 2})
     with pytest.raises(AblateError, match="freeze_encoder=true with weights=none"):
         check_model("resnet18", {"weights": "none"})
     bad = tmp_path / "bad.pth"

@@ -247,9 +247,10 @@ def check_model(name: str, model_args: dict[str, Any]) -> None:
     if fn is None or not fn.__module__.startswith("ablate.models."):
         create_model(name, 2, **model_args)  # (an unknown name: its error)
         return
-    check = _CHECKS.get(name)
-    if check is not None and not check({key: default for key, (_, default) in model_params(name).items()} | model_args):
-        return
+    check, params = _CHECKS.get(name), model_params(name)
+    if check is not None and set(model_args) <= set(params) \
+            and not check({key: default for key, (_, default) in params.items()} | model_args):
+        return  # (an argument the model does not take: create_model's error, below)
     with torch.device("meta"), warnings.catch_warnings():
         # loading a checked weights file into meta parameters is the no-op it is meant to be
         warnings.filterwarnings("ignore", message=".*meta parameter.*no-op", category=UserWarning)
