@@ -288,7 +288,7 @@ class _CellPrinter:
         else:
             click.echo(line)
         _quietly(lambda: grids.write_tables(self.gs, self.results_dir))
-        if self.when_all_claimed is not None and not any(st.status in ("pending", "retry") for st in states.values()):
+        if self.when_all_claimed is not None and not any(st.waiting for st in states.values()):
             self.when_all_claimed, call = None, self.when_all_claimed
             call()
 

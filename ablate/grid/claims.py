@@ -31,6 +31,11 @@ class CellState:
     attempts: int  # trials so far
     failures: int  # failures charged to --max-retries (see charged_failures)
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a worker may claim the cell: never run, or failed with retries left."""
+        return self.status in ("pending", "retry")
+
 
 def cell_states(cells: list[dict], trials: list[FrozenTrial], max_retries: int | None = None) -> dict[str, CellState]:
     """Status of every cell from its trials; max_retries None: any genuine failure is 'failed'."""
@@ -183,7 +188,7 @@ class GridStorage:
             states = cell_states([c.brief() for c in cells], trials, max_retries)
             self.running = sum(s.status == "running" for s in states.values())
             for cell in longest_first(cells, trials):
-                if states[cell.cell_id].status in ("pending", "retry"):
+                if states[cell.cell_id].waiting:
                     return cell, self.storage.create_new_trial(sid, template_trial=self._new_trial(cell, cells))
         return None
 

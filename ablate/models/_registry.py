@@ -88,12 +88,16 @@ def register_check(name: str, fn: Callable[[dict[str, Any]], bool]) -> None:
     _CHECKS[name] = fn
 
 
+def _with_defaults(name: str, model_args: dict[str, Any]) -> dict[str, Any]:
+    """`model_args` on top of every default of model `name`."""
+    return {key: default for key, (_, default) in model_params(name).items()} | model_args
+
+
 def model_identity(name: str, model_args: dict[str, Any]) -> dict[str, Any]:
     """`model_args` with every default filled in (so an argument given explicitly at its
     default is the same run, and a changed default is a new one), resolved by the model's
     identity hook."""
-    args = {key: default for key, (_, default) in model_params(name).items()}
-    args.update(model_args)
+    args = _with_defaults(name, model_args)
     if _external.is_external(name):
         return dict(sorted({**args, **_resolve(name)[0].identity}.items()))
     hook = _IDENTITY.get(name)
@@ -247,9 +251,8 @@ def check_model(name: str, model_args: dict[str, Any]) -> None:
     if fn is None or not fn.__module__.startswith("ablate.models."):
         create_model(name, 2, **model_args)  # (an unknown name: its error)
         return
-    check, params = _CHECKS.get(name), model_params(name)
-    if check is not None and set(model_args) <= set(params) \
-            and not check({key: default for key, (_, default) in params.items()} | model_args):
+    check = _CHECKS.get(name)
+    if check is not None and set(model_args) <= set(model_params(name)) and not check(_with_defaults(name, model_args)):
         return  # (an argument the model does not take: create_model's error, below)
     with torch.device("meta"), warnings.catch_warnings():
         # loading a checked weights file into meta parameters is the no-op it is meant to be
