@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ablate import record as records
+from ablate._bf16 import thin_maps_in_fp32
 from ablate.config import TrainConfig
 from ablate.data import VOID, Dataset, Split, load_dataset
 from ablate.errors import AblateError
@@ -201,7 +202,8 @@ def train_one_epoch(
     for step, idx in enumerate(bar, start=1):
         images, masks = split.images[idx].to(device, non_blocking=True), split.masks[idx].to(device, non_blocking=True)
         images, masks = _to_input(images, masks, generator if augment else None)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        bf16 = precision == "bf16"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), thin_maps_in_fp32(bf16 and device.type == "cpu"):
             logits = model(images)
         loss = loss_fn(logits, masks)
         if not torch.isfinite(loss):

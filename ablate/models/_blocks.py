@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ablate._bf16 import is_thin
+
 # ImageNet statistics: the ResNet-18 weights expect them, and using them everywhere means
 # every model sees the same input convention (float images in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,7 +90,7 @@ class ConvTranspose2dConvGrad(nn.ConvTranspose2d):
             raise ValueError("ConvTranspose2dConvGrad supports groups=1, dilation=1, zero padding only")
 
     def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dim() != 4:
+        if x.device.type != "cpu" or x.dim() != 4 or is_thin(x):  # thin: see ablate._bf16
             return super().forward(x, output_size)
         output_padding = self._output_padding(x, output_size, self.stride, self.padding,
                                               self.kernel_size, 2, self.dilation)
