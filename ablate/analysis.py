@@ -89,8 +89,10 @@ class Study:
         if aid is None and (local / CHECKPOINT_FILE).is_file():  # a cell run before checkpoints were artifacts
             return local
         if aid is None:
-            raise NoCheckpoint(f"{what}: no checkpoint stored (the {self.kind} ran with --keep-checkpoints "
-                               + ("none)" if self.kind == "grid" else "none, or best and it was never the best trial)"))
+            never = ("it could never be its architecture's best run" if self.kind == "grid"
+                     else "it was never the best trial")
+            raise NoCheckpoint(f"{what}: no checkpoint stored (the {self.kind} ran with --keep-checkpoints none, "
+                               f"or best and {never})")
         if aid in self.pruned:
             why = ("it was not an architecture's best run when the grid finished" if self.kind == "grid"
                    else "a later trial was better")

@@ -260,6 +260,7 @@ def fit(
     out_dir: str | Path | None = None,
     on_epoch: EpochCallback | None = None,
     on_model: Callable[[torch.nn.Module], None] | None = None,
+    checkpoint: bool | Callable[[dict], bool] = True,
     progress: bool | None = None,
     quiet: bool = False,
     cache_dir: str | Path | None = "results/.cache",
@@ -283,6 +284,10 @@ def fit(
     `on_model(model)` is called once for a completed run, with the model holding the best
     checkpoint's weights (in eval mode), before the record is written: e.g. to draw the
     report gallery's predictions without loading the checkpoint back.
+
+    With `out_dir`, the record goes to run.json there and the best checkpoint to best.pt:
+    always, never, or when `checkpoint(record)` says so (the grid and the tuner write only
+    the checkpoints that `--keep-checkpoints` may keep).
     """
     import ablate.transforms  # noqa: F401 - torchvision (2.6 s once per process) before the run's clock starts
 
@@ -310,7 +315,8 @@ def fit(
     if on_model is not None and history.status == "completed" and history.best_state is not None:
         on_model(run.model.eval())
     if out_dir is not None:
-        records.write(out_dir, record, history.best_state)
+        keep = checkpoint(record) if callable(checkpoint) else checkpoint
+        records.write(out_dir, record, history.best_state if keep else None)
     if not quiet:
         print(records.describe(record))
     return record

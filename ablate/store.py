@@ -202,7 +202,8 @@ def attach_run(storage, trial_id: int, record: dict, run_dir: Path, artifacts: A
     """Attach a finished run's files to its (still running) trial: run.json always; for a
     completed run its predictions of the report gallery's val images when it drew them
     (predictions.png, `predict.gallery_predictions`: the gallery then needs no checkpoint) and,
-    `with_checkpoint`, its best.pt. Used by the grid's cells and the tuner's trials alike."""
+    `with_checkpoint` (the run wrote one because --keep-checkpoints may keep it), its best.pt.
+    Used by the grid's cells and the tuner's trials alike."""
     from ablate import record as records
 
     if not (run_dir / records.RECORD_FILE).is_file():
@@ -211,13 +212,13 @@ def attach_run(storage, trial_id: int, record: dict, run_dir: Path, artifacts: A
     attach(storage, trial_id, artifacts.store, run_dir / records.RECORD_FILE)
     if not completed:
         return
-    checkpoint = run_dir / records.CHECKPOINT_FILE
-    if not checkpoint.is_file():
-        raise AblateError(f"{checkpoint}: the completed run left no checkpoint")
     predictions = run_dir / PREDICTIONS_FILE
     if predictions.is_file():
         attach(storage, trial_id, artifacts.store, predictions)
     if with_checkpoint:
+        checkpoint = run_dir / records.CHECKPOINT_FILE
+        if not checkpoint.is_file():
+            raise AblateError(f"{checkpoint}: the completed run left no checkpoint")
         attach(storage, trial_id, artifacts.store, checkpoint)
 
 

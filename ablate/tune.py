@@ -494,7 +494,8 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study, files: store.Artifa
         try:
             record = fit_safely(config, dataset, out_dir=out_dir, on_epoch=on_epoch, quiet=True,
                                 progress=False, cache_dir=spec.cache_dir,
-                                on_model=lambda model: gallery_predictions(model, dataset, out_dir))
+                                on_model=lambda model: gallery_predictions(model, dataset, out_dir),
+                                checkpoint=lambda record: _keeps_checkpoint(spec.keep_checkpoints, study, record))
         except AblateError as exc:  # e.g. a batch larger than the split: this trial's problem only
             trial.set_user_attr("failure_reason", str(exc))
             raise TrialFailed(str(exc)) from None
@@ -512,7 +513,7 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study, files: store.Artifa
         ok = row["status"] == "completed" and value is not None and math.isfinite(value)
         try:
             store.attach_run(study._storage, trial._trial_id, record, out_dir, files, completed=ok,
-                             with_checkpoint=ok and _keeps_checkpoint(spec.keep_checkpoints, study, value))
+                             with_checkpoint=ok and (out_dir / records.CHECKPOINT_FILE).is_file())
         except AblateError as exc:  # the store is the record: a trial whose files are not there failed
             trial.set_user_attr("failure_reason", str(exc))
             raise TrialFailed(str(exc)) from None
@@ -533,14 +534,17 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study, files: store.Artifa
     return objective
 
 
-def _keeps_checkpoint(keep: str, study: optuna.Study, value: float) -> bool:
-    """Whether a complete trial with val mIoU `value` uploads its best.pt: always (all), never
-    (none), or when it beats every complete trial so far (best; `prune_checkpoints` then
-    removes the ones it beat)."""
-    if keep != "best":
-        return keep == "all"
+def _keeps_checkpoint(keep: str, study: optuna.Study, record: dict) -> bool:
+    """Whether a finished trial writes (and uploads) its best.pt: a completed one always
+    (all), never (none), or when it beats every complete trial so far (best;
+    `prune_checkpoints` then removes the ones it beat)."""
+    from ablate.record import summary
+
+    value = summary(record).get("val_miou")
+    if keep == "none" or record["status"] != "completed" or value is None or not math.isfinite(value):
+        return False
     best = best_trial(study)
-    return best is None or value > best.value
+    return keep == "all" or best is None or value > best.value
 
 
 def _attr(value: Any) -> Any:
