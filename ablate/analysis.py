@@ -17,6 +17,7 @@ import warnings
 
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1135,10 +1136,21 @@ def best_runs(study: Study, runs: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _best_grid_runs(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """Per architecture, the cell with the highest mean val mIoU and, in it, the seed with the
+    highest val mIoU. Ties go to what ran first (the lower trial number; for a cell, its first
+    run's), and means are exact sums (math.fsum): a grid worker makes the same choice from the
+    runs completed so far when it decides whether a run keeps its checkpoint
+    (`grid.keeps_checkpoint`). Cells that did not learn often tie exactly."""
+    a = runs.assign(_order=pd.to_numeric(runs["trial_number"], errors="coerce") if "trial_number" in runs
+                    else np.arange(len(runs), dtype=float))
+    a["_order"] = a["_order"].fillna(np.inf)
     out = []
-    for arch, a in runs.groupby("arch", sort=False):
-        cell = a.groupby("cell")["val_miou"].mean().idxmax()
-        run = a[a["cell"] == cell].sort_values("val_miou", ascending=False).iloc[0]
+    for arch, runs_of_arch in a.groupby("arch", sort=False):
+        cells = runs_of_arch.groupby("cell").agg(mean=("val_miou", lambda v: math.fsum(v) / len(v)),
+                                                 first=("_order", "min"))
+        cell = cells.sort_values(["mean", "first"], ascending=[False, True], kind="stable").index[0]
+        run = runs_of_arch[runs_of_arch["cell"] == cell].sort_values(["val_miou", "_order"], ascending=[False, True],
+                                                                     kind="stable").iloc[0]
         out.append((f"{cell} (seed {run['seed']})", run["key"]))
     return out
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 import signal
@@ -388,7 +389,8 @@ def supervise(target: Callable, args: tuple, *, workers: int, device: str, on_ev
     with sigterm_interrupts():
         try:
             while running:
-                time.sleep(0.2)
+                # wakes at once when a worker exits (the last one's exit is what the command waits for)
+                multiprocessing.connection.wait([p.sentinel for p, _ in running.values()], timeout=0.2)
                 for i, (p, events) in list(running.items()):
                     drain(events)
                     if p.is_alive():  # is_alive() also reaps a dead worker, so its PID reads as gone
