@@ -166,12 +166,16 @@ def test_write_voc_accepts_empty_existing_folder(tmp_path):
     assert (root / "classes.txt").read_text().split() == list(SYNTH_CLASSES[:3])
 
 
-def test_rendering_on_several_threads_gives_the_images_of_one_by_one():
+def test_rendering_in_several_processes_gives_the_images_of_one_by_one(monkeypatch):
     import zlib
 
     from ablate import synthetic
 
+    monkeypatch.setattr(synthetic, "_IMAGES_PER_PROCESS", 4)  # 3 shares of 4, in forked helpers
+    monkeypatch.setattr(synthetic.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert synthetic._processes(12) == 3
     images, masks = synthetic.generate_split("val", n=12, size=64)
+    assert images.shape == (12, 64, 64, 3) and masks.shape == (12, 64, 64)
     for i in range(12):
         rng = np.random.default_rng(np.random.SeedSequence(0, spawn_key=(zlib.crc32(b"val"), i)))
         image, mask = synthetic._render(rng, 64, 6)
