@@ -150,6 +150,46 @@ def test_cells_are_claimed_longest_first_once_their_cost_is_known():
     assert [c.config.model for c in grids.longest_first(cells, [*trials, failed])] == order
 
 
+def test_a_free_worker_takes_the_cell_that_lets_the_workers_finish_together():
+    """Waiting: a 3.2 s cell and two 2.1 s ones; another worker's 2.1 s cell has 0.5 s to go.
+    LPT would take the long one now (this worker 3.2; the other 0.5 + 2.1 + 2.1 = 4.7 s);
+    taking a short one lets the other take the long one (2.1 + 2.1 = 4.2; 0.5 + 3.2 = 3.7):
+    0.5 s sooner. Where both orders end together, or nothing runs elsewhere, LPT stands."""
+    import datetime
+
+    import optuna
+
+    cells = grids.expand(_study(models="baseline,custom,unet", toggles="scheduler", seeds="0,1"), FP)
+    unet, custom = ([c for c in cells if c.config.model == m] for m in ("unet", "custom"))
+    epochs = cells[0].config.epochs
+
+    def done(cell, seconds):
+        return optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs={
+            "cell_id": cell.cell_id, "seconds": seconds, "stopped_epoch": epochs})
+
+    def running(cell, seconds_ago):
+        trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={"cell_id": cell.cell_id})
+        trial.datetime_start = now - datetime.timedelta(seconds=seconds_ago)
+        return trial
+
+    now = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    finished = [done(unet[0], 3.2), done(custom[0], 2.1)]
+    choices = [unet[1], custom[2], custom[3]]  # 3.2, 2.1, 2.1 s, in longest_first order
+
+    def pick(trials):
+        states = grids.cell_states([c.brief() for c in choices + [unet[0], unet[2], custom[0], custom[1]]], trials)
+        return grids.finish_together(choices, cells, trials, states, now=now).config.model
+
+    assert pick([*finished, running(custom[1], 1.6)]) == "custom"  # 0.5 s left elsewhere: 4.2 s, not 4.7
+    assert pick([*finished, running(custom[1], 2.1)]) == "unet"  # done elsewhere: 4.2 s either way
+    assert pick([*finished, running(unet[2], 0.0)]) == "unet"  # 3.2 s left elsewhere: 5.3 s either way
+    assert pick(finished) == "unet"  # no other worker busy
+    assert pick([running(custom[1], 1.6)]) == "unet"  # no cost known: the first
+    from ablate.grid.claims import _makespan
+
+    assert _makespan([3.2, 0.5], [2.1, 2.1]) == pytest.approx(4.7)
+
+
 def test_cell_ids_do_not_depend_on_where_the_data_is_mounted(tmp_path):
     from ablate.data import load_dataset
     from ablate.synthetic import write_voc

