@@ -53,6 +53,12 @@ class Split:
         return len(self.ids)
 
 
+def scored_natively(splits: dict[str, Split]) -> bool:
+    """Whether final metrics are scored on the masks' own resolution: when every split but
+    train kept them (a Dataset built by hand may not: then at the working size)."""
+    return all(s.native_masks is not None for name, s in splits.items() if name != "train")
+
+
 @dataclass
 class Dataset:
     name: str  # "synthetic" or the folder given
@@ -79,11 +85,18 @@ class Dataset:
             "ignore_index": self.ignore_index,
             "sizes": {name: len(split) for name, split in self.splits.items()},
             "class_frequency": self.class_frequency,
-            # per split, fraction of non-void pixels of each class (the val one sets the
-            # "did not learn" bar: the majority class's share and an all-majority mIoU)
-            "split_class_frequency": {name: class_frequency(split.masks, self.num_classes).tolist()
-                                      for name, split in self.splits.items()},
+            # per split, fraction of non-void pixels of each class in the masks its final metrics
+            # are scored on (val and test: the native ones where kept, as `engine.fit` scores
+            # them); the val one sets the "did not learn" bar (the majority class's share and an
+            # all-majority mIoU), which a model predicting only the majority class must not pass
+            "split_class_frequency": {name: self._scored_frequency(name) for name in self.splits},
         }
+
+    def _scored_frequency(self, name: str) -> list[float]:
+        split = self.splits[name]
+        if name == "train" or not scored_natively(self.splits):
+            return class_frequency(split.masks, self.num_classes).tolist()
+        return class_frequency(torch.cat([m.flatten() for m in split.native_masks]), self.num_classes).tolist()
 
     def describe(self) -> str:
         sizes = ", ".join(f"{name} {len(s)}" for name, s in self.splits.items())

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ablate import record as records
 from ablate._bf16 import thin_maps_in_fp32
 from ablate.config import TrainConfig
-from ablate.data import VOID, Dataset, Split, load_dataset
+from ablate.data import VOID, Dataset, Split, load_dataset, scored_natively
 from ablate.errors import AblateError
 from ablate.metrics import ConfusionMatrix
 from ablate.losses import Loss, make_loss
@@ -469,7 +469,7 @@ def _final_metrics(model, net, state, splits: dict[str, Split], evaluator, *, te
     if state is None:
         return {}, "none"
     model.load_state_dict(state)
-    native = all(s.native_masks is not None for name, s in splits.items() if name != "train")
+    native = scored_natively(splits)
     names = ["val", "test"] if test and "test" in splits else ["val"]
     metrics = {name: evaluator(net, splits[name], native=native) for name in names}
     return metrics, "native" if native else _working(tuple(splits["val"].images.shape[-2:]))

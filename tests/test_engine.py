@@ -363,3 +363,36 @@ def test_training_learns_well_above_all_background(cache_dir):
     record = fit(TrainConfig(model="unet", model_args={"base_channels": 8}, data="synthetic", image_size=(64, 64),
                              epochs=6, batch_size=16, lr=3e-3, patience=0), dataset, quiet=True)
     assert record["metrics"]["val"]["miou"] > 2 * all_background_miou
+
+
+# --------------------------------------------------------------------------- the did-not-learn bar
+class _Majority(nn.Module):
+    """Predicts class 0 (the synthetic set's majority, background) everywhere."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], self.num_classes, *x.shape[-2:]) + self.anchor
+        logits[:, 0] = 1.0
+        return logits
+
+
+def test_a_model_predicting_only_the_majority_class_is_at_the_bar_of_the_masks_it_is_scored_on(synthetic32):
+    """Final val metrics are scored on the native 128 px masks, whose background share (0.670)
+    is not the 32 px masks' (0.669): the bar must come from the same masks, or an all-background
+    model passes it (it did: every 1-epoch custom cell of the default grid escaped the flag)."""
+    from ablate import stats
+
+    val = synthetic32.splits["val"]
+    metrics = evaluate(_Majority(synthetic32.num_classes), val, num_classes=synthetic32.num_classes, batch_size=16,
+                       precision="fp32", native=True)
+    bar = stats.majority_bar(synthetic32.summary())
+    assert metrics["pixel_acc"] == pytest.approx(bar["pixel_acc"], abs=1e-9)
+    assert metrics["miou"] == pytest.approx(bar["miou"], abs=1e-9)
+    assert stats.did_not_learn(metrics["pixel_acc"], metrics["miou"], bar) is True
+    working = evaluate(_Majority(synthetic32.num_classes), val, num_classes=synthetic32.num_classes, batch_size=16,
+                       precision="fp32", native=False)
+    assert abs(working["pixel_acc"] - metrics["pixel_acc"]) > 1e-4  # the two resolutions do differ here
