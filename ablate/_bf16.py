@@ -13,9 +13,9 @@ convolutions (its 1x1 bottleneck), and every one of its cells in the default gri
 wrong gradient without any sign. fp32 on the same shapes is right (checked against fp64).
 
 So, while a model trains in bf16 on the CPU, every 2-D convolution or transposed
-convolution whose input is one pixel high or wide runs in fp32 (`thin_maps_in_fp32`): the
-maps are a pixel wide, so it costs nothing measurable, and autocast's own policy already
-runs some ops in fp32. It applies to every model (the built-ins, torchvision's, smp's, a
+convolution whose input is one pixel high or wide runs in fp32 and hands its output on in
+bf16, as autocast would (`thin_maps_in_fp32`): the maps are a pixel wide, so it costs
+nothing measurable. It applies to every model (the built-ins, torchvision's, smp's, a
 user's), since it watches the functions, not the modules.
 """
 from __future__ import annotations
@@ -43,10 +43,14 @@ def _fp32(value):
 class _ThinMapsInFP32(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _CONVOLUTIONS and args and isinstance(args[0], torch.Tensor) and is_thin(args[0]) \
-                and (args[0].dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")):
+        x = args[0] if args else kwargs.get("input")
+        if func in _CONVOLUTIONS and isinstance(x, torch.Tensor) and is_thin(x) \
+                and (x.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")):
+            # the dtype autocast (or the bf16 input) would have given the output
+            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
             with torch.autocast("cpu", enabled=False):
-                return func(*map(_fp32, args), **{k: _fp32(v) for k, v in kwargs.items()})
+                out = func(*map(_fp32, args), **{k: _fp32(v) for k, v in kwargs.items()})
+            return out.to(dtype)  # its gradients come from the fp32 convolution
         return func(*args, **kwargs)
 
 

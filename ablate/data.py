@@ -7,6 +7,7 @@ keep every mask at its own (native) resolution, for the final metrics.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -89,14 +90,17 @@ class Dataset:
             # are scored on (val and test: the native ones where kept, as `engine.fit` scores
             # them); the val one sets the "did not learn" bar (the majority class's share and an
             # all-majority mIoU), which a model predicting only the majority class must not pass
-            "split_class_frequency": {name: self._scored_frequency(name) for name in self.splits},
+            "split_class_frequency": self.scored_frequency,
         }
 
-    def _scored_frequency(self, name: str) -> list[float]:
-        split = self.splits[name]
-        if name == "train" or not scored_natively(self.splits):
-            return class_frequency(split.masks, self.num_classes).tolist()
-        return class_frequency(torch.cat([m.flatten() for m in split.native_masks]), self.num_classes).tolist()
+    @functools.cached_property
+    def scored_frequency(self) -> dict[str, list[float]]:
+        """Split name -> class shares of the masks its final metrics are scored on (computed
+        once: every run record carries the summary)."""
+        native = scored_natively(self.splits)
+        return {name: class_frequency(split.native_masks if native and name != "train" else [split.masks],
+                                      self.num_classes).tolist()
+                for name, split in self.splits.items()}
 
     def describe(self) -> str:
         sizes = ", ".join(f"{name} {len(s)}" for name, s in self.splits.items())
@@ -374,9 +378,11 @@ def _build(data, source, image_size, num_classes, ignore_index, val_fraction, fi
 def _synthetic_splits(image_size: tuple[int, int]) -> dict[str, Split]:
     from ablate import synthetic
 
+    # every split rendered before torch resizes any (its thread pool would then be running
+    # when the rendering forks: see synthetic._processes)
+    rendered = {split: synthetic.generate_split(split) for split in SPLITS}
     splits = {}
-    for split in SPLITS:
-        images, masks = synthetic.generate_split(split)
+    for split, (images, masks) in rendered.items():
         images_t = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         masks_t = torch.from_numpy(masks)
         native = list(masks_t.unbind(0)) if split != "train" else None  # generated at synthetic.NATIVE_SIZE
@@ -425,9 +431,11 @@ def _class_names(layout: str, k: int, names_file: Path | None) -> list[str]:
     return [f"class_{i}" for i in range(k)]
 
 
-def class_frequency(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Fraction of non-void pixels of each class."""
-    counts = torch.bincount(masks.flatten().long(), minlength=256)[:num_classes].double()
+def class_frequency(masks: torch.Tensor | list[torch.Tensor], num_classes: int) -> torch.Tensor:
+    """Fraction of non-void pixels of each class, over one uint8 mask tensor or a list of them
+    (native masks differ in size; counted one by one, never copied into one wide tensor)."""
+    counts = sum(torch.bincount(m.flatten(), minlength=256).double() for m in ([masks] if torch.is_tensor(masks) else masks))
+    counts = counts[:num_classes]
     return counts / counts.sum().clamp(min=1)
 
 

@@ -17,7 +17,9 @@ import colorsys
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -106,9 +108,11 @@ _IMAGES_PER_PROCESS = 16  # below this a fork (tens of ms with torch loaded) cos
 
 
 def _processes(n: int) -> int:
-    """How many processes render `n` images: one per core where processes can be forked
-    (Linux), each with at least `_IMAGES_PER_PROCESS` images; elsewhere one."""
-    if "fork" not in multiprocessing.get_all_start_methods():
+    """How many processes render `n` images: on Linux, from a process with no other thread
+    (a fork copies no other thread, and a lock one of them held would stay held in the
+    child; e.g. a grid worker's heartbeat), one per core, each with at least
+    `_IMAGES_PER_PROCESS` images; otherwise one."""
+    if sys.platform != "linux" or threading.active_count() > 1:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cores, n // _IMAGES_PER_PROCESS))

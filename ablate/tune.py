@@ -495,7 +495,8 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study, files: store.Artifa
             record = fit_safely(config, dataset, out_dir=out_dir, on_epoch=on_epoch, quiet=True,
                                 progress=False, cache_dir=spec.cache_dir,
                                 on_model=lambda model: gallery_predictions(model, dataset, out_dir),
-                                checkpoint=lambda record: _keeps_checkpoint(spec.keep_checkpoints, study, record))
+                                checkpoint=lambda record: _keeps_checkpoint(spec.keep_checkpoints, study, record,
+                                                                            trial.number))
         except AblateError as exc:  # e.g. a batch larger than the split: this trial's problem only
             trial.set_user_attr("failure_reason", str(exc))
             raise TrialFailed(str(exc)) from None
@@ -534,17 +535,18 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study, files: store.Artifa
     return objective
 
 
-def _keeps_checkpoint(keep: str, study: optuna.Study, record: dict) -> bool:
-    """Whether a finished trial writes (and uploads) its best.pt: a completed one always
-    (all), never (none), or when it beats every complete trial so far (best;
-    `prune_checkpoints` then removes the ones it beat)."""
+def _keeps_checkpoint(keep: str, study: optuna.Study, record: dict, number: int) -> bool:
+    """Whether a finished trial (number `number`) writes (and uploads) its best.pt: a completed
+    one always (all), never (none), or when it beats every complete trial so far, a tie going
+    to the lower trial number, as Optuna's best trial does (best; `prune_checkpoints` then
+    removes the ones it beat)."""
     from ablate.record import summary
 
     value = summary(record).get("val_miou")
     if keep == "none" or record["status"] != "completed" or value is None or not math.isfinite(value):
         return False
     best = best_trial(study)
-    return keep == "all" or best is None or value > best.value
+    return keep == "all" or best is None or value > best.value or (value == best.value and number < best.number)
 
 
 def _attr(value: Any) -> Any:
@@ -735,10 +737,10 @@ def write_trials_csv(study: optuna.Study, path: Path) -> Path:
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
+    """The COMPLETE trial with the highest val mIoU, a tie going to the lower trial number
+    (Optuna's own choice among ties depends on the storage); None before any."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    return max(done, key=lambda t: (t.value, -t.number)) if done else None
 
 
 def prune_checkpoints(study: optuna.Study, artifacts: store.Artifacts) -> list[str]:

@@ -23,6 +23,15 @@ def _dirty_memory() -> None:
     del junk
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread, as a grid worker has (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # (input height, width, kernel, stride, transposed): every thin shape that gave a wrong
 # gradient on the Xeon with AMX, and a few wide ones
 SHAPES = [(1, 1, 3, 2, False), (1, 1, 5, 2, False), (3, 1, 3, 2, False), (4, 1, 5, 2, False), (5, 1, 11, 2, False),
@@ -31,9 +40,9 @@ SHAPES = [(1, 1, 3, 2, False), (1, 1, 5, 2, False), (3, 1, 3, 2, False), (4, 1, 
 
 
 @pytest.mark.parametrize("h,w,k,stride,transposed", SHAPES)
-def test_bf16_weight_and_input_gradients_of_thin_maps_match_fp32_under_the_guard(h, w, k, stride, transposed):
+def test_bf16_weight_and_input_gradients_of_thin_maps_match_fp32_under_the_guard(h, w, k, stride, transposed,
+                                                                                 one_thread):
     torch.manual_seed(0)
-    torch.set_num_threads(1)
     x = torch.randn(16, 64, h, w)
     weight = torch.randn(64, 64, k, k) * 0.05
     grads = {}
@@ -56,18 +65,32 @@ def test_bf16_weight_and_input_gradients_of_thin_maps_match_fp32_under_the_guard
         assert (gx - ref_x).abs().max() <= 0.02 * ref_x.abs().max()
 
 
-def test_only_the_thin_convolutions_leave_bf16():
+def _ran_in_fp32(y: torch.Tensor) -> bool:
+    """Whether `y` is a convolution's fp32 output cast to the autocast dtype by the guard (the
+    graph: the cast back, then the convolution), not a convolution's own bf16 output."""
+    return y.grad_fn.name() == "ToCopyBackward0" and "Convolution" in y.grad_fn.next_functions[0][0].name()
+
+
+def test_only_the_thin_convolutions_run_in_fp32_and_their_outputs_stay_bf16():
     thin, wide = torch.randn(2, 8, 1, 1), torch.randn(2, 8, 4, 4)
     conv, deconv = nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1,
                                                                                output_padding=1)
     with torch.autocast("cpu", dtype=torch.bfloat16), thin_maps_in_fp32():
-        assert conv(thin).dtype == torch.float32 and deconv(thin).dtype == torch.float32
-        assert conv(wide).dtype == torch.bfloat16 and deconv(wide).dtype == torch.bfloat16
-        assert torch.relu(thin).dtype == torch.float32  # anything else: as autocast has it
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # outside the guard: autocast's own policy
-        assert conv(thin).dtype == torch.bfloat16
+        for layer in (conv, deconv):
+            y = layer(thin)
+            assert y.dtype == torch.bfloat16 and _ran_in_fp32(y)  # what autocast hands on, computed in fp32
+            y = layer(wide)
+            assert y.dtype == torch.bfloat16 and not _ran_in_fp32(y)
+        y = F.conv2d(input=thin, weight=conv.weight, stride=2, padding=1)  # passed by keyword: guarded too
+        assert y.dtype == torch.bfloat16 and _ran_in_fp32(y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # outside the guard: autocast's own bf16 convolution
+        assert not _ran_in_fp32(conv(thin))
     with thin_maps_in_fp32():  # fp32 training: nothing to change
-        assert conv(thin).dtype == torch.float32
+        y = conv(thin)
+        assert y.dtype == torch.float32 and y.grad_fn.name().startswith("Convolution")
+    block = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8)).to(torch.bfloat16)
+    with thin_maps_in_fp32():  # a bf16 model without autocast: its next layer still gets bf16
+        assert block(thin.to(torch.bfloat16)).dtype == torch.bfloat16
     assert is_thin(torch.zeros(1, 1, 1, 7)) and is_thin(torch.zeros(1, 1, 7, 1)) and not is_thin(torch.zeros(1, 1, 2, 2))
 
 
@@ -76,8 +99,8 @@ def test_the_conv_gradient_deconv_takes_the_stock_path_on_thin_maps():
     map it hands over to the stock layer, which the guard runs in fp32."""
     layer = ConvTranspose2dConvGrad(8, 8, 3, stride=2, padding=1, output_padding=1)
     with torch.autocast("cpu", dtype=torch.bfloat16), thin_maps_in_fp32():
-        assert layer(torch.randn(2, 8, 1, 1)).dtype == torch.float32
-        assert layer(torch.randn(2, 8, 4, 4)).dtype == torch.bfloat16
+        assert _ran_in_fp32(layer(torch.randn(2, 8, 1, 1)))
+        assert layer(torch.randn(2, 8, 4, 4)).grad_fn.name() == "_ConvTransposeConvGradBackward"
 
 
 @pytest.fixture(scope="module")

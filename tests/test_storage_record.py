@@ -92,8 +92,8 @@ def _fake_grid(tmp_path: Path, keep: str, *, name: str = "rec", dataset=None) ->
         if dataset is not None:  # what the engine's on_model does for a completed run
             gallery_predictions(model.eval(), dataset, run_dir)
         record = _record({**c.to_dict(), "data": "synthetic"}, value)
-        writes = grids.keeps_checkpoint(keep, cell, record, cells, gs.trials(),  # as the engine asks run_cell
-                                        gs.storage.get_trial_number_from_id(trial_id))
+        writes = grids.keeps_checkpoint(keep, cell.brief(), record, gs.study_attrs()["cells"], gs.trials(),
+                                        gs.storage.get_trial_number_from_id(trial_id))  # as run_cell asks it
         records.write(run_dir, record, model.state_dict() if writes else None)
         gs.storage.set_trial_user_attr(trial_id, "run_dir", str(run_dir.relative_to(results / name)))
         grids._tell(gs.storage, cell, trial_id, record, 1.0, run_dir=run_dir, artifacts=files)
@@ -145,8 +145,9 @@ def test_keep_checkpoints_leaves_exactly_the_expected_checkpoint_artifacts(tmp_p
             assert ckpt["config"]["model"] == study.records[key]["config"]["model"]
     other = next(iter(set(trials) - _best_ids(cells, miou)))
     if keep != "all":
-        with pytest.raises(analysis.NoCheckpoint, match="--keep-checkpoints best" if keep == "best"
-                           else "--keep-checkpoints none"):
+        # pruned once the grid was done, or never written (it could not be the kept run)
+        with pytest.raises(analysis.NoCheckpoint, match="pruned by --keep-checkpoints best|or best and it could never"
+                           if keep == "best" else "--keep-checkpoints none"):
             study.checkpoint_dir(other)
 
 
@@ -170,7 +171,7 @@ def test_whatever_order_cells_finish_in_the_run_best_keeps_has_written_its_check
         done, written = [], set()
         for cell in rng.sample(cells, len(cells)):
             record = _record({**cell.config.to_dict(), "data": "synthetic"}, value[cell.cell_id])
-            if grids.keeps_checkpoint("best", cell, record, cells, done, number[cell.cell_id]):
+            if grids.keeps_checkpoint("best", cell.brief(), record, briefs, done, number[cell.cell_id]):
                 written.add(cell.cell_id)
             trial = optuna.trial.create_trial(
                 state=TrialState.COMPLETE, value=value[cell.cell_id],
@@ -182,12 +183,52 @@ def test_whatever_order_cells_finish_in_the_run_best_keeps_has_written_its_check
         written_total += len(written)
     # measured: 12.0 of 24 here (3 seeds, random orders); 8 of 32 in a default grid
     assert written_total / 300 < 0.6 * len(cells)
-    cell = cells[0]
-    completed = _record({**cell.config.to_dict(), "data": "synthetic"}, 0.1)
-    assert grids.keeps_checkpoint("all", cell, completed, cells, [], 0)
-    assert not grids.keeps_checkpoint("none", cell, completed, cells, [], 0)
-    assert not grids.keeps_checkpoint("best", cell, {**completed, "status": "failed"}, cells, [], 0)
-    assert not grids.keeps_checkpoint("all", cell, {**completed, "status": "failed"}, cells, [], 0)
+    cell = cells[0].brief()
+    completed = _record({**cells[0].config.to_dict(), "data": "synthetic"}, 0.1)
+    assert grids.keeps_checkpoint("all", cell, completed, briefs, [], 0)
+    assert not grids.keeps_checkpoint("none", cell, completed, briefs, [], 0)
+    assert not grids.keeps_checkpoint("best", cell, {**completed, "status": "failed"}, briefs, [], 0)
+    assert not grids.keeps_checkpoint("all", cell, {**completed, "status": "failed"}, briefs, [], 0)
+
+
+def test_a_run_judges_its_checkpoint_against_every_seed_the_study_holds():
+    """A study grown to 3 seeds, resumed by a command asking for 2 (or another machine's):
+    seed 2 of both cells completed earlier. Judged against the command's 2 seeds only, a cell
+    would look complete and beaten too early; against the study's 3 it is not."""
+    study = grids.build_study(grids.QUICK_STUDY, where="t", overrides={
+        "models": "unet", "toggles": "scheduler", "seeds": 3, "image_size": 32, "name": "k3"})
+    cells = grids.expand(study, "fp")
+    briefs = [c.brief() for c in cells]
+    by = {(c.config.scheduler, c.config.seed): c for c in cells}
+    value = {(False, 0): 0.5, (False, 1): 0.1, (False, 2): 0.6, (True, 0): 0.4, (True, 1): 0.3, (True, 2): 0.0}
+    done = []
+    for n, key in enumerate([(False, 2), (True, 2), (True, 0), (True, 1), (False, 1)]):
+        trial = optuna.trial.create_trial(state=TrialState.COMPLETE, value=value[key], user_attrs={
+            "cell_id": by[key].cell_id, "val_miou": value[key], "status": "completed"})
+        trial.number = n
+        done.append(trial)
+    last = by[(False, 0)]
+    record = _record({**last.config.to_dict(), "data": "synthetic"}, value[(False, 0)])
+    two_seeds = [b for b in briefs if b["seed"] < 2]
+    # with 2 seeds: 'none' (0.5, 0.1) = 0.30 loses to 'scheduler' (0.4, 0.3) = 0.35
+    assert not grids.keeps_checkpoint("best", last.brief(), record, two_seeds, done, 5)
+    # with all 3: 'none' 0.40 beats 'scheduler' 0.233, and seed 2 (0.6) is its best: still no
+    assert not grids.keeps_checkpoint("best", last.brief(), record, briefs, done, 5)
+    kept = set(analysis.gallery_keys(grids.runs_table(briefs, [*done, _complete(last, 0.5, 5)])))
+    assert kept == {by[(False, 2)].cell_id}
+    # had seed 2 of 'none' scored 0.45, seed 0 (0.5) would be kept: the study's seeds say so
+    done[0] = _complete(by[(False, 2)], 0.45, 0)
+    assert grids.keeps_checkpoint("best", last.brief(), record, briefs, done, 5)
+    assert not grids.keeps_checkpoint("best", last.brief(), record, two_seeds, done, 5)  # the command's: wrong
+    kept = set(analysis.gallery_keys(grids.runs_table(briefs, [*done, _complete(last, 0.5, 5)])))
+    assert kept == {last.cell_id}
+
+
+def _complete(cell, value: float, number: int):
+    trial = optuna.trial.create_trial(state=TrialState.COMPLETE, value=value, user_attrs={
+        "cell_id": cell.cell_id, "val_miou": value, "status": "completed"})
+    trial.number = number
+    return trial
 
 
 def test_the_gallery_breaks_ties_by_what_ran_first():

@@ -579,3 +579,28 @@ def test_example_study_file_resolves_and_dry_run_writes_nothing(tmp_path):
                       "--epochs", "2", "--results-dir", results)
     assert "3 trials of at most 2 epochs" in flags_win.output
     assert not results.exists()
+
+
+def test_a_tie_keeps_the_checkpoint_of_the_lower_trial_number():
+    """Two workers: trial 3 finishes after trial 4 with the same val mIoU. The best trial is
+    3 (the lower number), so 3 writes its checkpoint and a later equal 5 does not."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.create_study(direction="maximize")
+    for number, value in enumerate([0.1, 0.2, 0.3, None, 0.5]):  # trial 3 still running
+        if value is None:
+            study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING))
+        else:
+            study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=value))
+    from ablate import record as records
+    from ablate.config import TrainConfig
+
+    record = {**records.failed(TrainConfig(model="custom"), reason=None, tb=None), "status": "completed",
+              "metrics": {"val": {"miou": 0.5}}}
+    assert tuning._keeps_checkpoint("best", study, record, 3)  # ties trial 4, ran first
+    study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5))  # trial 5
+    assert not tuning._keeps_checkpoint("best", study, record, 6)
+    assert tuning.best_trial(study).number == 4
+    assert not tuning._keeps_checkpoint("none", study, record, 3)
+    assert not tuning._keeps_checkpoint("best", study, {**record, "status": "pruned"}, 3)

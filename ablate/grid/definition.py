@@ -38,7 +38,7 @@ RUNS = "runs"  # attempt folders: <study>/runs/<cell_id>/<trial number>/
 # How often an idle worker looks again while other workers' cells run (a grid ends at most this
 # late after its last cell): often for a file storage (one machine, a local lock), less for a
 # database server shared by many machines (each look takes the study lock and reads every trial).
-POLL_SECONDS = {"local": 0.1, "server": 1.0}  # a look at a local journal takes 1-3 ms
+POLL_SECONDS = {"file": 0.1, "sqlite": 0.25, "server": 1.0}  # a look at a journal file: 1-3 ms
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # The built-in quick study: what studies/quick.toml says, for when that file is not around.

@@ -35,12 +35,11 @@ class CellResult:
 
 
 def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Path, progress: bool = False,
-             artifacts: store.Artifacts | None = None, keep_checkpoints: str = "best",
-             cells: list[Cell] | None = None) -> CellResult:
+             artifacts: store.Artifacts | None = None, keep_checkpoints: str = "best") -> CellResult:
     """Train one claimed cell (on `dataset`, at its image size) into its attempt's own folder (`run_dir`: a worker
     reclaimed while alive writes beside the rerun, never over it) and tell the storage; its files
     go to `artifacts` (see `_tell`). Its checkpoint is written only when `keep_checkpoints` may
-    keep it (`keeps_checkpoint`, judged against the grid's `cells`; all of them by default)."""
+    keep it (`keeps_checkpoint`, judged against every cell the study holds)."""
     from ablate import record as records
     from ablate.engine import fit_safely
     from ablate.predict import gallery_predictions
@@ -57,9 +56,8 @@ def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Pa
             try:
                 record = fit_safely(cell.config, dataset, out_dir=run_dir, on_epoch=on_epoch, quiet=True, progress=progress,
                                     on_model=lambda model: gallery_predictions(model, dataset, run_dir),
-                                    checkpoint=lambda record: keeps_checkpoint(
-                                        keep_checkpoints, cell, record, cells or [cell], gs.trials(),
-                                        gs.storage.get_trial_number_from_id(trial_id)))
+                                    checkpoint=lambda record: _writes_checkpoint(gs, keep_checkpoints, cell, record,
+                                                                                 trial_id))
             except AblateError as exc:  # e.g. a batch larger than the split: this cell's problem only
                 record = records.failed(cell.config, reason=str(exc), tb=None)
                 records.write(run_dir, record, None)
@@ -70,19 +68,36 @@ def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Pa
     return _tell(storage, cell, trial_id, record, time.perf_counter() - start, run_dir=run_dir, artifacts=artifacts)
 
 
-def keeps_checkpoint(keep: str, cell: Cell, record: dict, cells: list[Cell], trials: list[FrozenTrial],
+def _writes_checkpoint(gs: GridStorage, keep: str, cell: Cell, record: dict, trial_id: int) -> bool:
+    """`keeps_checkpoint` against the study's cells (every command's: other machines may run
+    other seeds) and trials as they are now; if the storage cannot say, the checkpoint is
+    written (`prune_checkpoints` thins it later), never a trained run lost over it."""
+    try:
+        briefs = (gs.study_attrs() or {}).get("cells") or [cell.brief()]
+        return keeps_checkpoint(keep, cell.brief(), record, briefs, gs.trials(),
+                                gs.storage.get_trial_number_from_id(trial_id))
+    except Exception as exc:  # noqa: BLE001 - the safe answer is to keep it; said, not swallowed
+        print(f"warning: cell {cell.label}: could not tell whether its checkpoint may be kept "
+              f"({type(exc).__name__}: {exc}); writing it", file=sys.stderr)
+        return keep != "none"
+
+
+def keeps_checkpoint(keep: str, cell: dict, record: dict, cells: list[dict], trials: list[FrozenTrial],
                      number: int) -> bool:
-    """Whether a finished cell run (trial `number`) writes and stores its best.pt: a completed
-    one with --keep-checkpoints all; never with none; with best, unless the completed `trials`
-    already show it can never be the run `prune_checkpoints` keeps (`analysis.gallery_keys`:
-    per architecture, the best seed of the cell with the best mean val mIoU, ties going to
-    what ran first), i.e. unless
+    """Whether a finished cell run (`cell`, a brief as the study attrs keep it; trial `number`)
+    writes and stores its best.pt: a completed one with --keep-checkpoints all; never with
+    none; with best, unless the completed `trials` already show it can never be the run
+    `prune_checkpoints` keeps (`analysis.gallery_keys`: per architecture, the best seed of the
+    cell with the best mean val mIoU, ties going to what ran first), i.e. unless
       - another seed of its cell (model, arguments and factor setting) did better, or
       - every seed of its cell has completed, and so has every seed of another cell of its
         architecture with a better mean.
-    Completed trials never change, so whatever the order the cells finish in, the run that is
-    kept in the end has written its checkpoint. Measured on the default grid: 8 of 32 cells
-    write one (each custom and resnet18 checkpoint is 45-60 MB).
+    `cells` are the study's cells (all seeds of every command). Completed trials never change,
+    so whatever the order the cells finish in, the run kept when these cells are done has
+    written its checkpoint. Seeds added later can make another run the best, one that wrote
+    none (as after `prune_checkpoints`); the report's gallery then draws its stored
+    predictions. Measured on the default grid: 5 of 32 runs write one (custom and resnet18
+    checkpoints are 45-60 MB each).
     """
     from ablate import record as records
 
@@ -91,16 +106,17 @@ def keeps_checkpoint(keep: str, cell: Cell, record: dict, cells: list[Cell], tri
         return False
     if keep == "all":
         return True
-    done = {cell.cell_id: (value, number)}  # cell id -> (val mIoU, trial number) of its completed run
+    me = cell["cell_id"]
+    done = {me: (value, number)}  # cell id -> (val mIoU, trial number) of its completed run
     for t in trials:
         v = t.user_attrs.get("val_miou")
-        if t.state == TrialState.COMPLETE and isinstance(v, (int, float)) and t.user_attrs.get("cell_id") != cell.cell_id:
+        if t.state == TrialState.COMPLETE and isinstance(v, (int, float)) and t.user_attrs.get("cell_id") != me:
             done[t.user_attrs.get("cell_id")] = (v, t.number)
     settings: dict[tuple, list[str]] = {}
     for c in cells:
-        settings.setdefault(_setting_key(c), []).append(c.cell_id)
+        settings.setdefault(_setting_key(c), []).append(c["cell_id"])
     mine = _setting_key(cell)
-    if any(_ahead(done[cid], (value, number)) for cid in settings.get(mine, []) if cid in done and cid != cell.cell_id):
+    if any(_ahead(done[cid], (value, number)) for cid in settings.get(mine, []) if cid in done and cid != me):
         return False
 
     def standing(ids: list[str]) -> tuple[float, int] | None:
@@ -109,7 +125,7 @@ def keeps_checkpoint(keep: str, cell: Cell, record: dict, cells: list[Cell], tri
             return None
         return math.fsum(done[cid][0] for cid in ids) / len(ids), min(done[cid][1] for cid in ids)
 
-    own = standing(settings.get(mine, [cell.cell_id]))
+    own = standing(settings.get(mine, [me]))
     if own is None:
         return True
     rivals = (standing(ids) for key, ids in settings.items() if key != mine and key[:2] == mine[:2])
@@ -121,11 +137,11 @@ def _ahead(a: tuple[float, int], b: tuple[float, int]) -> bool:
     return a[0] > b[0] or (a[0] == b[0] and a[1] < b[1])
 
 
-def _setting_key(cell: Cell) -> tuple:
-    """(model, its arguments, toggles, factor levels): a cell of the report without its seed;
-    the first two name its architecture."""
-    c = cell.config
-    return (c.model, json.dumps(c.model_args, sort_keys=True), cell.toggles, json.dumps(cell.levels, sort_keys=True))
+def _setting_key(cell: dict) -> tuple:
+    """(model, its arguments, toggles, factor levels) of a cell brief: a cell of the report
+    without its seed; the first two name its architecture."""
+    return (cell["model"], json.dumps(cell.get("model_args") or {}, sort_keys=True), cell["toggles"],
+            json.dumps(cell.get("factors") or {}, sort_keys=True))
 
 
 def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, run_dir: Path | None = None,
@@ -223,7 +239,7 @@ def work(gs: GridStorage, cells: list[Cell], datasets: Callable[[tuple[int, int]
         run_dir = f"{RUNS}/{cell.cell_id}/{gs.storage.get_trial_number_from_id(trial_id)}"
         gs.storage.set_trial_user_attr(trial_id, "run_dir", run_dir)  # relative to the study folder
         on_result(run_cell(gs, cell, trial_id, datasets(cell.config.image_size), run_dir=folder / run_dir,
-                           progress=progress, artifacts=files, keep_checkpoints=keep_checkpoints, cells=cells))
+                           progress=progress, artifacts=files, keep_checkpoints=keep_checkpoints))
 
 
 # --------------------------------------------------------------------------- workers
