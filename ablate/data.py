@@ -371,7 +371,7 @@ def _build(data, source, image_size, num_classes, ignore_index, val_fraction, fi
     return Dataset(
         name=data, layout=layout, image_size=tuple(image_size), num_classes=k, class_names=names,
         ignore_index=ignore_index, splits=splits, fingerprint=fingerprint,
-        class_frequency=class_frequency(splits["train"].masks, k).tolist(),
+        class_frequency=class_frequency([splits["train"].masks], k).tolist(),
     )
 
 
@@ -431,11 +431,10 @@ def _class_names(layout: str, k: int, names_file: Path | None) -> list[str]:
     return [f"class_{i}" for i in range(k)]
 
 
-def class_frequency(masks: torch.Tensor | list[torch.Tensor], num_classes: int) -> torch.Tensor:
-    """Fraction of non-void pixels of each class, over one uint8 mask tensor or a list of them
-    (native masks differ in size; counted one by one, never copied into one wide tensor)."""
-    counts = sum(torch.bincount(m.flatten(), minlength=256).double() for m in ([masks] if torch.is_tensor(masks) else masks))
-    counts = counts[:num_classes]
+def class_frequency(masks: list[torch.Tensor], num_classes: int) -> torch.Tensor:
+    """Fraction of non-void pixels of each class over uint8 mask tensors (native masks differ
+    in size: counted one by one, never copied into one wide tensor)."""
+    counts = sum(torch.bincount(m.flatten(), minlength=256).double() for m in masks)[:num_classes]
     return counts / counts.sum().clamp(min=1)
 
 

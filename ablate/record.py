@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -89,6 +90,14 @@ def summary(record: dict) -> dict:
         for key in ("loss", "pixel_acc", "miou", "mean_acc", "mdice"):
             row[f"{split}_{key}"] = (metrics.get(split) or {}).get(key)
     return row
+
+
+def completed_miou(record: dict) -> float | None:
+    """A completed run's val mIoU when it is a number: what the grid and the tuner finish a
+    trial with and keep checkpoints by; None for a failed or pruned run, or a NaN mIoU."""
+    value = ((record.get("metrics") or {}).get("val") or {}).get("miou")
+    ok = record.get("status") == "completed" and value is not None and math.isfinite(value)
+    return float(value) if ok else None
 
 
 def _stop_flags(record: dict) -> dict:

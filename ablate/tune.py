@@ -510,8 +510,8 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study, files: store.Artifa
         }
         for key, value in {**attrs, **records.to_attrs(record)}.items():  # the storage is the record
             trial.set_user_attr(key, _attr(value))
-        value = row["val_miou"]
-        ok = row["status"] == "completed" and value is not None and math.isfinite(value)
+        value = records.completed_miou(record)
+        ok = value is not None
         try:
             store.attach_run(study._storage, trial._trial_id, record, out_dir, files, completed=ok,
                              with_checkpoint=ok and (out_dir / records.CHECKPOINT_FILE).is_file())
@@ -538,12 +538,12 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study, files: store.Artifa
 def _keeps_checkpoint(keep: str, study: optuna.Study, record: dict, number: int) -> bool:
     """Whether a finished trial (number `number`) writes (and uploads) its best.pt: a completed
     one always (all), never (none), or when it beats every complete trial so far, a tie going
-    to the lower trial number, as Optuna's best trial does (best; `prune_checkpoints` then
+    to the lower trial number, as `best_trial` decides (best; `prune_checkpoints` then
     removes the ones it beat)."""
-    from ablate.record import summary
+    from ablate.record import completed_miou
 
-    value = summary(record).get("val_miou")
-    if keep == "none" or record["status"] != "completed" or value is None or not math.isfinite(value):
+    value = completed_miou(record)
+    if keep == "none" or value is None:
         return False
     best = best_trial(study)
     return keep == "all" or best is None or value > best.value or (value == best.value and number < best.number)

@@ -178,7 +178,7 @@ def test_a_free_worker_takes_the_cell_that_lets_the_workers_finish_together():
 
     def pick(trials):
         states = grids.cell_states([c.brief() for c in choices + [unet[0], unet[2], custom[0], custom[1]]], trials)
-        return grids.finish_together(choices, cells, trials, states, now=now).config.model
+        return grids.finish_together(choices, grids.expected_seconds(cells, trials), states, now=now).config.model
 
     assert pick([*finished, running(custom[1], 1.6)]) == "custom"  # 0.5 s left elsewhere: 4.2 s, not 4.7
     assert pick([*finished, running(custom[1], 2.1)]) == "unet"  # done elsewhere: 4.2 s either way

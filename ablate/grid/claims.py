@@ -188,9 +188,10 @@ class GridStorage:
                 trials = self.storage.get_all_trials(sid, deepcopy=False)
             states = cell_states([c.brief() for c in cells], trials, max_retries)
             self.running = sum(s.status == "running" for s in states.values())
-            waiting = [c for c in longest_first(cells, trials) if states[c.cell_id].waiting]
+            expected = expected_seconds(cells, trials)
+            waiting = [c for c in _longest_first(cells, expected) if states[c.cell_id].waiting]
             if waiting:
-                cell = finish_together(waiting, cells, trials, states)
+                cell = finish_together(waiting, expected, states)
                 return cell, self.storage.create_new_trial(sid, template_trial=self._new_trial(cell, cells))
         return None
 
@@ -222,7 +223,10 @@ def longest_first(cells: list[Cell], trials: list[FrozenTrial]) -> list[Cell]:
     A cell's expected seconds are its epoch budget times the seconds per epoch of the
     completed trials of cells with its model and image size; cells with no such trial yet
     come first, in study order (running one is what teaches their cost)."""
-    expected = expected_seconds(cells, trials)
+    return _longest_first(cells, expected_seconds(cells, trials))
+
+
+def _longest_first(cells: list[Cell], expected: dict[str, float | None]) -> list[Cell]:
     return sorted(cells, key=lambda c: (0, 0.0) if expected[c.cell_id] is None else (1, -expected[c.cell_id]))
 
 
@@ -243,9 +247,10 @@ def expected_seconds(cells: list[Cell], trials: list[FrozenTrial]) -> dict[str, 
     return out
 
 
-def finish_together(waiting: list[Cell], cells: list[Cell], trials: list[FrozenTrial],
-                    states: dict[str, CellState], now: datetime.datetime | None = None) -> Cell:
-    """Which of the `waiting` cells (in `longest_first` order) a free worker takes: the first,
+def finish_together(waiting: list[Cell], expected: dict[str, float | None], states: dict[str, CellState],
+                    now: datetime.datetime | None = None) -> Cell:
+    """Which of the `waiting` cells (in `longest_first` order; `expected`: every cell's
+    `expected_seconds`) a free worker takes: the first,
     unless taking another one of a different expected length lets this worker and those
     running cells now finish the rest sooner, by the schedule the workers will follow
     (each free worker taking the longest cell left). With cells of a few fixed lengths, LPT
@@ -257,7 +262,6 @@ def finish_together(waiting: list[Cell], cells: list[Cell], trials: list[FrozenT
     the seconds a cell has run come from its start time, so a clock skew between machines
     only makes the guess worse. While any cost is unknown it keeps the first (a cell whose
     cost nobody knows yet)."""
-    expected = expected_seconds(cells, trials)
     now = now or datetime.datetime.now()
     busy = []  # seconds left on each other running cell
     for cid, st in states.items():

@@ -101,8 +101,8 @@ def keeps_checkpoint(keep: str, cell: dict, record: dict, cells: list[dict], tri
     """
     from ablate import record as records
 
-    value = records.summary(record).get("val_miou")
-    if keep == "none" or record["status"] != "completed" or value is None or not math.isfinite(value):
+    value = records.completed_miou(record)
+    if keep == "none" or value is None:
         return False
     if keep == "all":
         return True
@@ -156,8 +156,8 @@ def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, r
 
     row = records.summary(record)
     row.update(run_flags(record, row))
-    value = row.get("val_miou")
-    ok = record["status"] == "completed" and value is not None and math.isfinite(value)
+    value = records.completed_miou(record)
+    ok = value is not None
     reason = None if ok else (record.get("failure_reason") or "no finite val mIoU")
     try:
         for key, v in {**row, **_curves(record), **records.to_attrs(record)}.items():
