@@ -1160,7 +1160,7 @@ def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = GALLERY_IMAGES,
     prediction of each run from `best_runs`: the masks its worker stored (predictions.png),
     else predicted here from its checkpoint."""
     from ablate.data import load_dataset
-    from ablate.predict import load_run, predict_masks
+    from ablate.predict import load_run, model_code, predict_masks
 
     empty = Gallery(study.class_names, [], [], [], [])
     chosen = [(label, key) for label, key in best_runs(study, runs) if key in study.records]
@@ -1186,6 +1186,11 @@ def gallery(study: Study, runs: pd.DataFrame, *, n_images: int = GALLERY_IMAGES,
         masks = study.stored_predictions(key, out.image_ids, [t.shape for t in out.truths])
         if masks is not None:
             out.predictions.append((label, masks))
+            continue
+        module = model_code(study.records[key]["config"]["model"])
+        if module is not None:  # a report has no flag to name user code, so it imports none from a stored run
+            out.notes.append(f"{label}: its model is user code ({module}), which a report does not run; "
+                             "the run stored no predictions for these images")
             continue
         try:
             model, ckpt = load_run(study.checkpoint_dir(key))

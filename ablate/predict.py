@@ -1,7 +1,8 @@
 """Prediction: load a run's best checkpoint, segment images at the trained size, upsample
 the logits to each image's own size, and draw image | colour mask | overlay with a legend.
 The engine's final metrics use the same upsampling (`native_logits`), so they are scored at
-the masks' own resolution exactly as `ablate predict` + `ablate evaluate` would score them."""
+the masks' own resolution exactly as `ablate predict` + `ablate evaluate` would score them.
+A checkpoint is data from elsewhere: loading one imports no code it names (`check_model_code`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,22 +15,49 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from ablate.errors import AblateError
 from ablate.models import create_model, model_params
+from ablate.models._external import user_code
 from ablate.record import CHECKPOINT_FILE
 from ablate.synthetic import voc_palette
 
 _PALETTE = np.array(voc_palette(256), dtype=np.uint8).reshape(256, 3)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The trained model (eval mode) and the checkpoint's metadata (config, class names, size)."""
+def model_code(model: str) -> str | None:
+    """The module or file of user code that rebuilding model `model` would import and run;
+    None for ablate's own models and smp's."""
+    return user_code(model)
+
+
+def check_model_code(stored: str, where: Path, *, named_model: str | None = None,
+                     trust_model_code: bool = False) -> None:
+    """Refuse to rebuild a checkpoint's model `stored` when that would run user code the user
+    did not name: a checkpoint (downloaded, shared, in an artifact store) could otherwise
+    name any module on sys.path or file on disk and have it run. `named_model` is the model
+    the user named for this load (it must be the stored one); `trust_model_code` allows any."""
+    if named_model is not None and named_model != stored:
+        raise AblateError(f"--model {named_model}: {where} holds model {stored}; pass --model {stored} "
+                          "or leave --model out")
+    module = model_code(stored)
+    if module is None or trust_model_code or named_model == stored:
+        return
+    raise AblateError(f"{where}: its model {stored} is code from {module}, which ablate runs only when "
+                      f"you name it: pass --model {stored} (the same model) or --trust-model-code")
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, named_model: str | None = None,
+             trust_model_code: bool = False) -> tuple[torch.nn.Module, dict]:
+    """The trained model (eval mode) and the checkpoint's metadata (config, class names, size).
+    A model that is user code is rebuilt only when named (`check_model_code`)."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         raise AblateError(f"--run {run_dir}: no {CHECKPOINT_FILE} there; give a folder written by `ablate train` or `ablate grid`")
     try:
+        # weights_only: unpickling reads tensors and plain data only, so the file itself runs no code
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated or foreign file
         raise AblateError(f"{path}: cannot load checkpoint ({type(exc).__name__}); retrain the run") from None
     config = ckpt["config"]
+    check_model_code(config["model"], path, named_model=named_model, trust_model_code=trust_model_code)
     model = create_model(config["model"], ckpt["num_classes"], **inference_args(config["model"], config["model_args"]))
     model.load_state_dict(ckpt["model_state"])
     return model.to(device).eval(), ckpt
@@ -145,9 +173,11 @@ def read_image(path: str | Path) -> np.ndarray:
         raise AblateError(f"--image {path}: cannot read image ({exc})") from None
 
 
-def predict_file(run_dir: str | Path, image_path: str | Path, out: str | Path) -> list[str]:
-    """Segment one image file, write the side-by-side PNG to `out`, return the class names found."""
-    model, ckpt = load_run(run_dir)
+def predict_file(run_dir: str | Path, image_path: str | Path, out: str | Path, *, named_model: str | None = None,
+                 trust_model_code: bool = False) -> list[str]:
+    """Segment one image file, write the side-by-side PNG to `out`, return the class names found.
+    `named_model`, `trust_model_code`: what allows a user-code model (`load_run`)."""
+    model, ckpt = load_run(run_dir, named_model=named_model, trust_model_code=trust_model_code)
     image = read_image(image_path)
     mask = predict_masks(model, torch.from_numpy(image).permute(2, 0, 1)[None], tuple(ckpt["image_size"]))[0].numpy()
     names = ckpt["class_names"]

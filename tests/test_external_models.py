@@ -25,8 +25,20 @@ def user_module(tmp_path, monkeypatch):
     name = f"usernets_{abs(hash(tmp_path)) % 10**8}"
     path = tmp_path / f"{name}.py"
     path.write_text(MODULE)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # as PYTHONPATH=<folder> would
     yield name, path
+    sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def outside_sys_path(tmp_path, monkeypatch):
+    """A working directory that holds a module, with neither it nor "" on sys.path (as under
+    the `ablate` console script)."""
+    name = f"cwdnets_{abs(hash(tmp_path)) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    yield name, tmp_path / f"{name}.py"
     sys.modules.pop(name, None)
 
 
@@ -42,6 +54,43 @@ def test_import_path_builds_and_hashes_its_file(user_module):
     path.write_text(MODULE + "\n# edited\n")
     sys.modules.pop(name)
     assert resolve(f"{name}:build").identity["module_sha256"] != first
+
+
+def test_resolving_leaves_sys_path_alone(user_module, monkeypatch):
+    name, path = user_module
+    (path.parent / "elsewhere").mkdir()
+    monkeypatch.chdir(path.parent / "elsewhere")  # a working directory not on sys.path already
+    before = list(sys.path)
+    resolve(f"{name}:build")
+    assert sys.path == before
+
+
+def test_the_working_directory_is_not_searched_and_the_error_says_how(outside_sys_path):
+    name, _ = outside_sys_path
+    before = list(sys.path)
+    with pytest.raises(AblateError, match=rf"cannot import {name} \(ModuleNotFoundError.*PYTHONPATH=\. .*nets\.py:build"):
+        resolve(f"{name}:build")
+    assert sys.path == before and name not in sys.modules
+
+
+def test_a_file_path_builds_hashes_and_leaves_sys_path_alone(outside_sys_path):
+    name, path = outside_sys_path
+    before = list(sys.path)
+    for spelled in (f"{path.name}:build", f"{path}:build"):  # relative to the working directory, or absolute
+        model = resolve(spelled)
+        assert model.build(3)(torch.zeros(1, 3, 8, 8)).shape == (1, 3, 8, 8)
+        assert model.identity["import_path"] == spelled and len(model.identity["module_sha256"]) == 16
+    assert sys.path == before
+
+
+@pytest.mark.parametrize("spelled, match", [
+    ("missing_abl.py:build", "no file missing_abl.py"),
+    ("{path}:missing", "has no attribute 'missing'"),
+])
+def test_file_path_errors_name_what_is_wrong(outside_sys_path, spelled, match):
+    _, path = outside_sys_path
+    with pytest.raises(AblateError, match=match):
+        resolve(spelled.format(path=path))
 
 
 @pytest.mark.parametrize("suffix, match", [

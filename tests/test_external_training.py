@@ -93,7 +93,12 @@ def test_a_user_model_by_import_path_trains_in_a_grid_and_its_file_is_its_identi
     assert fetched[0].is_file()
     sys.path.insert(0, str(modules))  # load_run rebuilds the model by its import path
     try:
-        model, _ = load_run(fetched[0].parent)
+        # without its predictions.png the gallery would need the model: user code, so not run, said in a note
+        stored.files[key].pop("predictions.png")
+        shown = analysis.gallery(stored, analysis.finished_runs(stored), cache_dir=cache_dir)
+        assert not shown.predictions and MODULE not in sys.modules
+        assert any(f"its model is user code ({MODULE}), which a report does not run" in n for n in shown.notes)
+        model, _ = load_run(fetched[0].parent, named_model=f"{MODULE}:build")  # as `ablate predict --model`
     finally:
         sys.path.remove(str(modules))
         sys.modules.pop(MODULE, None)
@@ -117,6 +122,24 @@ def test_a_user_model_by_import_path_trains_in_a_grid_and_its_file_is_its_identi
     assert again.returncode == 2, again.stdout + again.stderr
     assert f"holds a different grid (differs in: model_args.{MODULE}:build)" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_a_user_model_by_file_path_trains_in_spawned_grid_workers(tmp_path, cache_dir):
+    """The console script (sys.path[0] its own folder, not the working directory), a module
+    in the working directory named by its file, relative: the parent and both workers load it."""
+    script = Path(sys.executable).with_name("ablate")
+    if not script.is_file():
+        pytest.skip("no ablate console script beside this interpreter")
+    (tmp_path / "abl_filenet.py").write_text(USER_NET)
+    study = tmp_path / "ext.toml"
+    study.write_text(STUDY.replace(f"{MODULE}:build", "abl_filenet.py:build").replace("[train]", "workers = 2\n[train]"))
+    results = tmp_path / "results"
+    done = subprocess.run([str(script), "grid", "--study", str(study), "--results-dir", str(results), "--cache-dir",
+                           str(cache_dir), "--no-report"], env=_env(REPO), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = pd.read_csv(results / "ext" / "runs.csv")
+    assert len(runs) == 2 and set(runs["status"]) == {"completed"} and set(runs["model"]) == {"abl_filenet.py:build"}
 
 
 def test_an_unimportable_model_in_a_study_is_one_line_before_anything_runs(tmp_path):

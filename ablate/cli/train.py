@@ -12,8 +12,9 @@ from ablate.errors import AblateError
 
 @click.command()
 @click.option("--model", default="baseline", show_default=True,
-              help="baseline | custom | resnet18 | unet, an import path MODULE:CALLABLE (your own, called with "
-                   "num_classes and the --model-arg values), or smp:ARCHITECTURE/ENCODER (pip install 'ablate[smp]').")
+              help="baseline | custom | resnet18 | unet, your own callable (called with num_classes and the "
+                   "--model-arg values) as MODULE:CALLABLE importable from PYTHONPATH (PYTHONPATH=. for the working "
+                   "directory) or as FILE.py:CALLABLE, or smp:ARCHITECTURE/ENCODER (pip install 'ablate[smp]').")
 @click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
               help="Model constructor argument, repeatable (e.g. base_channels=16, weights=PATH).")
 @data_options()

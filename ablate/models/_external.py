@@ -1,9 +1,13 @@
 """Model stage: architectures from elsewhere, named like registered ones.
 
-- `mypkg.nets:build` — a user's callable, imported from the working directory or PYTHONPATH,
-  called as `build(num_classes, **model_args)` and returning an nn.Module (the registry reads
-  its options from the signature). Its identity is the import path plus a hash of the
-  module's source file, so editing the file makes new cells.
+- `mypkg.nets:build` — a user's callable, imported from sys.path as Python set it (PYTHONPATH;
+  the working directory only where Python puts it there, as `python -m` does), or
+  `path/to/nets.py:build` — the same from the file named. Called as
+  `build(num_classes, **model_args)` and returning an nn.Module (the registry reads its
+  options from the signature). Its identity is the name plus a hash of the module's source
+  file, so editing the file makes new cells. Nothing here adds to sys.path: a module is
+  found only where the user's environment says, never because of the folder ablate runs in
+  (a checkpoint's config must not be able to name a file that happens to lie there).
 - `smp:Unet/resnet34` — a segmentation-models-pytorch architecture and encoder (the optional
   extra `pip install 'ablate[smp]'`). Encoder weights are explicit like our resnet18's:
   `weights = "none"` (the default, offline) or `"imagenet"` (downloaded by smp when online).
@@ -14,9 +18,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import torch
@@ -44,27 +50,40 @@ def is_external(name: str) -> bool:
     return name.startswith(SMP_PREFIX) or ":" in name
 
 
+def user_code(name: str) -> str | None:
+    """The module or file whose code model `name` imports and runs ("mypkg.nets",
+    "nets/my.py"); None for names that run no user code: a registered model, or smp (a
+    package the user installed, which runs only its own code)."""
+    if not is_external(name) or name.startswith(SMP_PREFIX):
+        return None
+    return name.rpartition(":")[0]
+
+
 def resolve(name: str) -> ExternalModel:
     return _smp(name) if name.startswith(SMP_PREFIX) else _import_path(name)
 
 
 # --------------------------------------------------------------------------- import paths
+_NAME_HINT = "write MODULE:CALLABLE or FILE.py:CALLABLE, e.g. mypkg.nets:build or nets.py:build"
+_PATH_HINT = ("add the folder that holds it to PYTHONPATH (PYTHONPATH=. for the working directory) "
+              "or name its file, e.g. nets.py:build")
+
+
+def _dotted(text: str) -> bool:
+    return all(part.isidentifier() for part in text.split("."))
+
+
 def _import_path(name: str) -> ExternalModel:
-    module_name, _, attr = name.partition(":")
-    if not module_name or not attr or not all(p.isidentifier() for p in [*module_name.split("."), *attr.split(".")]):
-        raise AblateError(f"model {name!r}: write an import path as MODULE:CALLABLE, e.g. mypkg.nets:build")
-    cwd = str(Path.cwd())
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)  # "importable from the working directory", as with `python -m`
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - an import runs user code: any error means "cannot import"
-        raise AblateError(f"model {name}: cannot import {module_name} ({type(exc).__name__}: {exc}); "
-                          "run from the folder that holds it or add that folder to PYTHONPATH") from None
+    # rpartition: a file's path may hold a colon (a drive letter), a callable's name never does
+    where, _, attr = name.rpartition(":")
+    from_file = where.endswith(".py")
+    if not where or not _dotted(attr) or not (from_file or _dotted(where)):
+        raise AblateError(f"model {name!r}: {_NAME_HINT}")
+    module = _load_file(name, Path(where)) if from_file else _import_module(name, where)
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise AblateError(f"model {name}: module {module_name} ({getattr(module, '__file__', '?')}) "
+            raise AblateError(f"model {name}: module {where} ({getattr(module, '__file__', '?')}) "
                               f"has no attribute {attr!r}")
         target = getattr(target, part)
     if not callable(target):
@@ -73,6 +92,40 @@ def _import_path(name: str) -> ExternalModel:
     source = getattr(module, "__file__", None)
     digest = _sha256(Path(source)) if source else None
     return ExternalModel(name, target, {"import_path": name, "module_sha256": digest})
+
+
+def _import_module(name: str, module_name: str) -> ModuleType:
+    try:
+        return importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - an import runs user code: any error means "cannot import"
+        raise AblateError(f"model {name}: cannot import {module_name} ({type(exc).__name__}: {exc}); "
+                          f"{_PATH_HINT}") from None
+
+
+def _load_file(name: str, path: Path) -> ModuleType:
+    """The module in file `path`, imported under its stem (a spawned grid worker loads the
+    same file by the same name). Its folder is not added to sys.path: a sibling module it
+    imports must be on PYTHONPATH, as for any script."""
+    if not path.is_file():
+        raise AblateError(f"model {name}: no file {path}; give the path of the .py file that defines the model")
+    stem = path.stem
+    if not stem.isidentifier():
+        raise AblateError(f"model {name}: {path.name} is not a module name; rename it to letters, digits and _")
+    loaded = sys.modules.get(stem)
+    if loaded is not None:
+        if getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path.resolve():
+            return loaded
+        raise AblateError(f"model {name}: a module named {stem} is already imported "
+                          f"({getattr(loaded, '__file__', None) or 'built in'}); rename {path}")
+    spec = importlib.util.spec_from_file_location(stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[stem] = module  # a dataclass in the file looks its module up there while it executes
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - user code: any error means "cannot import"
+        del sys.modules[stem]
+        raise AblateError(f"model {name}: cannot import {path} ({type(exc).__name__}: {exc})") from None
+    return module
 
 
 def _sha256(path: Path) -> str:
