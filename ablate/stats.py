@@ -121,3 +121,79 @@ def did_not_learn(pixel_acc, miou, bar: dict | None) -> bool | None:
 def _clean(values) -> np.ndarray:
     v = np.asarray(values, dtype=float).ravel()
     return v[~np.isnan(v)]
+
+
+# --------------------------------------------------------------------------- decisions
+# Three verdicts per effect (STATISTICS.md): a difference ("helps" / "hurts": the paired
+# t-test rejects a zero mean), an equivalence ("no effect larger than δ": two one-sided
+# t-tests reject |mean| ≥ δ) or "inconclusive". Both hypotheses of every effect of one
+# architecture and metric form ONE family, Holm-corrected, so the chance of any false
+# verdict word for that architecture is at most ALPHA.
+HELPS, HURTS, EQUIVALENT, INCONCLUSIVE = "helps", "hurts", "no effect larger than δ", "inconclusive"
+
+
+def zero_spread(diffs) -> bool:
+    """Whether the paired differences (n >= 2) are all equal: the seed did not vary training,
+    so they are not replicates and carry no verdict (a p-value of 0 would be a symptom)."""
+    d = _clean(diffs)
+    return len(d) >= 2 and bool(np.ptp(d) == 0)
+
+
+def tost_p(diffs, delta: float) -> float:
+    """p of the two one-sided t-tests of |mean(diffs)| >= delta (equivalence within ±delta):
+    the larger of the two one-sided p-values. It is below α exactly when the (1 − 2α) t
+    interval lies inside [−delta, delta]. NaN for n < 2, zero spread or delta <= 0."""
+    d = _clean(diffs)
+    if len(d) < 2 or zero_spread(d) or not delta > 0:
+        return float("nan")
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    t = _student_t()
+    below = t.sf((d.mean() + delta) / se, len(d) - 1)  # H0: mean <= -delta
+    above = t.cdf((d.mean() - delta) / se, len(d) - 1)  # H0: mean >= +delta
+    return float(max(below, above))
+
+
+def decide(p_diff, p_equiv, estimates, *, alpha=ALPHA) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Verdicts for one family (an architecture and metric): Holm over the 2m hypotheses
+    (every effect's difference and equivalence test; NaN p-values are not tested). Returns
+    (verdicts, Holm-adjusted difference p, Holm-adjusted equivalence p). `alpha` may be a
+    look's share of a spent error budget (`look_alpha`)."""
+    p_diff, p_equiv = np.asarray(p_diff, dtype=float), np.asarray(p_equiv, dtype=float)
+    adjusted = holm(np.concatenate([p_diff, p_equiv]))
+    a_diff, a_equiv = adjusted[:len(p_diff)], adjusted[len(p_diff):]
+    verdicts = []
+    for est, pd_, pe in zip(estimates, a_diff, a_equiv):
+        if pd_ < alpha:
+            verdicts.append(HELPS if est > 0 else HURTS)
+        elif pe < alpha:
+            verdicts.append(EQUIVALENT)
+        else:
+            verdicts.append(INCONCLUSIVE)
+    return verdicts, a_diff, a_equiv
+
+
+def spent(fraction: float, *, alpha: float = ALPHA, shape: str = "pocock") -> float:
+    """Lan-DeMets alpha spending: the share of `alpha` spent by information fraction
+    `fraction` (n / n_max seeds). "pocock": alpha·ln(1 + (e − 1)·t); "obf" (O'Brien-Fleming):
+    2 − 2Φ(z_{1−α/2} / √t)."""
+    t = min(max(float(fraction), 0.0), 1.0)
+    if t == 0:
+        return 0.0
+    if shape == "pocock":
+        return alpha * float(np.log1p((np.e - 1) * t))
+    if shape == "obf":
+        from scipy.stats import norm
+
+        return float(2 - 2 * norm.cdf(norm.ppf(1 - alpha / 2) / np.sqrt(t)))
+    raise ValueError(f"unknown spending shape {shape!r}")
+
+
+def look_alpha(n: int, previous: list[int], n_max: int, *, alpha: float = ALPHA, shape: str = "pocock") -> float:
+    """The error budget a look at `n` seeds may use, after looks at `previous` seed counts:
+    the alpha spent between the last look and this one. Summed over every look it is at most
+    `alpha` (a Bonferroni bound over looks, valid whatever the correlation between them), so
+    deciding at any look keeps the family's error rate at `alpha` over all looks."""
+    last = max(previous, default=0)
+    if n <= last:
+        raise ValueError(f"a look at {n} seeds after one at {last}")
+    return spent(n / n_max, alpha=alpha, shape=shape) - spent(last / n_max, alpha=alpha, shape=shape)
