@@ -1,4 +1,4 @@
 """`python -m ablate` runs the CLI."""
-from ablate.cli import run
+from ablate._main import run
 
 run()

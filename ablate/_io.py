@@ -1,6 +1,7 @@
 """Atomic writes: every record and table is written to a temp file and renamed into place."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -65,3 +66,21 @@ def torch_save(path: str | os.PathLike, obj: Any) -> Path:
     import torch
 
     return _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, hashed once per process per (path, size, mtime): a weights file or a
+    user's model module is part of a run's identity, and a big one is slow to hash again."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]

@@ -4,10 +4,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ablate.errors import AblateError
+from ablate.options import CELL, STUDY, TOGGLE, Option, coerce, declared, flag, option, unknown_key
 
 TOGGLES = ("scheduler", "augment", "weighted_loss")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -27,65 +27,52 @@ OPERATIONAL_FIELDS = ("device", "compile")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "baseline"  # registry name: baseline | custom | resnet18 | unet
-    model_args: dict[str, Any] = field(default_factory=dict)  # typed kwargs for create_model
-    data: str = "synthetic"  # "synthetic" or a dataset folder (VOC, img_dir/ann_dir, CamVid)
-    image_size: tuple[int, int] = (64, 64)  # working size (H, W); each divisible by 32
-    num_classes: int | None = None  # None: inferred from the training masks
-    ignore_index: int = 255  # void label in the source masks (CamVid: 11)
-    val_fraction: float | None = None  # carve val from train when the dataset has no val split
-    epochs: int = 10  # maximum epochs (early stopping may end sooner)
-    batch_size: int = 16
-    lr: float = 1e-3  # learning rate (peak, when the scheduler is on)
-    weight_decay: float = 1e-4  # decoupled (AdamW) or L2 (SGD) weight decay
-    optimizer: str = "adamw"  # adamw | sgd (momentum below)
-    momentum: float = 0.9  # SGD momentum
-    nesterov: bool = False  # SGD: Nesterov momentum
-    loss: str = "ce"  # training loss: ce | dice | focal | lovasz | ce+dice (class weights apply to ce/focal)
+    """Every option declares what a valid value is (ablate.options): a study file, a flag,
+    --factor and the tuner are checked against these declarations, in one wording."""
+    model: str = option("baseline", scope=CELL)  # registry name: baseline | custom | resnet18 | unet
+    model_args: dict[str, Any] = option(factory=dict, scope=CELL)  # typed kwargs for create_model
+    data: str = option("synthetic", scope=STUDY)  # "synthetic" or a dataset folder (VOC, img_dir/ann_dir, CamVid)
+    image_size: tuple[int, int] = option((64, 64), ge=1, step=32)  # working size (H, W); each divisible by 32
+    num_classes: int | None = option(None, ge=1, scope=STUDY)  # None: inferred from the training masks
+    ignore_index: int = option(255, scope=STUDY)  # void label in the source masks (CamVid: 11)
+    # carve val from train when the dataset has no val split
+    val_fraction: float | None = option(None, gt=0, lt=1, scope=STUDY)
+    epochs: int = option(10, ge=1)  # maximum epochs (early stopping may end sooner)
+    batch_size: int = option(16, ge=1)
+    lr: float = option(1e-3, gt=0)  # learning rate (peak, when the scheduler is on)
+    weight_decay: float = option(1e-4, ge=0)  # decoupled (AdamW) or L2 (SGD) weight decay
+    optimizer: str = option("adamw", choices=OPTIMIZERS)  # adamw | sgd (momentum below)
+    momentum: float = option(0.9, ge=0, lt=1)  # SGD momentum
+    nesterov: bool = option(False)  # SGD: Nesterov momentum
+    # training loss: ce | dice | focal | lovasz | ce+dice (class weights apply to ce/focal)
+    loss: str = option("ce", choices=LOSSES)
     # toggle: cosine annealing from lr to 0, stepped per iteration, over the run's epoch budget
     # (epochs x steps per epoch); a run that stops early ends above 0 (record: early_stopping.lr_at_stop)
-    scheduler: bool = False
-    schedule: str = "cosine"  # the lr shape when `scheduler` is on: cosine | poly (power 0.9) | onecycle | none
-    augment: bool = False  # toggle: flip, rotate ±15° (void fill), random resized crop
-    weighted_loss: bool = False  # toggle: class-weighted training loss, weights from the training split
+    scheduler: bool = option(False, scope=TOGGLE)
+    # the lr shape when `scheduler` is on: cosine | poly (power 0.9) | onecycle | none
+    schedule: str = option("cosine", choices=SCHEDULES)
+    augment: bool = option(False, scope=TOGGLE)  # toggle: flip, rotate ±15° (void fill), random resized crop
+    # toggle: class-weighted training loss, weights from the training split
+    weighted_loss: bool = option(False, scope=TOGGLE)
     # weighting scheme when weighted_loss is on (void excluded, absent classes 0): "inverse" 1/f_c
     # scaled to mean 1 over present classes; "median" median(f)/f_c (SegNet) and "enet"
     # 1/ln(1.02 + f_c) (ENet) as published, not rescaled
-    class_weights: str = "inverse"
-    patience: int = 3  # early stopping: epochs in a row without improvement of the monitor; 0 disables
-    early_stop_on: str = "miou"  # monitor: "miou" (val mIoU, what picks the checkpoint) or "loss" (unweighted val CE)
-    min_delta: float = 0.0  # early stopping: an improvement must beat the best by more than this
-    seed: int = 0  # seeds python, numpy, torch, shuffling and augmentation
-    precision: str = "auto"  # auto | fp32 | bf16 (auto: bf16 where the hardware has it)
-    device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False  # torch.compile the model
+    class_weights: str = option("inverse", choices=CLASS_WEIGHT_SCHEMES)
+    patience: int = option(3, ge=0)  # early stopping: epochs in a row without improvement of the monitor; 0 disables
+    # monitor: "miou" (val mIoU, what picks the checkpoint) or "loss" (unweighted val CE)
+    early_stop_on: str = option("miou", choices=EARLY_STOP_MONITORS)
+    min_delta: float = option(0.0, ge=0)  # early stopping: an improvement must beat the best by more than this
+    seed: int = option(0, scope=CELL)  # seeds python, numpy, torch, shuffling and augmentation
+    # auto | fp32 | bf16 (auto: bf16 where the hardware has it)
+    precision: str = option("auto", choices=PRECISIONS, scope=STUDY)
+    device: str = option("auto", choices=DEVICES, scope=STUDY)  # auto | cpu | cuda
+    compile: bool = option(False, scope=STUDY)  # torch.compile the model
 
     def __post_init__(self) -> None:
-        check_data_options(self.image_size, self.num_classes, self.val_fraction)
-        _positive("--epochs", self.epochs)
-        _positive("--batch-size", self.batch_size)
-        if not self.lr > 0:
-            raise AblateError(f"--lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise AblateError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.patience < 0:
-            raise AblateError(f"--patience must be >= 0 (0 disables early stopping), got {self.patience}")
-        if self.early_stop_on not in EARLY_STOP_MONITORS:
-            raise AblateError(f"--early-stop-on must be one of {', '.join(EARLY_STOP_MONITORS)}, got {self.early_stop_on!r}")
-        if isinstance(self.min_delta, bool) or not (isinstance(self.min_delta, (int, float)) and self.min_delta >= 0):
-            raise AblateError(f"--min-delta must be a number >= 0, got {self.min_delta!r}")
-        for option, value, known in (("--optimizer", self.optimizer, OPTIMIZERS), ("--loss", self.loss, LOSSES),
-                                     ("--schedule", self.schedule, SCHEDULES)):
-            if value not in known:
-                raise AblateError(f"{option} must be one of {', '.join(known)}, got {value!r}")
-        if isinstance(self.momentum, bool) or not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
-            raise AblateError(f"--momentum must be a number in [0, 1), got {self.momentum!r}")
-        if self.class_weights not in CLASS_WEIGHT_SCHEMES:
-            raise AblateError(f"--class-weights must be one of {', '.join(CLASS_WEIGHT_SCHEMES)}, got {self.class_weights!r}")
-        if self.precision not in PRECISIONS:
-            raise AblateError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.device not in DEVICES:
-            raise AblateError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        """Every field checked against its option, named by its flag (--lr: expected ...), and
+        kept in its canonical type: an image size (H, W), a float where a number goes."""
+        for name, declared_option in TRAIN_OPTIONS.items():
+            object.__setattr__(self, name, coerce(declared_option, getattr(self, name), flag(name)))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -98,10 +85,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise AblateError(f"unknown config key(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}")
-        d = dict(d)
-        if "image_size" in d:
-            d["image_size"] = parse_image_size(d["image_size"])
+            raise unknown_key("run config", unknown[0], sorted(known))
         return cls(**d)
 
     def identity(self) -> dict[str, Any]:
@@ -130,47 +114,26 @@ def stable_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def parse_image_size(value: Any) -> tuple[int, int]:
-    """Accept 64, "64", (64, 96), [64, 96] or "64 96" / "64x96"."""
-    if isinstance(value, str):
-        parts = value.replace("x", " ").replace(",", " ").split()
-    elif isinstance(value, (list, tuple)):
-        parts = list(value)
-    else:
-        parts = [value]
-    try:
-        sizes = [int(p) for p in parts]
-    except (TypeError, ValueError):
-        raise AblateError(f"--image-size expects one or two integers, got {value!r}") from None
-    if len(sizes) == 1:
-        sizes = sizes * 2
-    if len(sizes) != 2:
-        raise AblateError(f"--image-size expects one or two integers, got {value!r}")
-    return sizes[0], sizes[1]
+TRAIN_OPTIONS: dict[str, Option] = declared(TrainConfig)  # field -> what a valid value is
 
 
-def check_image_size(size: tuple[int, int]) -> None:
-    """Every architecture downsamples by 32: the working size must be a positive multiple of 32."""
-    h, w = size
-    _positive("--image-size", h)
-    _positive("--image-size", w)
-    if h % 32 or w % 32:
-        raise AblateError(f"--image-size must be divisible by 32, got {h}x{w}; try {_round32(h)}x{_round32(w)}")
+def option_for(name: str, model: str | None = None) -> Option:
+    """The option `name`: a TrainConfig field, else an argument of `model` (what the tuner's
+    space and --model-arg check values against)."""
+    if name in TRAIN_OPTIONS:
+        return TRAIN_OPTIONS[name]
+    from ablate.models import model_option  # models import torch; config stays light
+
+    return model_option(model, name)
+
+
+def parse_image_size(value: Any, label: str = "--image-size") -> tuple[int, int]:
+    """64, "64", "64x96" (or "64 96", "64,96"), [64] and [64, 96] as (H, W), each positive and
+    divisible by 32; anything else is one line naming `label` (the flag, or the study-file key)."""
+    return coerce(TRAIN_OPTIONS["image_size"], value, label, text=True)
 
 
 def check_data_options(image_size: tuple[int, int], num_classes: int | None, val_fraction: float | None) -> None:
     """The dataset options, checked the same way by a run's config and by the data loader."""
-    check_image_size(image_size)
-    if num_classes is not None:
-        _positive("--num-classes", num_classes)
-    if val_fraction is not None and not 0 < val_fraction < 1:
-        raise AblateError(f"--val-fraction must be in (0, 1), got {val_fraction}")
-
-
-def _positive(option: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise AblateError(f"{option} must be a positive integer, got {value!r}")
-
-
-def _round32(x: int) -> int:
-    return max(32, 32 * round(x / 32))
+    for name, value in (("image_size", image_size), ("num_classes", num_classes), ("val_fraction", val_fraction)):
+        coerce(TRAIN_OPTIONS[name], value, flag(name))

@@ -1,48 +1,21 @@
 """Dashboard stage: what optuna-dashboard shows beside the trials — a Markdown note on the
 study (description, the Findings in words, where the report is) and one on each finished
-grid trial (its label, flags and per-epoch curves). Written with optuna_dashboard.save_note
+grid trial (its label, flags and per-epoch curves). `write_notes` is the one writer, called
 whenever the report is written; the text comes from `ablate.analysis`. (Each grid trial's
 run.json and checkpoint are attached as Optuna artifacts by the grid itself, before the trial
 finishes: Optuna refuses to change a finished trial's system attributes; see `ablate.store`.)"""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from ablate import analysis, store
-from ablate.analysis import METRIC_LABELS, Findings, Study
-from ablate.errors import AblateError
+from ablate import _optuna, analysis, results, store
+from ablate.analysis import METRIC_LABELS, Findings
+from ablate.results import Study
 
 CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_acc", "lr")
 ARTIFACT_DIR = store.ARTIFACT_DIR  # <study folder>/artifacts by default: optuna-dashboard --artifact-dir
-
-
-def open_optuna(study: Study, storage: str | None = None):
-    """The Optuna study behind an ablate study, or (None, why not)."""
-    import optuna
-
-    from ablate import store
-
-    candidates = [storage] if storage else [study.meta.get("storage"), store.default_storage(study.folder.parent, study.name)]
-    why = "no storage recorded in study.json; pass --storage"
-    for url in dict.fromkeys(u for u in candidates if u):
-        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else (url if store.is_journal(url) else None)
-        if path is not None and not Path(path).is_file():
-            why = f"storage {store.mask_url(url)} does not exist here; pass --storage"
-            continue  # opening would create an empty one
-        try:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
-                ostudy = optuna.load_study(study_name=study.meta.get("study_name", study.name), storage=store.open_storage(url))
-            return ostudy, ""
-        except AblateError as exc:
-            why = str(exc)
-        except KeyError:
-            why = f"no study {study.meta.get('study_name', study.name)!r} in {store.mask_url(url)}"
-    return None, why
 
 
 def study_note(study: Study, found: Findings, report_path: Path) -> str:
@@ -64,16 +37,18 @@ def study_note(study: Study, found: Findings, report_path: Path) -> str:
     for a in found.archs:
         lines += ["", f"**{a.arch}**", ""]
         lines += [f"- {r['sentence']}" for r in a.verdicts] or ["- no verdict: no effect meets the rules"]
-        for r in a.main_effects:
-            if not pd.isna(r["estimate"]):
-                # a toggle by its words; a level of another factor by its row ("loss = dice vs ce")
-                name = analysis.TOGGLE_LABELS.get(r["factors"]) or r.get("label") or r["factors"]
-                lines.append(f"- {name}: {analysis.VERDICT_SHORT.get(r['verdict'], r['verdict'])}, {analysis.interval_text(r['estimate'], r['ci_low'], r['ci_high'])}")
-        for r in a.flagged.to_dict("records"):
-            lines.append(f"- ⚠ {r['cell']}: {r['flags']}")
+        lines += [_main_effect_line(r) for r in a.main_effects if not pd.isna(r["estimate"])]
+        lines += [f"- ⚠ {r['cell']}: {r['flags']}" for r in a.flagged.to_dict("records")]
     lines += ["", "Rules: n ≥ 3 paired seeds, 95% Student-t interval excluding 0, Holm p < 0.05 within "
               + "; ".join(f"{k}s: {v}" for k, v in found.families.items()) + "."]
     return "\n".join(lines)
+
+
+def _main_effect_line(row: dict) -> str:
+    # a toggle by its words; a level of another factor by its row ("loss = dice vs ce")
+    name = analysis.TOGGLE_LABELS.get(row["factors"]) or row.get("label") or row["factors"]
+    verdict = analysis.VERDICT_SHORT.get(row["verdict"], row["verdict"])
+    return f"- {name}: {verdict}, {analysis.interval_text(row['estimate'], row['ci_low'], row['ci_high'])}"
 
 
 def trial_note(record: dict, label: str, flags: str) -> str:
@@ -100,7 +75,7 @@ def write_notes(study: Study, runs: pd.DataFrame, found: Findings, report_path: 
     import optuna
     from optuna_dashboard import get_note, save_note
 
-    ostudy, why = open_optuna(study, storage)
+    ostudy, why = results.open_optuna(study, storage)
     if ostudy is None:
         return why
     text = study_note(study, found, report_path)
@@ -112,7 +87,7 @@ def write_notes(study: Study, runs: pd.DataFrame, found: Findings, report_path: 
         rec = study.records.get(str(t.user_attrs.get("cell_id")))
         if not rec:
             continue
-        trial = optuna.trial.Trial(ostudy, t._trial_id)
+        trial = optuna.trial.Trial(ostudy, _optuna.trial_id(t))  # a note is saved on a live trial object
         label = t.user_attrs.get("label") or cell_of.get(t.user_attrs.get("cell_id"), f"trial {t.number}")
         note = trial_note(rec, label, t.user_attrs.get("flags") or flags.get(cell_of.get(t.user_attrs["cell_id"]), ""))
         if get_note(trial) != note:

@@ -23,11 +23,11 @@ from PIL import Image, UnidentifiedImageError
 from ablate import _io
 from ablate.config import check_data_options
 from ablate.errors import AblateError
+from ablate.labels import VOID, check_labels, class_set, held_labels, read_names, shown
 
-VOID = 255
 SPLITS = ("train", "val", "test")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-CACHE_VERSION = "3"  # 3: native-resolution val/test masks
+CACHE_VERSION = "4"  # 3: native-resolution val/test masks; 4: the class-set check (ablate.labels)
 VAL_SPLIT_SEED = 0  # fixed, so every seed of a grid is scored on the same carved-out val set
 LAYOUTS = (
     "PASCAL VOC (VOCdevkit/ or VOC2007|VOC2012 with JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
@@ -220,9 +220,9 @@ def _decode_image(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, tuple[
         raise AblateError(f"{path}: cannot read image ({exc}); replace or remove the file") from None
 
 
-def _decode_mask(path: Path, size: tuple[int, int], ignore_index: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """The mask at the working size and at its own size (void mapped to VOID in both), and its
-    largest non-void label."""
+def _decode_mask(path: Path, size: tuple[int, int], ignore_index: int) -> tuple[np.ndarray, np.ndarray, frozenset[int]]:
+    """The mask at the working size and at its own size (void mapped to VOID in both), and the
+    non-void labels it holds (for the class-set check, which must name the file)."""
     h, w = size
     try:
         with Image.open(path) as im:
@@ -232,40 +232,40 @@ def _decode_mask(path: Path, size: tuple[int, int], ignore_index: int) -> tuple[
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise AblateError(f"{path}: cannot read mask ({exc}); replace or remove the file") from None
-    arr = arr.astype(np.int64)
-    valid = arr[arr != ignore_index]
-    max_label = int(valid.max()) if valid.size else -1
-    if max_label > 254:
-        raise AblateError(f"{path}: mask label {max_label} is too large (labels must be < 255)")
+    # P and L masks are uint8: a bincount is a single pass, where np.unique would sort every pixel
+    held = np.flatnonzero(np.bincount(arr.ravel(), minlength=256)) if arr.dtype == np.uint8 else np.unique(arr)
+    labels = frozenset(int(v) for v in held if v != ignore_index)
+    if labels and max(labels) > 254:
+        raise AblateError(f"{path}: mask label {max(labels)} is too large (labels must be < 255)")
     native = np.where(arr == ignore_index, VOID, arr).astype(np.uint8)
     out = native
     if out.shape != (h, w):
         out = np.asarray(Image.fromarray(native).resize((w, h), Image.NEAREST))
-    return out, native, max_label
+    return out, native, labels
 
 
 def _decode_split(rows: list[tuple[str, Path, Path]], size: tuple[int, int], ignore_index: int,
-                  keep_native: bool) -> tuple[Split, list[tuple[Path, int]]]:
+                  keep_native: bool) -> tuple[Split, list[tuple[Path, frozenset[int]]]]:
     def one(row):
         id_, image_path, mask_path = row
         image, image_native = _decode_image(image_path, size)
-        mask, native, max_label = _decode_mask(mask_path, size, ignore_index)
+        mask, native, labels = _decode_mask(mask_path, size, ignore_index)
         mask_native = (native.shape[1], native.shape[0])
         if image_native != mask_native:
             raise AblateError(
                 f"{mask_path}: mask is {mask_native[0]}x{mask_native[1]} but its image {image_path.name} is "
                 f"{image_native[0]}x{image_native[1]}; masks must match their images"
             )
-        return image, mask, max_label, torch.from_numpy(native) if keep_native else None
+        return image, mask, labels, torch.from_numpy(native) if keep_native else None
 
     workers = min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
         decoded = list(pool.map(one, rows))
     images = torch.from_numpy(np.stack([d[0] for d in decoded])).permute(0, 3, 1, 2).contiguous()
     masks = torch.from_numpy(np.stack([d[1] for d in decoded]))
-    max_labels = [(row[2], d[2]) for row, d in zip(rows, decoded)]
+    labels = [(row[2], d[2]) for row, d in zip(rows, decoded)]
     native = [d[3] for d in decoded] if keep_native else None
-    return Split(images, masks, [row[0] for row in rows], native), max_labels
+    return Split(images, masks, [row[0] for row in rows], native), labels
 
 
 # --------------------------------------------------------------------------- public API
@@ -335,15 +335,16 @@ def _file_key(source: _Source, *, with_mtimes: bool) -> dict:
 def _build(data, source, image_size, num_classes, ignore_index, val_fraction, fingerprint) -> Dataset:
     if source is None:
         splits, layout, names_file = _synthetic_splits(image_size), "synthetic", None
-        max_labels = {"train": [(Path("synthetic"), int(splits["train"].masks[splits["train"].masks != VOID].max()))]}
+        mask_labels = {"train": [(id_, held_labels(m)) for id_, m in zip(splits["train"].ids, splits["train"].masks)]}
     else:
-        splits, max_labels, layout, names_file = {}, {}, source.layout, source.class_names_file
+        splits, mask_labels, layout, names_file = {}, {}, source.layout, source.class_names_file
         for split, rows in source.pairs.items():
             if not rows:
                 raise AblateError(f"--data: the {split} split of {data} is empty; add images or remove the split")
             # train keeps native masks only when val is to be carved out of it
             keep_native = split != "train" or "val" not in source.pairs
-            splits[split], max_labels[split] = _decode_split(rows, image_size, ignore_index, keep_native)
+            splits[split], held_by_mask = _decode_split(rows, image_size, ignore_index, keep_native)
+            mask_labels[split] = [(shown(path, Path(data)), held) for path, held in held_by_mask]
     if "train" not in splits:
         raise AblateError(f"--data: {data} has no train split")
     if "val" not in splits:
@@ -353,20 +354,16 @@ def _build(data, source, image_size, num_classes, ignore_index, val_fraction, fi
     splits["train"].native_masks = None
     splits = {name: splits[name] for name in SPLITS if name in splits}
 
-    inferred = max(label for _, label in max_labels["train"]) + 1
-    if num_classes is None and inferred < 1:
+    train_labels = frozenset().union(*(held for _, held in mask_labels["train"]))
+    if num_classes is None and not train_labels:
         raise AblateError(
             f"--data: every training mask pixel of {data} is the ignore label {ignore_index}, so the number of "
             f"classes cannot be inferred; check --ignore-index or pass --num-classes"
         )
-    k = num_classes or inferred
-    for split_labels in max_labels.values():
-        for path, label in split_labels:
-            if label >= k:
-                raise AblateError(
-                    f"{path}: mask label {label} is not below --num-classes {k} and is not the ignore label "
-                    f"{ignore_index}; pass --num-classes {label + 1} or --ignore-index {label}"
-                )
+    classes = class_set(layout, num_classes, names_file, train_labels, Path(data))
+    masks = [m for split in mask_labels.values() for m in split]
+    check_labels(data, masks, classes)
+    k = max(max(held, default=-1) for _, held in masks) + 1 if classes.count_from_masks else classes.limit
     names = _class_names(layout, k, names_file)
     return Dataset(
         name=data, layout=layout, image_size=tuple(image_size), num_classes=k, class_names=names,
@@ -378,8 +375,6 @@ def _build(data, source, image_size, num_classes, ignore_index, val_fraction, fi
 def _synthetic_splits(image_size: tuple[int, int]) -> dict[str, Split]:
     from ablate import synthetic
 
-    # every split rendered before torch resizes any (its thread pool would then be running
-    # when the rendering forks: see synthetic._processes)
     rendered = {split: synthetic.generate_split(split) for split in SPLITS}
     splits = {}
     for split, (images, masks) in rendered.items():
@@ -418,9 +413,11 @@ def _carve_val(train: Split, fraction: float) -> tuple[Split, Split]:
 
 def _class_names(layout: str, k: int, names_file: Path | None) -> list[str]:
     if names_file is not None:
-        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        names = read_names(names_file)
         if len(names) < k:
-            raise AblateError(f"{names_file}: lists {len(names)} class names but the masks have {k} classes; add the missing names")
+            # only --num-classes can ask for more: without it, classes.txt sets k (labels.class_set)
+            raise AblateError(f"{names_file}: lists {len(names)} class names but --num-classes is {k}; add the missing "
+                              f"names or pass --num-classes {len(names)}")
         return names[:k]
     if layout == "synthetic":
         from ablate import synthetic

@@ -100,6 +100,23 @@ def completed_miou(record: dict) -> float | None:
     return float(value) if ok else None
 
 
+def run_flags(record: dict, summary: dict) -> dict:
+    """A run's learning flags (see `ablate.stats.did_not_learn`), and `flags` in words for the
+    dashboard: did not learn, still improving (best epoch = last), early-stopped. A grid trial
+    stores them beside its `summary`; the runs table recomputes them for a study whose trials
+    predate that (`results.runs_table`)."""
+    from ablate import stats
+
+    m = (record.get("metrics") or {}).get("val") or {}
+    bar = stats.majority_bar(record.get("dataset"))
+    dnl = stats.did_not_learn(m.get("pixel_acc"), m.get("miou"), bar) if record.get("status") == "completed" else None
+    words = [w for w, on in (("did not learn", dnl), ("still improving: budget-limited", summary.get("best_is_last")),
+                             ("early-stopped", summary.get("early_stopped"))) if on]
+    if record.get("status") == "completed" and bar is None:
+        words.append("did-not-learn bar unknown")
+    return {"did_not_learn": dnl, "flags": "; ".join(words)}
+
+
 def _stop_flags(record: dict) -> dict:
     """Whether a finished run stopped before its epoch budget, and whether its best epoch was
     the last one it trained (still improving: the budget, not the toggle, may decide it)."""

@@ -4,19 +4,20 @@ of workers is not the storage's business: see `ablate.workers` (one heartbeat fo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-import random
 import re
-import time
 import weakref
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 from urllib.parse import urlsplit
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import RDBStorage
 
+from ablate import _io
+from ablate import record as records
+from ablate._journal import open_journal
 from ablate.errors import AblateError
 
 def study_dir(results_dir: str | Path, study_name: str) -> Path:
@@ -39,6 +40,33 @@ def is_journal(url: str) -> bool:
     return "://" not in url
 
 
+def local_path(url: str) -> Path | None:
+    """The file a storage lives in on this machine: a journal file, or a SQLite database
+    (sqlite:///PATH); None for a database server."""
+    if is_journal(url):
+        return Path(url)
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
+def storage_exists(url: str) -> bool:
+    """Whether the storage at `url` already exists: its file for a journal or SQLite; a server
+    is assumed to (opening it is how we learn whether it is reachable)."""
+    path = local_path(url)
+    return path is None or path.is_file()
+
+
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_study_name(name: str, label: str = "--study-name") -> str:
+    """`name` if it may name a study's results folder, else the one-line error naming `label`."""
+    if not _STUDY_NAME.match(name):
+        raise AblateError(f"{label} must be letters, digits, '.', '_' or '-' (it names a folder), got {name!r}")
+    return name
+
+
 def mask_url(url: str) -> str:
     """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
@@ -49,13 +77,13 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if is_journal(url):
         path = Path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return open_journal(path)  # checked, a dead writer's partial last line set aside
+    if (path := local_path(url)) is not None:  # SQLite: its folder, as for a journal
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         return _open_rdb(url)
     except ImportError as exc:
-        raise AblateError(f"--storage {mask_url(url)}: missing database driver ({exc}); pip install 'psycopg[binary]'") from None
+        raise AblateError(f"--storage {mask_url(url)}: missing database driver ({exc}); {_driver_hint(url)}") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds; all mean "cannot open"
         parts = urlsplit(url)
         where = f"{parts.hostname}:{parts.port or 'default port'}" if parts.hostname else mask_url(url)
@@ -68,38 +96,108 @@ _OPENED: weakref.WeakSet = weakref.WeakSet()  # database storages of this proces
 
 
 def close_all() -> None:
-    """Close the database connections of every storage this process still holds (before a
-    fast exit, so a PostgreSQL or MySQL server sees them closed, not dropped)."""
+    """Close the database connections of every storage this process still holds (a worker
+    process ends through os._exit: a PostgreSQL or MySQL server then sees them closed, not
+    dropped)."""
     for storage in list(_OPENED):
         with contextlib.suppress(Exception):
             storage.engine.dispose()
     _OPENED.clear()
 
 
-def _open_rdb(url: str, attempts: int = 6) -> RDBStorage:
-    import sqlalchemy.exc
-
-    for attempt in range(attempts):
-        try:
-            # No Optuna RDB heartbeat: it exists for RDB storages only; ablate.workers beats
-            # the same way for every storage kind.
+def _open_rdb(url: str) -> RDBStorage:
+    """Optuna's RDB storage at `url`, its tables created under a server-wide lock: several
+    machines opening a fresh database at once would all create them, and MySQL/MariaDB DDL is
+    not transactional, so the losers fail with "table already exists" half-way through."""
+    # No Optuna RDB heartbeat: it exists for RDB storages only; ablate.workers beats the
+    # same way for every storage kind.
+    if url.startswith("sqlite"):
+        # One machine: a file lock beside the database, since SQLite serialises writes but not
+        # Optuna's check-then-create of its tables (two commands starting on a fresh file race).
+        path = local_path(url)
+        with file_lock(f"{path}.schema-lock") if path is not None else contextlib.nullcontext():
             storage = RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-            _OPENED.add(storage)
-            return storage
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            # Several workers opening a fresh database at once all create Optuna's tables; the
-            # losers of that race see "duplicate key"/"already exists" and simply try again.
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
-    raise AssertionError("unreachable")
+    else:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url, **_engine_kwargs(url))
+        try:
+            with engine.connect() as conn, server_lock(conn, "ablate-schema"):
+                storage = RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        finally:
+            engine.dispose()
+    _OPENED.add(storage)
+    return storage
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on the file `path` (created if needed) among the processes of this
+    machine, released by the kernel if the holder dies: the file storages' lock."""
+    import fcntl  # POSIX only, and only where a lock is taken
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+LOCK_POLL_SECONDS = 10  # a MySQL GET_LOCK waits this long per try (MariaDB refuses "forever": -1)
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"ablate:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def server_lock(conn, name: str) -> Iterator[None]:
+    """An exclusive lock named `name`, held by the database server for the session of `conn`
+    (PostgreSQL advisory lock, MySQL/MariaDB GET_LOCK): released by the server if this process
+    dies. A lock is held only once the server said it granted it; GET_LOCK answers 1 (granted),
+    0 (timed out: ask again) or NULL (an error, e.g. MariaDB's answer to a timeout of -1)."""
+    import sqlalchemy
+
+    key = _lock_key(name)
+    if conn.dialect.name == "postgresql":
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        unlock, args = "SELECT pg_advisory_unlock(:k)", {"k": key}
+    elif conn.dialect.name in ("mysql", "mariadb"):
+        args = {"k": f"ablate-{key}"}  # MySQL lock names: at most 64 characters
+        while True:
+            granted = conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, :t)"), {**args, "t": LOCK_POLL_SECONDS}).scalar()
+            if granted == 1:
+                break
+            if granted is None:
+                raise AblateError(f"the database server refused the lock {name!r} (GET_LOCK returned NULL)")
+        unlock = "SELECT RELEASE_LOCK(:k)"
+    else:
+        raise AblateError(f"no cross-process lock for a {conn.dialect.name} database; use PostgreSQL, MySQL, "
+                          "SQLite or a journal file")
+    try:
+        yield
+    finally:
+        conn.execute(sqlalchemy.text(unlock), args)
+        conn.commit()
+
+
+def _driver_hint(url: str) -> str:
+    """How to install the driver a storage URL names."""
+    dialect = urlsplit(url).scheme.split("+", 1)[0]
+    if dialect in ("mysql", "mariadb"):
+        return "pip install 'ablate[mysql]' (PyMySQL), and use mysql+pymysql://USER:PASSWORD@HOST/DB"
+    if dialect == "postgresql":
+        return "pip install 'psycopg[binary]', and use postgresql://USER:PASSWORD@HOST/DB"
+    return f"install the SQLAlchemy driver for {dialect}"
 
 
 def _engine_kwargs(url: str) -> dict:
     if url.startswith("sqlite"):
         # Wait for a lock instead of failing at once when two processes write.
         return {"connect_args": {"timeout": 60}}
-    if url.startswith("postgresql"):
+    if url.startswith(("postgresql", "mysql", "mariadb")):
         return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     return {}
 
@@ -204,8 +302,6 @@ def attach_run(storage, trial_id: int, record: dict, run_dir: Path, artifacts: A
     (predictions.png, `predict.gallery_predictions`: the gallery then needs no checkpoint) and,
     `with_checkpoint` (the run wrote one because --keep-checkpoints may keep it), its best.pt.
     Used by the grid's cells and the tuner's trials alike."""
-    from ablate import record as records
-
     if not (run_dir / records.RECORD_FILE).is_file():
         records.write(run_dir, record, None)
     storage.set_trial_user_attr(trial_id, "artifact_store", artifacts.spec)
@@ -244,10 +340,8 @@ def mark_pruned(storage, study_id: int, artifact_id: str) -> None:
 
 
 def pruned_ids(study_user_attrs: dict) -> set[str]:
-    """The checkpoint artifact ids `mark_pruned` recorded (and the `pruned_checkpoints` list
-    that studies of earlier versions kept)."""
-    return ({k[len(PRUNED_PREFIX):] for k in study_user_attrs if k.startswith(PRUNED_PREFIX)}
-            | set(study_user_attrs.get("pruned_checkpoints") or []))
+    """The checkpoint artifact ids `mark_pruned` recorded."""
+    return {k[len(PRUNED_PREFIX):] for k in study_user_attrs if k.startswith(PRUNED_PREFIX)}
 
 
 def remove_artifact(artifacts: Artifacts, artifact_id: str) -> None:
@@ -269,11 +363,9 @@ def prune_trial_checkpoints(storage, study_id: int, trials, artifacts: Artifacts
     "missing". Returns the ids removed now. The grid's and the tuner's --keep-checkpoints best."""
     from optuna.trial import TrialState
 
-    from ablate.record import CHECKPOINT_FILE
-
     pruned, removed = pruned_ids(storage.get_study_user_attrs(study_id)), []
     for t in trials:
-        aid = artifact_ids(t.system_attrs).get(CHECKPOINT_FILE)
+        aid = artifact_ids(t.system_attrs).get(records.CHECKPOINT_FILE)
         if (t.state != TrialState.COMPLETE or t.number in keep or not aid or aid in pruned
                 or t.user_attrs.get("artifact_store") != artifacts.spec):
             continue
@@ -287,8 +379,6 @@ def fetch(artifacts, artifact_id: str, dest: Path, *, what: str) -> Path:
     """Download one artifact to `dest` (atomically; an existing file is reused: artifact ids
     are never reused for other content). A missing artifact is an error naming `what`."""
     from optuna.artifacts.exceptions import ArtifactNotFound
-
-    from ablate import _io
 
     if dest.is_file():
         return dest

@@ -14,14 +14,10 @@ VOC year folder (`<out>/VOC2007/classes.txt`, written here) or in its parent.
 from __future__ import annotations
 
 import colorsys
-import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
-import threading
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -90,32 +86,7 @@ def generate_split(
         raise AblateError(f"number of images must be >= 0, got {n}")
     if seed < 0:
         raise AblateError(f"seed must be >= 0, got {seed}")
-    job = (zlib.crc32(split.encode("utf-8")), seed, size, num_classes)
-    # Each image has its own random stream, so rendering shares of them in forked processes
-    # gives the same arrays as one by one. Processes, not threads: the rendering is GIL-bound
-    # (threads gave 1.1x on 2 cores); with a forked helper the three default splits take
-    # 0.76 s instead of 1.15 s (2-core Xeon, torch imported, as in `ablate grid`).
-    shares = np.array_split(np.arange(n), _processes(n))
-    if len(shares) == 1:
-        return _render_images(job, shares[0])
-    with ProcessPoolExecutor(len(shares) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
-        helpers = [pool.submit(_render_images, job, share) for share in shares[1:]]
-        parts = [_render_images(job, shares[0])] + [h.result() for h in helpers]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-_IMAGES_PER_PROCESS = 16  # below this a fork (tens of ms with torch loaded) costs more than it saves
-
-
-def _processes(n: int) -> int:
-    """How many processes render `n` images: on Linux, from a process with no other thread
-    (a fork copies no other thread, and a lock one of them held would stay held in the
-    child; e.g. a grid worker's heartbeat), one per core, each with at least
-    `_IMAGES_PER_PROCESS` images; otherwise one."""
-    if sys.platform != "linux" or threading.active_count() > 1:
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, n // _IMAGES_PER_PROCESS))
+    return _render_images((zlib.crc32(split.encode("utf-8")), seed, size, num_classes), np.arange(n))
 
 
 def _render_images(job: tuple[int, int, int, int], indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,18 +24,22 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from ablate import _optuna, store  # _optuna: a FrozenTrial's storage id has no public name
 from ablate.errors import AblateError
 
-# Failure reasons (trial user attr "failure_reason"). INTERRUPTED is never charged to a
-# retry budget; a WORKER_LOST... reason is a crash: the first per cell is free (the machine
-# may have been rebooted), later ones are charged, so a cell that kills its process stops.
+# Failure reasons (trial user attr "failure_reason"). A loss is the cell's doing only when
+# somebody saw it: WORKER_KILLED is written by the supervisor that watched its worker die of a
+# signal while the cell ran (OOM killer, segfault), and is charged to the retry budget, so a
+# cell that kills its process stops. WORKER_LOST (found dead or silent afterwards: the whole
+# command, the machine or its network went down) and INTERRUPTED (Ctrl-C, SIGTERM) never are.
 INTERRUPTED = "interrupted"
 WORKER_LOST = "worker lost"
+WORKER_KILLED = "worker killed"
 RECLAIMED = f"{WORKER_LOST}: reclaimed while running"
 
 # Trial system attrs written by the owner of a RUNNING trial.
@@ -44,25 +48,37 @@ GRACE_ATTR = "ablate:grace_seconds"  # silence after which observers may reclaim
 INTERVAL_ATTR = "ablate:heartbeat_seconds"  # how often the owner beats
 
 GRACE_ENV = "ABLATE_GRACE_SECONDS"  # this process's grace as an OWNER (tests shorten it)
-DEFAULT_GRACE_SECONDS = 120.0  # also assumed for trials that recorded none (older versions)
+DEFAULT_GRACE_SECONDS = 120.0  # also assumed for a trial whose grace attr is unreadable
 
 
 def is_crash(reason: str | None) -> bool:
-    return bool(reason) and reason.startswith(WORKER_LOST)
+    """Whether a failure reason says the worker process went away (seen or not)."""
+    return bool(reason) and reason.startswith((WORKER_LOST, WORKER_KILLED))
+
+
+def is_charged(reason: str | None) -> bool:
+    """Whether a failure counts against a retry budget: a genuine failure, or a worker killed
+    under its supervisor's eyes; never an interruption or an unseen loss."""
+    return not (reason == INTERRUPTED or (bool(reason) and reason.startswith(WORKER_LOST)))
 
 
 # --------------------------------------------------------------------------- identity
+_supervisor: int | None = None  # PID of the process that supervises this worker (`_child` sets it)
+
+
 def identity() -> dict[str, Any]:
     """This process: host name, boot id and PID namespace (a PID names the same process only
     within one boot of one namespace: containers share host names and reuse PIDs), its PID,
-    and `node`, the three joined, which is what two workers compare."""
+    `node`, the three joined, which is what two workers compare, and `supervisor`, the PID of
+    the process watching it (None when it runs in the command's own process)."""
     host = socket.gethostname()
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
         pidns = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         boot, pidns = "", 0
-    return {"host": host, "boot": boot, "pidns": pidns, "pid": os.getpid(), "node": f"{host}/{boot}/{pidns}"}
+    return {"host": host, "boot": boot, "pidns": pidns, "pid": os.getpid(), "node": f"{host}/{boot}/{pidns}",
+            "supervisor": _supervisor}
 
 
 def process_alive(pid: int) -> bool:
@@ -180,11 +196,14 @@ class Reclaimer:
         pid = worker.get("pid")
         if (worker.get("node") == self._me["node"] and isinstance(pid, int) and pid != self._me["pid"]
                 and not process_alive(pid)):
-            return f"{WORKER_LOST}: process {pid} on {worker.get('host')} died"
+            supervisor = worker.get("supervisor")
+            if isinstance(supervisor, int) and supervisor != self._me["pid"] and process_alive(supervisor):
+                return None  # its supervisor saw it die and settles the trial (`settle_killed`)
+            return f"{WORKER_LOST}: process {pid} on {worker.get('host')} died with the command that ran it"
         beat = trial.system_attrs.get(HEARTBEAT_ATTR)
-        seen = self._seen.get(trial._trial_id)
+        seen = self._seen.get(_optuna.trial_id(trial))
         if seen is None or seen[0] != beat:
-            self._seen[trial._trial_id] = (beat, now)
+            self._seen[_optuna.trial_id(trial)] = (beat, now)
             return None
         grace = recorded_grace(trial)  # the owner's setting, not ours
         if now - seen[1] < grace:
@@ -196,9 +215,22 @@ class Reclaimer:
         changed = False
         for t in trials:
             if t.state == TrialState.RUNNING and (reason := self.verdict(t)) is not None:
-                fail_trial(storage, t._trial_id, reason)
+                fail_trial(storage, _optuna.trial_id(t), reason)
                 changed = True  # failed by us, or finished meanwhile: either way no longer RUNNING
         return changed
+
+
+def settle_killed(storage, trials: list[FrozenTrial], pid: int, how: str) -> int:
+    """The supervisor's word on a worker of its own that died of signal `how`: FAIL the trials
+    that `pid` was running, charged (`WORKER_KILLED`). Returns how many it failed."""
+    me, failed = identity(), 0
+    for t in trials:
+        worker = t.user_attrs.get("worker")
+        if (t.state == TrialState.RUNNING and isinstance(worker, dict) and worker.get("pid") == pid
+                and worker.get("node") == me["node"]):
+            reason = f"{WORKER_KILLED}: process {pid} on {me['host']} ended by {how} while running it"
+            failed += fail_trial(storage, _optuna.trial_id(t), reason)
+    return failed
 
 
 # --------------------------------------------------------------------------- processes
@@ -254,8 +286,24 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`): handled like Ctrl-C wherever KeyboardInterrupt is (the
+    running work is marked interrupted), but the command exits 143, as a shell expects."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
+    """128 + the signal: 143 for SIGTERM, 130 for Ctrl-C (SIGINT)."""
+    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+def terminate_as_interrupt() -> None:
+    """From now on SIGTERM raises `Terminated` in the main thread (the command's first act)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 @contextlib.contextmanager
@@ -265,7 +313,7 @@ def sigterm_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
@@ -277,7 +325,7 @@ def sigterm_interrupts() -> Iterator[None]:
 # and the resnet18 model import only when they use it); `ablate._server` makes the server
 # itself leave without the seconds of teardown. Nothing a worker does not need (the analysis
 # stage and pandas cost a second and a half of a core while the parent sets up).
-PRELOAD = ["ablate.engine", "ablate.transforms", "ablate._server"]
+PRELOAD = ["ablate._server", "ablate.engine", "ablate.transforms"]  # _server first: it ignores Ctrl-C
 
 
 def start_method() -> str:
@@ -301,24 +349,27 @@ def warm_up(worker_module: str) -> None:
     forkserver.ensure_running()
 
 
-def _child(env: dict[str, str], threads: int, target: Callable, index: int, events, args: tuple) -> None:
+def _child(env: dict[str, str], threads: int, target: Callable, index: int, events, args: tuple,
+           supervisor: int) -> None:
     """Entry point of every worker: this parent's environment as it is now (a forkserver
     child starts with the server's) plus its GPU, before CUDA initialises; its share of the
-    cores; SIGTERM as Ctrl-C; then `target(index, events, *args)`. It leaves with
-    `os._exit` once its events are flushed: everything it wrote is already in the storage
-    and the artifact store, and the interpreter's teardown with torch loaded takes seconds
-    that the parent would wait for."""
+    cores; Ctrl-C and SIGTERM as interrupts (the server ignored Ctrl-C); the PID of its
+    `supervisor`, recorded on the trials it claims; then `target(index, events, *args)`, and
+    its exit code once its events are flushed."""
+    global _supervisor
     os.environ.clear()
     os.environ.update(env)
     import torch
 
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    _supervisor = supervisor
     code = 0
     try:
         target(index, events, *args)
-    except KeyboardInterrupt:
-        code = 130
+    except KeyboardInterrupt as exc:
+        code = interrupt_exit_code(exc)
     except SystemExit as exc:
         code = exit_code(exc)
     except BaseException:  # a bug: its traceback, then the exit code Python would give
@@ -328,7 +379,8 @@ def _child(env: dict[str, str], threads: int, target: Callable, index: int, even
         code = 1
     events.close()
     events.join_thread()  # the events put so far reach the parent
-    fast_exit(code)
+    store.close_all()  # multiprocessing ends a child with os._exit: close its connections, not drop them
+    sys.exit(code)
 
 
 def exit_code(exc: SystemExit) -> int:
@@ -341,66 +393,53 @@ def exit_code(exc: SystemExit) -> int:
     return 0 if exc.code is None else 1
 
 
-def fast_exit(code: int) -> None:
-    """Exit now, without the interpreter's teardown of modules (with torch loaded it takes
-    1-2 s): database connections closed (`store.close_all`), the atexit handlers run
-    (multiprocessing's clean-up of queues and semaphores, e.g. tqdm's lock; weakref
-    finalizers), the standard streams flushed."""
-    import atexit
-
-    from ablate import store
-
-    store.close_all()
-    atexit._run_exitfuncs()  # what a normal exit runs first; CPython's own hook
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
-
-
 def supervise(target: Callable, args: tuple, *, workers: int, device: str, on_event: Callable[[Any], None],
-              respawns: int = 0, warn: Callable[[str], None] | None = None) -> list[int]:
+              respawns: int = 0, warn: Callable[[str], None] | None = None,
+              on_killed: Callable[[int, str], None] | None = None) -> list[int]:
     """Run `target(index, events, *args)` in `workers` spawned processes (GPU and threads from
     `worker_plan`) and pass what they put on `events` to `on_event`. A worker killed by a
-    signal other than SIGINT/SIGTERM (OOM killer, segfault, SIGKILL) is replaced, at most
-    `respawns` times in all; its trial is reclaimed by the others at once (same node).
-    Ctrl-C or SIGTERM here: the workers get time to mark their trials interrupted, then
-    KeyboardInterrupt is raised. Returns the non-zero exit codes of the last workers."""
+    signal other than SIGINT/SIGTERM (OOM killer, segfault, SIGKILL) is reported to
+    `on_killed(pid, signal name)` (which charges its trial: `settle_killed`) and replaced, at
+    most `respawns` times in all. Ctrl-C or SIGTERM here: the workers get time to mark their
+    trials interrupted, then KeyboardInterrupt (`Terminated` for SIGTERM) is raised. Returns
+    the non-zero exit codes of the last workers."""
     warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
     warm_up(getattr(target, "__module__", None) or __name__)  # forkserver: already running when warmed up early
     ctx = multiprocessing.get_context(start_method())
     plans = worker_plan(workers, device=device, gpu_ids=visible_gpus(), cores=cores())
 
-    def start(i: int) -> tuple[Any, Any]:
+    running: dict[int, tuple[Any, Any]] = {}  # index -> (process, its events queue)
+    codes: dict[int, int] = {}  # index -> exit code of a worker that ended for good
+
+    def start(i: int) -> None:
         # A queue per process: one killed while it held its queue's lock blocks no other.
         events = ctx.Queue()
         env, threads = plans[i]
-        p = ctx.Process(target=_child, args=({**os.environ, **env}, threads, target, i, events, args),
+        p = ctx.Process(target=_child, args=({**os.environ, **env}, threads, target, i, events, args, os.getpid()),
                         name=f"ablate-worker-{i}")
-        p.start()
-        return p, events
+        with _interrupts_deferred():  # an interrupt now would leave a worker we hold no handle of
+            p.start()
+            running[i] = p, events
 
-    def drain(events) -> None:
-        with contextlib.suppress(queue.Empty):
-            while True:
-                on_event(events.get_nowait())
-
-    running, codes = {i: start(i) for i in range(workers)}, {}
     with sigterm_interrupts():
         try:
+            for i in range(workers):  # inside the try: an interrupt stops the workers started so far
+                start(i)
             while running:
                 # wakes at once when a worker exits (the last one's exit is what the command waits for)
                 multiprocessing.connection.wait([p.sentinel for p, _ in running.values()], timeout=0.2)
                 for i, (p, events) in list(running.items()):
-                    drain(events)
+                    _drain(events, on_event)
                     if p.is_alive():  # is_alive() also reaps a dead worker, so its PID reads as gone
                         continue
-                    drain(events)
+                    _drain(events, on_event)
                     crashed = p.exitcode < 0 and -p.exitcode not in (signal.SIGINT, signal.SIGTERM)
+                    if crashed and on_killed is not None:
+                        on_killed(p.pid, signal.Signals(-p.exitcode).name)
                     if crashed and respawns > 0:
                         respawns -= 1
                         warn(f"warning: worker {i} died ({signal.Signals(-p.exitcode).name}); starting another")
-                        running[i] = start(i)
+                        start(i)
                     else:
                         codes[i] = p.exitcode
                         del running[i]
@@ -408,11 +447,47 @@ def supervise(target: Callable, args: tuple, *, workers: int, device: str, on_ev
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the bookkeeping
             _stop([p for p, _ in running.values()])
             for _, events in running.values():
-                drain(events)
+                _drain(events, on_event)
             raise
-    if any(code in (130, -signal.SIGINT, -signal.SIGTERM) for code in codes.values()):
-        raise KeyboardInterrupt
+    _raise_interrupt_of(codes.values())
     return [code for _, code in sorted(codes.items()) if code]
+
+
+def _raise_interrupt_of(codes: Iterable[int]) -> None:
+    """A worker that ended by SIGTERM or Ctrl-C ends the command the same way."""
+    codes = list(codes)
+    if any(code in (143, -signal.SIGTERM) for code in codes):
+        raise Terminated
+    if any(code in (130, -signal.SIGINT) for code in codes):
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until this ends, then act as if they came then: a worker
+    interrupted half-way through its start would keep running unseen, or, once this process
+    is gone, fail in the forkserver with a traceback. (Python runs signal handlers in the main
+    thread only, so only there is anything to defer.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    handlers = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)  # now handled as it would have been
+
+
+def _drain(events, on_event: Callable[[Any], None]) -> None:
+    """Pass on what a worker has put on its queue so far."""
+    with contextlib.suppress(queue.Empty):
+        while True:
+            on_event(events.get_nowait())
 
 
 def _stop(procs: list) -> None:

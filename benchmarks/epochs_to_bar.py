@@ -51,7 +51,7 @@ def main() -> int:
     parser.add_argument("--budget-seconds", type=float, default=240.0, help="Wall-time goal to compare with [240].")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    study = grids.load_study(args.study)
+    study = grids.read_grid_study(args.study)
     models = args.models or list(study.models)
     cells = grids.expand(study, fingerprint(study.train.data), grids.resolve_execution(study.train))
     seeds = len({c.config.seed for c in cells})

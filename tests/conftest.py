@@ -1,7 +1,8 @@
 """Shared fixtures. Resources a laptop may lack (the shared rocks-voc data, PostgreSQL,
-Chromium) skip cleanly there, but CI sets ABLATE_REQUIRE_ALL=1 and a missing one fails."""
+MariaDB/MySQL, Chromium) skip cleanly there, but CI sets ABLATE_REQUIRE_ALL=1 and a missing one fails."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -12,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ROCKS_VOC = Path(os.environ.get("ABLATE_ROCKS_VOC", ROOT.parent / "shared" / "data" / "rocks-voc"))
 PG_ADMIN_URL = os.environ.get("ABLATE_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_ADMIN_URL = os.environ.get("ABLATE_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
 def skip_or_fail(reason: str) -> None:
@@ -28,24 +30,46 @@ def rocks_voc() -> Path:
     return ROCKS_VOC
 
 
+@contextlib.contextmanager
+def _fresh_database(admin_url: str, server: str, create: str, drop: str):
+    """A new, empty database on the server of `admin_url` for one test, dropped afterwards."""
+    try:
+        import sqlalchemy
+        engine = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        conn = engine.connect()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server here"
+        skip_or_fail(f"{server} not reachable at {admin_url}: {type(exc).__name__}: {exc}")
+    name = f"ablate_test_{uuid.uuid4().hex[:12]}"
+    conn.execute(sqlalchemy.text(create.format(name=name)))
+    try:
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        conn.execute(sqlalchemy.text(drop.format(name=name)))
+        conn.close()
+        engine.dispose()
+
+
 @pytest.fixture
 def postgres_url():
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    try:
-        import sqlalchemy
-        engine = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        conn = engine.connect()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no server here"
-        skip_or_fail(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {type(exc).__name__}")
-    name = f"ablate_test_{uuid.uuid4().hex[:12]}"
-    conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.close()
-        engine.dispose()
+    with _fresh_database(PG_ADMIN_URL, "PostgreSQL", 'CREATE DATABASE "{name}"',
+                         'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)') as url:
+        yield url
+
+
+@pytest.fixture
+def mysql_url():
+    """A fresh, empty MariaDB/MySQL database (PyMySQL driver: `ablate[mysql]`) for one test."""
+    with _fresh_database(MYSQL_ADMIN_URL, "MariaDB/MySQL", "CREATE DATABASE `{name}`",
+                         "DROP DATABASE IF EXISTS `{name}`") as url:
+        yield url
+
+
+def storage_url(kind: str, tmp_path: Path, request) -> str:
+    """A storage of `kind` (journal, sqlite, postgresql, mysql) for one test."""
+    if kind in ("postgresql", "mysql"):
+        return request.getfixturevalue(f"{kind if kind == 'mysql' else 'postgres'}_url")
+    return {"journal": str(tmp_path / "optuna.journal"), "sqlite": f"sqlite:///{tmp_path / 'optuna.db'}"}[kind]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablate import analysis
+from ablate import analysis, results, stats
+from ablate.errors import AblateError
 
 
 def _runs(value, *, models=("unet",), toggles=("scheduler", "augment"), seeds=(0, 1, 2)) -> pd.DataFrame:
@@ -207,8 +208,8 @@ def test_two_seeds_say_not_enough_seeds():
 def test_interval_excluding_zero_is_not_enough_after_holm():
     # Three effects with p = 0.01, 0.02, 0.04: Holm gives 0.03, 0.04, 0.04 — and with p 0.04
     # on the two others, none of the 0.02 / 0.04 pair survives when the first is 0.03.
-    assert analysis.stats.holm([0.01, 0.04, 0.02]).tolist() == pytest.approx([0.03, 0.04, 0.04])
-    assert analysis.stats.holm([0.04, 0.03, np.nan]).tolist()[:2] == pytest.approx([0.06, 0.06])
+    assert stats.holm([0.01, 0.04, 0.02]).tolist() == pytest.approx([0.03, 0.04, 0.04])
+    assert stats.holm([0.04, 0.03, np.nan]).tolist()[:2] == pytest.approx([0.06, 0.06])
     row = {"n": 5, "estimate": 0.02, "excludes_zero": True, "p_holm": 0.06, "kind": "main", "unlearned": ""}
     assert analysis.verdict_word(row) == "no clear effect"
     assert analysis.verdict_word({**row, "p_holm": 0.049}) == "helps"
@@ -218,17 +219,17 @@ def test_interval_excluding_zero_is_not_enough_after_holm():
 
 def test_paired_t_p_and_p_improve_hand_computed():
     # d = 1, 2, 3, 6: mean 3, s = √(14/3), t = 3 / (s/2) = 2.7775; two-sided p with 3 df = 0.0691.
-    assert analysis.stats.paired_t_p([1, 2, 3, 6]) == pytest.approx(0.06906, abs=1e-4)
-    assert analysis.stats.p_improve([0.1, -0.2, 0.0, 0.3]) == pytest.approx(2.5 / 4)  # the tie counts half
-    assert np.isnan(analysis.stats.paired_t_p([0.1]))
+    assert stats.paired_t_p([1, 2, 3, 6]) == pytest.approx(0.06906, abs=1e-4)
+    assert stats.p_improve([0.1, -0.2, 0.0, 0.3]) == pytest.approx(2.5 / 4)  # the tie counts half
+    assert np.isnan(stats.paired_t_p([0.1]))
 
 
 # --------------------------------------------------------------------------- did not learn
 def test_majority_bar_hand_computed():
     # val: background 0.659, rock 0.241, sand 0.1, one class absent → acc 0.659, mIoU 0.659/3.
-    bar = analysis.stats.majority_bar({"split_class_frequency": {"val": [0.659, 0.241, 0.1, 0.0]}})
+    bar = stats.majority_bar({"split_class_frequency": {"val": [0.659, 0.241, 0.1, 0.0]}})
     assert bar["pixel_acc"] == pytest.approx(0.659) and bar["miou"] == pytest.approx(0.659 / 3)
-    assert analysis.stats.majority_bar({"class_frequency": [0.5, 0.5]}) is None  # old study: unknown
+    assert stats.majority_bar({"class_frequency": [0.5, 0.5]}) is None  # old study: unknown
 
 
 def test_cells_below_the_bar_are_flagged_and_get_no_verdict():
@@ -256,7 +257,7 @@ def test_cells_below_the_bar_are_flagged_and_get_no_verdict():
 # --------------------------------------------------------------------------- the seeds advice
 def test_more_seeds_command_and_estimate(tmp_path):
     runs = _planted((0, 1))  # 4 cells × 2 seeds, 10 s or so per run
-    study = analysis.Study(name="s", folder=tmp_path, kind="grid", table=runs, meta={
+    study = results.Study(name="s", folder=tmp_path, kind="grid", table=runs, meta={
         "seeds": [0, 1], "cells": 8, "workers": 2,
         "command": ["grid", "--study", "studies/x y.toml", "--seeds", "2", "--epochs", "4"]})
     advice = analysis.more_seeds(study, runs)
@@ -276,8 +277,8 @@ def test_corrupted_run_record_is_an_error_naming_it(tmp_path):
     (folder / "runs" / "abc").mkdir(parents=True)
     (folder / "study.json").write_text('{"kind": "grid"}')
     (folder / "runs" / "abc" / "run.json").write_text('{"run_id": "abc", "conf')
-    with pytest.raises(analysis.AblateError, match=r"runs/abc/run.json: corrupted run record"):
-        analysis.load_study(tmp_path, "s")
+    with pytest.raises(AblateError, match=r"runs/abc/run.json: corrupted run record"):
+        results.open_study(tmp_path, "s")
 
 
 def test_training_setup_says_per_architecture_how_runs_were_trained(tmp_path):
@@ -286,7 +287,7 @@ def test_training_setup_says_per_architecture_how_runs_were_trained(tmp_path):
                 "early_stopping": {"monitor": monitor, "patience": patience, "min_delta": 0.0},
                 "weights": weights, "metrics_resolution": "native"}
 
-    study = analysis.Study(name="s", folder=tmp_path, kind="grid", meta={}, table=pd.DataFrame(), records={
+    study = results.Study(name="s", folder=tmp_path, kind="grid", meta={}, table=pd.DataFrame(), records={
         "a": rec("resnet18", patience=3, weights="imagenet (IMAGENET1K_V1, sha256 f37072fd)"),
         "b": rec("resnet18", patience=3, weights="none (random init)"),
         "c": rec("unet", patience=0),

@@ -166,3 +166,50 @@ def test_bad_input_in_a_subprocess(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     for needle in needles:
         assert needle in lines[0]
+
+
+# --------------------------------------------------------------------------- a stray mask label
+STRAY_COMMANDS = {
+    "data info": ["data", "info"],
+    "train": ["train", "--epochs", "1", "--device", "cpu", "--out", "run"],
+    "grid": ["grid", "--models", "unet", "--model-arg", "base_channels=4", "--toggles", "none", "--seeds", "1",
+             "--epochs", "1", "--workers", "1", "--no-report", "--results-dir", "results"],
+}
+
+
+@pytest.mark.parametrize("command", list(STRAY_COMMANDS))
+def test_a_stray_label_stops_every_command_with_one_line_and_writes_nothing(tmp_path, command):
+    from test_data import _stray_label
+
+    root, _ = _stray_label(tmp_path / "in")
+    result = invoke(*STRAY_COMMANDS[command], "--data", root, "--image-size", 32, "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.output == result.stderr and "Traceback" not in result.output
+    assert result.stderr.splitlines() == [
+        f"error: {root}: 1 of 5 masks holds label 200 outside labels 0..2, the classes the training masks use from 0 "
+        "without a gap (none holds 3..199): ann_dir/train/train_1.png; if 200 is void pass --ignore-index 200, "
+        "if it is a class pass --num-classes 201, else fix the mask"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no cache, run folder, results or study
+
+
+def test_a_grid_study_pointed_at_another_dataset_names_both(tmp_path):
+    from ablate import data as data_stage
+    from ablate import grid as grids
+    from ablate import store
+
+    flags = {"name": "rocks", "models": "unet", "toggles": "none", "epochs": 1, "image_size": 32}
+    study = grids.read_grid_study(overrides=flags)
+    fp = data_stage.fingerprint("synthetic")
+    gs = grids.GridStorage(store.default_storage(tmp_path / "results", "rocks"), "rocks")
+    gs.prepare(study, grids.expand(study, fp), grids.definition(study, fp),
+               dataset={"name": "synthetic", "fingerprint": fp, "sizes": {"train": 160, "val": 48, "test": 48}})
+    other = write_voc(tmp_path / "other" / "VOC2007", {"train": [MASK_A], "val": [MASK_A]})
+    result = invoke("grid", "--study-name", "rocks", "--models", "unet", "--toggles", "none", "--epochs", 1,
+                    "--image-size", 32, "--data", other, "--results-dir", tmp_path / "results", "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"error: study 'rocks' in {store.default_storage(tmp_path / 'results', 'rocks')} holds a different grid "
+        f"(differs in: data); study rocks was created on synthetic (256 images, fingerprint {fp[:8]}), this command "
+        f"points at {other} (fingerprint {data_stage.fingerprint(str(other))[:8]}); choose a new --study-name, "
+        "e.g. rocks-2, or repeat the original settings"]
+    assert not gs.trials()

@@ -83,20 +83,22 @@ def _bad_weights(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["--model", "nope"], "unknown model 'nope'"),
-    (["--model", "unet", "--model-arg", "width=3"], "accepted: base_channels"),
-    (["--model", "unet", "--model-arg", "base_channels=abc"], "base_channels"),
-    (["--model", "unet", "--model-arg", "base_channels"], "key=value"),
+    (["--model", "unet", "--model-arg", "width=3"], "--model-arg: unknown key 'width'; accepted: base_channels"),
+    (["--model", "unet", "--model-arg", "base_channels=abc"], "--model-arg base_channels: expected an integer, got 'abc'"),
+    (["--model", "unet", "--model-arg", "base_channels"], "--model-arg: expected [MODEL.]KEY=VALUE"),
     (["--model", "resnet18", "--model-arg", "weights=/nonexistent/r18.pth"], "/nonexistent/r18.pth"),
     (["--model", "resnet18", "--model-arg", "weights={bad}"], "ResNet-18"),
-    (["--lr", "0"], "--lr"),
-    (["--lr", "-1"], "--lr"),
-    (["--epochs", "0"], "--epochs"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--image-size", "48"], "--image-size"),
+    (["--lr", "0"], "--lr: expected a number > 0, got 0.0"),
+    (["--lr", "-1"], "--lr: expected a number > 0, got -1.0"),
+    (["--lr", "abc"], "--lr: expected a number > 0, got 'abc'"),
+    (["--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+    (["--image-size", "48"], "--image-size: expected an integer or HEIGHTxWIDTH, each positive and divisible by 32 "
+                             "(64 or 64x96), got 48; try 64"),
     (["--data", "/nonexistent/data"], "/nonexistent/data"),
-    (["--min-delta", "-0.5"], "--min-delta must be a number >= 0"),
-    (["--early-stop-on", "acc"], "--early-stop-on"),
-    (["--class-weights", "log"], "--class-weights"),
+    (["--min-delta", "-0.5"], "--min-delta: expected a number >= 0, got -0.5"),
+    (["--early-stop-on", "acc"], "--early-stop-on: expected one of miou, loss, got 'acc'"),
+    (["--class-weights", "log"], "--class-weights: expected one of inverse, median, enet, got 'log'"),
 ])
 def test_bad_train_input_exits_2_with_one_line_and_writes_nothing(args, needle, tmp_path, cache_dir):
     args = [a.format(bad=_bad_weights(tmp_path)) for a in args]
@@ -108,3 +110,24 @@ def test_bad_train_input_exits_2_with_one_line_and_writes_nothing(args, needle, 
     assert needle in result.output
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+SIZE_COMMANDS = {
+    "train": ["train", "--data", "synthetic", "--epochs", "1", "--device", "cpu", "--out", "run"],
+    "data info": ["data", "info", "--data", "synthetic"],
+    "grid": ["grid", "--models", "unet", "--toggles", "none", "--seeds", "1", "--epochs", "1", "--workers", "1",
+             "--results-dir", "results", "--dry-run"],
+}
+
+
+@pytest.mark.parametrize("command", list(SIZE_COMMANDS))
+@pytest.mark.parametrize("size", ["7x", "64x", "7x9x3"])
+def test_a_malformed_image_size_is_one_line_naming_the_option_and_the_forms(command, size, tmp_path, cache_dir,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the relative run, results and cache folders: nothing may appear there
+    result = CliRunner().invoke(main, [*SIZE_COMMANDS[command], "--image-size", size, "--cache-dir", str(cache_dir)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"error: --image-size: expected an integer or HEIGHTxWIDTH, each positive and divisible by 32 (64 or 64x96), "
+        f"got '{size}'"]
+    assert "Traceback" not in result.output and not any(tmp_path.iterdir())

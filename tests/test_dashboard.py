@@ -15,6 +15,7 @@ from optuna_dashboard import wsgi
 from ablate import analysis, dashboard, store
 from ablate import grid as grids
 from ablate import record as records
+from ablate.results import Study, open_study
 
 FREQ = {"train": [0.6, 0.3, 0.1], "val": [0.659, 0.241, 0.1]}  # bar: acc 0.659, mIoU 0.659 / 3
 DATASET = {"name": "synthetic", "class_names": ["bg", "rock", "sand"], "num_classes": 3, "image_size": [32, 32],
@@ -77,7 +78,7 @@ def _api(storage):
 
 def test_dashboard_shows_names_labels_flags_and_notes(grid_study):
     results, gs, cells = grid_study
-    study = analysis.load_study(results, "dash")
+    study = open_study(results, "dash")
     runs = analysis.finished_runs(study)
     found = analysis.findings(study, runs)
     assert dashboard.write_notes(study, runs, found, results / "dash" / "report.html") == ""
@@ -164,7 +165,7 @@ def test_the_study_note_names_each_level_of_a_multi_level_factor_once(tmp_path):
                  "verdict": "no clear effect"})
     arch = analysis.ArchFindings("unet", "test_miou", [], rows, pd.DataFrame(), 3)
     found = analysis.Findings("test_miou", None, None, 3, [arch])
-    study = analysis.Study(name="f", folder=tmp_path, kind="grid", meta={}, table=pd.DataFrame(), records={},
+    study = Study(name="f", folder=tmp_path, kind="grid", meta={}, table=pd.DataFrame(), records={},
                            run_dirs={})
     note = dashboard.study_note(study, found, tmp_path / "report.html")
     assert "- loss = dice vs ce: " in note and "- loss = focal vs ce: " in note

@@ -521,6 +521,36 @@ def _short_classes_file(tmp):
     return root, ["classes.txt", "2 class names", "3 classes"]
 
 
+def _with_stray(mask: np.ndarray, value: int) -> np.ndarray:
+    """`mask` with a 4x4 patch of `value` in its corner."""
+    out = mask.copy()
+    out[:4, :4] = value
+    return out
+
+
+def _stray_label(tmp):
+    # 0..2 in every mask, and a 4x4 patch of 200 (neither a class nor void 255) in one training mask
+    root = write_mmseg(tmp / "ds", {"train": [MASK_A, _with_stray(MASK_A, 200), MASK_A], "val": [MASK_A, MASK_B]})
+    return root, [f"{root}: 1 of 5 masks holds label 200 outside labels 0..2", "none holds 3..199",
+                  "ann_dir/train/train_1.png;", "--ignore-index 200", "--num-classes 201"]
+
+
+def _stray_label_with_classes_file(tmp):
+    root, _ = _stray_label(tmp)
+    (root / "classes.txt").write_text("rock\nsand\nwater\n")
+    return root, ["1 of 5 masks holds label 200 outside labels 0..2, the 3 class names of classes.txt",
+                  "ann_dir/train/train_1.png;", "--ignore-index 200", "add the missing names"]
+
+
+def _gap_in_the_labels(tmp):
+    # 0..2 and 5 but never 3 or 4: sparse classes must be declared (--num-classes 6)
+    sparse = _with_stray(MASK_A, 5)
+    root = write_mmseg(tmp / "ds", {"train": [sparse, sparse, MASK_A, sparse, sparse], "val": [sparse]})
+    return root, ["5 of 6 masks hold label 5 outside labels 0..2", "(none holds 3..4)",
+                  "ann_dir/train/train_0.png, ann_dir/train/train_1.png, ann_dir/train/train_3.png and 2 more;",
+                  "--num-classes 6", "--ignore-index 5"]
+
+
 def _ok_voc(needles):
     return lambda tmp: (_voc(tmp).parent, needles)
 
@@ -542,11 +572,14 @@ BAD_INPUTS: dict[str, BadInput] = {
     "empty split folder": BadInput(_empty_folder),
     "all-void training masks": BadInput(_all_void),
     "classes.txt too short": BadInput(_short_classes_file),
+    "stray label, classes inferred": BadInput(_stray_label),
+    "stray label, classes.txt": BadInput(_stray_label_with_classes_file),
+    "gap in the labels": BadInput(_gap_in_the_labels),
     "image size not divisible by 32": BadInput(_ok_voc(["--image-size", "divisible by 32", "48x64"]), {"image_size": (48, 64)}),
     "zero image size": BadInput(_ok_voc(["--image-size", "positive"]), {"image_size": (0, 64)}),
     "negative image size": BadInput(_ok_voc(["--image-size", "positive", "-32"]), {"image_size": (-32, -32)}),
-    "zero num_classes": BadInput(_ok_voc(["--num-classes", "positive"]), {"num_classes": 0}),
-    "negative num_classes": BadInput(_ok_voc(["--num-classes", "positive"]), {"num_classes": -2}),
+    "zero num_classes": BadInput(_ok_voc(["--num-classes: expected an integer >= 1", "got 0"]), {"num_classes": 0}),
+    "negative num_classes": BadInput(_ok_voc(["--num-classes: expected an integer >= 1", "got -2"]), {"num_classes": -2}),
 }
 
 
@@ -562,3 +595,56 @@ def test_bad_input_raises_ablate_error_naming_the_culprit(tmp_path, case):
     for needle in needles:
         assert needle in message, (needle, message)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing cached
+
+
+# --------------------------------------------------------------------------- the class set
+def test_a_stray_label_is_one_line_naming_the_mask_the_value_and_the_fixes(tmp_path):
+    root, _ = _stray_label(tmp_path)
+    with pytest.raises(AblateError) as info:
+        load(root, tmp_path / "cache")
+    assert str(info.value) == (
+        f"{root}: 1 of 5 masks holds label 200 outside labels 0..2, the classes the training masks use from 0 "
+        "without a gap (none holds 3..199): ann_dir/train/train_1.png; if 200 is void pass --ignore-index 200, "
+        "if it is a class pass --num-classes 201, else fix the mask")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_stray_label_in_val_is_named_too(tmp_path):
+    root = write_mmseg(tmp_path / "ds", {"train": [MASK_A], "val": [MASK_A, _with_stray(MASK_B, 200)]})
+    with pytest.raises(AblateError, match=r"1 of 3 masks holds label 200 .*: ann_dir/val/val_1\.png; "):
+        load(root, tmp_path / "cache")
+
+
+@pytest.mark.parametrize("options, k", [({"ignore_index": 200}, 3), ({"num_classes": 201}, 201)])
+def test_a_stray_label_declared_void_or_a_class_loads(tmp_path, options, k):
+    # no 255 here: with --ignore-index 200 a 255 would be a label, and too large
+    root = write_mmseg(tmp_path / "ds", {"train": [MASK_A, _with_stray(MASK_A, 200)], "val": [MASK_A]})
+    ds = load(root, tmp_path / "cache", **options)
+    assert ds.num_classes == k
+    patch = ds.splits["train"].masks[1, :4, :4]
+    assert set(patch.unique().tolist()) == ({255} if "ignore_index" in options else {200})
+
+
+def test_sparse_classes_load_once_declared(tmp_path):
+    root, _ = _gap_in_the_labels(tmp_path)
+    ds = load(root, tmp_path / "cache", num_classes=6)
+    assert ds.num_classes == 6
+    assert ds.class_frequency[3] == ds.class_frequency[4] == 0.0 and ds.class_frequency[5] > 0
+
+
+def test_a_rare_class_that_continues_the_run_is_a_class(tmp_path):
+    # label 3 in one mask of four, right after 0..2: a rare class, not a stray
+    root = write_mmseg(tmp_path / "ds", {"train": [MASK_A, _with_stray(MASK_A, 3), MASK_A], "val": [MASK_A]})
+    assert load(root, tmp_path / "cache").num_classes == 4
+
+
+def test_classes_txt_bounds_the_labels_and_the_masks_set_the_count(tmp_path):
+    # 4 names; the training masks use 0..2 and only val holds 3: within classes.txt, so not refused
+    root = write_mmseg(tmp_path / "ds", {"train": [MASK_A], "val": [_with_stray(MASK_A, 3)]})
+    (root / "classes.txt").write_text("rock\nsand\nwater\nsky\n")
+    ds = load(root, tmp_path / "cache")
+    assert ds.num_classes == 4 and ds.class_names == ["rock", "sand", "water", "sky"]
+    # a trailing name no mask uses (CamVid's "void", mapped to 255 by --ignore-index) adds no class
+    (root / "classes.txt").write_text("rock\nsand\nwater\nsky\nvoid\n")
+    ds = load(root, tmp_path / "cache")
+    assert ds.num_classes == 4 and ds.class_names == ["rock", "sand", "water", "sky"]

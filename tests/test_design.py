@@ -121,10 +121,10 @@ def test_five_factor_main_effects_are_clear_of_every_two_factor_interaction():
 def test_the_analysis_contrasts_of_a_fractional_design_are_the_designs_own():
     """The analysis (per-seed effects through weights over the cells) and contrast_effects
     (the run matrix) give the same estimates on the same responses."""
-    from ablate.analysis import _design_contrasts
+    from ablate.analysis import design_contrasts
 
     levels = {name: [False, True] for name in FIVE}
-    settings, contrasts = _design_contrasts("fractional", levels)
+    settings, contrasts = design_contrasts("fractional", levels)
     d = fractional_factorial(FIVE)
     assert settings == d.settings()
     y = np.random.default_rng(1).normal(0.4, 0.05, len(settings))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -45,7 +46,7 @@ STUDY = textwrap.dedent(f"""
 CELL_IDS = textwrap.dedent("""
     import sys
     from ablate import data, grid
-    study = grid.load_study(sys.argv[1])
+    study = grid.read_grid_study(sys.argv[1])
     cells = grid.expand(study, data.fingerprint(study.train.data), grid.resolve_execution(study.train))
     print(" ".join(sorted(f"{c.cell_id}/{c.config.run_id}" for c in cells)))
 """)
@@ -85,19 +86,22 @@ def test_a_user_model_by_import_path_trains_in_a_grid_and_its_file_is_its_identi
     shown = _run(["-m", "ablate", "report", "--results-dir", str(results), "--study-name", "ext"], env, work)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     from ablate import analysis
+    from ablate.report import gallery_for
+    from ablate.results import open_study
 
-    stored = analysis.load_study(results, "ext")
+    stored = open_study(results, "ext")
     [(_, key)] = analysis.best_runs(stored, analysis.finished_runs(stored))  # --keep-checkpoints best: its best cell
     assert not list((results / "ext" / "checkpoints").glob("*/best.pt"))  # the report downloaded none
     fetched = [stored.checkpoint_dir(key) / "best.pt"]
     assert fetched[0].is_file()
     sys.path.insert(0, str(modules))  # load_run rebuilds the model by its import path
     try:
-        # without its predictions.png the gallery would need the model: user code, so not run, said in a note
+        # without its predictions.png the gallery would need the model: a report runs none, it says so in a note
         stored.files[key].pop("predictions.png")
-        shown = analysis.gallery(stored, analysis.finished_runs(stored), cache_dir=cache_dir)
+        (stored.run_dirs[key] / "predictions.png").unlink()  # the copy in its run folder too
+        shown = gallery_for(stored, analysis.finished_runs(stored), cache_dir=cache_dir)
         assert not shown.predictions and MODULE not in sys.modules
-        assert any(f"its model is user code ({MODULE}), which a report does not run" in n for n in shown.notes)
+        assert any("stored no predictions for these images" in n and "runs no model" in n for n in shown.notes)
         model, _ = load_run(fetched[0].parent, named_model=f"{MODULE}:build")  # as `ablate predict --model`
     finally:
         sys.path.remove(str(modules))
@@ -150,8 +154,9 @@ def test_an_unimportable_model_in_a_study_is_one_line_before_anything_runs(tmp_p
                 _env(tmp_path), tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {study}: models: model no_such_pkg_abl.nets:build: "
-                                                   "cannot import no_such_pkg_abl.nets (ModuleNotFoundError")
+    assert len(lines) == 1 and re.match(rf"error: {re.escape(str(study))}: line \d+, column \d+: models: model "
+                                        r"no_such_pkg_abl\.nets:build: cannot import no_such_pkg_abl\.nets "
+                                        r"\(ModuleNotFoundError", lines[0]), lines
     assert not results.exists()
 
 

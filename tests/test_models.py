@@ -18,7 +18,8 @@ from ablate.models import _registry, create_model, list_models, model_params, pa
 from ablate.config import TrainConfig
 from ablate.models import model_identity
 from ablate.models import resnet18 as resnet18_module
-from ablate.models.resnet18 import CACHE_FILE, RANDOM_INIT, file_sha256
+from ablate._io import file_sha256
+from ablate.models.resnet18 import CACHE_FILE, RANDOM_INIT
 
 NUM_CLASSES = 3
 # Narrower variants where a model offers a width knob, to keep the suite fast on 2 cores;
@@ -353,12 +354,13 @@ def test_create_model_unknown_kwarg_lists_accepted():
 
 
 @pytest.mark.parametrize("name,kwargs,needle", [
-    ("unet", {"base_channels": "16"}, "base_channels must be an integer, got '16'"),
-    ("unet", {"base_channels": True}, "base_channels must be an integer, got True"),
-    ("custom", {"first_kernel": 3.0}, "first_kernel must be an integer"),
-    ("resnet18", {"freeze_encoder": 1}, "freeze_encoder must be true/false"),
-    ("resnet18", {"weights": 5}, "weights must be a string, got 5"),
-    ("resnet18", {"weights": None}, "weights must be a string, got None"),
+    ("unet", {"base_channels": "16"}, "^model 'unet': base_channels: expected an integer, got '16'$"),
+    ("unet", {"base_channels": True}, "^model 'unet': base_channels: expected an integer, got True$"),
+    ("custom", {"first_kernel": 3.0}, "^model 'custom': first_kernel: expected an integer, got 3.0$"),
+    ("resnet18", {"freeze_encoder": 1}, r"^model 'resnet18': freeze_encoder: expected true or false \(on/off, yes/no, 1/0\), "
+                                        "got 1$"),
+    ("resnet18", {"weights": 5}, "^model 'resnet18': weights: expected a string, got 5$"),
+    ("resnet18", {"weights": None}, "^model 'resnet18': weights: expected a string, got None$"),
 ])
 def test_create_model_wrong_type(name, kwargs, needle):
     with pytest.raises(AblateError, match=needle):
@@ -367,7 +369,7 @@ def test_create_model_wrong_type(name, kwargs, needle):
 
 @pytest.mark.parametrize("num_classes", [0, -1, 2.0, True])
 def test_create_model_bad_num_classes(num_classes):
-    with pytest.raises(AblateError, match="num_classes must be an integer >= 1"):
+    with pytest.raises(AblateError, match=f"^model 'baseline': num_classes: expected an integer >= 1, got {num_classes!r}$"):
         create_model("baseline", num_classes)
 
 
@@ -453,14 +455,17 @@ def test_parse_model_args_types_values():
 
 
 @pytest.mark.parametrize("name,pairs,message", [
-    ("unet", ["base_channels"], "--model-arg 'base_channels': expected key=value"),
-    ("unet", ["=3"], "--model-arg '=3': expected key=value"),
-    ("unet", ["width=3"], "--model-arg width: model 'unet' has no such argument; accepted: base_channels"),
+    ("unet", ["base_channels"],
+     "--model-arg: expected [MODEL.]KEY=VALUE (e.g. unet.base_channels=16), got 'base_channels'"),
+    ("unet", ["=3"], "--model-arg: expected [MODEL.]KEY=VALUE (e.g. unet.base_channels=16), got '=3'"),
+    ("unet", ["width=3"], "--model-arg: unknown key 'width'; accepted: base_channels"),
     ("unet", ["base_channels=abc"], "--model-arg base_channels: expected an integer, got 'abc'"),
     ("unet", ["base_channels=1.5"], "--model-arg base_channels: expected an integer, got '1.5'"),
+    ("unet", ["unet.base_channels=1.5"], "--model-arg unet.base_channels: expected an integer, got '1.5'"),
+    ("unet", ["resnet18.weights=none"], "--model-arg: unknown key 'resnet18.weights'; accepted: base_channels"),
     ("resnet18", ["freeze_encoder=maybe"],
-     "--model-arg freeze_encoder: expected true/false (or 1/0, yes/no), got 'maybe'"),
-    ("unet", ["base_channels=8", "base_channels=16"], "--model-arg base_channels: given more than once"),
+     "--model-arg freeze_encoder: expected true or false (on/off, yes/no, 1/0), got 'maybe'"),
+    ("unet", ["base_channels=8", "base_channels=16"], "--model-arg base_channels: given twice"),
     ("vgg", ["a=1"], "unknown model 'vgg'; choose from: baseline, custom, resnet18, unet "
                      "(or an import path MODULE:CALLABLE, or smp:ARCHITECTURE/ENCODER)"),
 ])
@@ -477,9 +482,9 @@ def test_an_import_path_model_has_its_signature_as_options(external_models):
     assert model_params(name) == {"width": (int, 4), "note": (str | None, None), "scale": (float, 1.0)}
     assert parse_model_args(name, ["width=6", "scale=2", "note=none"]) == {"width": 6, "scale": 2.0, "note": None}
     assert create_model(name, NUM_CLASSES, width=6).classifier.in_channels == 6
-    with pytest.raises(AblateError, match=f"model '{name}' has no argument 'depth'; accepted: width, note, scale"):
+    with pytest.raises(AblateError, match=f"model '{name}': unknown key 'depth'; accepted: width, note, scale"):
         create_model(name, NUM_CLASSES, depth=2)
-    with pytest.raises(AblateError, match="width must be an integer, got '6'"):
+    with pytest.raises(AblateError, match="width: expected an integer, got '6'"):
         create_model(name, NUM_CLASSES, width="6")
 
 
@@ -541,7 +546,7 @@ def test_check_model_builds_resnet18_only_when_its_weights_need_reading(tmp_path
     monkeypatch.setattr(resnet18_module, "_load_resnet18", lambda weights, **kw: built.append(weights) or real(weights, **kw))
     check_model("resnet18", {"weights": "none", "freeze_encoder": False})
     assert built == []
-    with pytest.raises(AblateError, match="model 'resnet18' has no argument 'width'"):
+    with pytest.raises(AblateError, match="model 'resnet18': unknown key 'width'"):
         check_model("resnet18", {"weights": "none", "freeze_encoder": False, "width": 2})
     with pytest.raises(AblateError, match="freeze_encoder=true with weights=none"):
         check_model("resnet18", {"weights": "none"})

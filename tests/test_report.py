@@ -21,7 +21,9 @@ from ablate import record as records
 from ablate import tune as tuning
 from ablate.cli import main
 from ablate.config import TrainConfig
+from ablate.data import load_dataset
 from ablate.engine import Pruned, fit
+from ablate.predict import gallery_predictions
 from ablate.report import write_report
 
 EVIL = "<script>alert(1)</script>"
@@ -38,13 +40,25 @@ def _write_study(folder: Path, kind: str, dataset: dict, **extra) -> dict:
     return meta
 
 
+def _data(cache_dir: Path):
+    return load_dataset(BASE["data"], image_size=BASE["image_size"], num_classes=None, ignore_index=255,
+                        val_fraction=None, cache_dir=cache_dir)
+
+
+def _fit(config: TrainConfig, out_dir: Path, data, **kwargs) -> dict:
+    """A run as the grid and the tuner train it: with its predictions of the gallery's val
+    images (predictions.png), which the report draws."""
+    return fit(config, dataset=data, out_dir=out_dir, quiet=True,
+               on_model=lambda model: gallery_predictions(model, data, out_dir), **kwargs)
+
+
 def _build_grid(folder: Path, cache_dir: Path) -> dict:
-    rows, dataset = [], None
+    rows, dataset, data = [], None, _data(cache_dir)
     for model, args in MODELS.items():
         for weighted in (False, True):
             for seed in (0, 1):
                 config = TrainConfig(model=model, model_args=args, weighted_loss=weighted, seed=seed, **BASE)
-                rec = fit(config, out_dir=folder / "runs" / config.run_id, quiet=True, cache_dir=cache_dir)
+                rec = _fit(config, folder / "runs" / config.run_id, data)
                 dataset = rec["dataset"]
                 rows.append({"cell_id": config.run_id, **records.summary(rec), "model_args": json.dumps(args)})
     # One crashed run, as the grid records it.
@@ -65,7 +79,7 @@ def _build_tune(folder: Path, cache_dir: Path, dataset: dict) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=folder.name, storage=storage, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
-    rows = []
+    rows, data = [], _data(cache_dir)
     for _ in range(4):
         trial = study.ask()
         lr, batch = trial.suggest_float("lr", 1e-3, 3e-2, log=True), trial.suggest_categorical("batch_size", [16, 32])
@@ -76,12 +90,13 @@ def _build_tune(folder: Path, cache_dir: Path, dataset: dict) -> None:
             if trial.number == 3:  # one pruned trial, as the tuner's pruner would leave it
                 raise Pruned(f"pruned at epoch {epoch}")
 
-        rec = fit(config, out_dir=folder / "runs" / str(trial.number), quiet=True, cache_dir=cache_dir, on_epoch=report)
+        rec = _fit(config, folder / "runs" / str(trial.number), data, on_epoch=report)
         val = rec["metrics"]["val"]["miou"]
         state = optuna.trial.TrialState.PRUNED if rec["status"] == "pruned" else optuna.trial.TrialState.COMPLETE
         # what `ablate tune` stores with each trial: its record and the trials-table attrs
         attrs = {"val_miou": val, "test_miou": (rec["metrics"].get("test") or {}).get("miou"),
-                 "epochs_run": rec["stopped_epoch"], "seconds": rec["timing"]["seconds"], **records.to_attrs(rec)}
+                 "epochs_run": rec["stopped_epoch"], "seconds": rec["timing"]["seconds"],
+                 "run_dir": str(folder / "runs" / str(trial.number)), **records.to_attrs(rec)}
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         study.tell(trial, val if state == optuna.trial.TrialState.COMPLETE else None, state=state)

@@ -23,6 +23,8 @@ from ablate import record as records
 from ablate.cli import main
 from ablate.errors import AblateError
 from ablate.record import CHECKPOINT_FILE, RECORD_FILE
+from ablate.report import gallery_for
+from ablate.results import NoCheckpoint, best_grid_runs, open_study
 
 REPO = Path(__file__).resolve().parents[1]
 FREQ = {"train": [0.6, 0.3, 0.1], "val": [0.6, 0.3, 0.1]}
@@ -92,8 +94,7 @@ def _fake_grid(tmp_path: Path, keep: str, *, name: str = "rec", dataset=None) ->
         if dataset is not None:  # what the engine's on_model does for a completed run
             gallery_predictions(model.eval(), dataset, run_dir)
         record = _record({**c.to_dict(), "data": "synthetic"}, value)
-        writes = grids.keeps_checkpoint(keep, cell.brief(), record, gs.study_attrs()["cells"], gs.trials(),
-                                        gs.storage.get_trial_number_from_id(trial_id))  # as run_cell asks it
+        writes = keep != "none"  # as run_cell asks the engine
         records.write(run_dir, record, model.state_dict() if writes else None)
         gs.storage.set_trial_user_attr(trial_id, "run_dir", str(run_dir.relative_to(results / name)))
         grids._tell(gs.storage, cell, trial_id, record, 1.0, run_dir=run_dir, artifacts=files)
@@ -128,13 +129,11 @@ def test_keep_checkpoints_leaves_exactly_the_expected_checkpoint_artifacts(tmp_p
     assert len(expected) == {"all": 8, "none": 0, "best": 2}[keep]
     assert len(list(folder.iterdir())) == 8 + len(expected)  # nothing else left behind
     written = {cid for cid, v in ids.items() if CHECKPOINT_FILE in v}
-    assert written == {"all": set(trials), "none": set()}.get(keep, written) and expected <= written
-    if keep == "best":  # a run whose cell mate or rival cell had already done better wrote none
-        assert len(written) < 8
+    assert written == {"none": set()}.get(keep, set(trials))  # every completed run wrote one, then best pruned
     pruned = store.pruned_ids(gs.study_attrs() or {})
     assert pruned == {ids[c][CHECKPOINT_FILE] for c in written - expected}
     # The report's gallery picks exactly the kept ones: each loads from the artifact store.
-    study = analysis.load_study(tmp_path / "elsewhere", "rec", storage=gs.url)
+    study = open_study(tmp_path / "elsewhere", "rec", storage=gs.url)
     runs = analysis.finished_runs(study)
     assert {key for _, key in analysis.best_runs(study, runs)} == _best_ids(cells, miou)
     if keep != "none":
@@ -145,90 +144,10 @@ def test_keep_checkpoints_leaves_exactly_the_expected_checkpoint_artifacts(tmp_p
             assert ckpt["config"]["model"] == study.records[key]["config"]["model"]
     other = next(iter(set(trials) - _best_ids(cells, miou)))
     if keep != "all":
-        # pruned once the grid was done, or never written (it could not be the kept run)
-        with pytest.raises(analysis.NoCheckpoint, match="pruned by --keep-checkpoints best|or best and it could never"
+        # pruned once the grid was done
+        with pytest.raises(NoCheckpoint, match="pruned by --keep-checkpoints best"
                            if keep == "best" else "--keep-checkpoints none"):
             study.checkpoint_dir(other)
-
-
-def test_whatever_order_cells_finish_in_the_run_best_keeps_has_written_its_checkpoint():
-    """keeps_checkpoint against the report's own choice (`analysis.gallery_keys`): 2 models x
-    4 settings x 3 seeds with random val mIoUs (many exact ties, as cells that did not learn
-    have) claimed in one random order (trial numbers) and finishing in another; each run
-    decides from the runs completed before it, as a worker does. The finally kept run always
-    wrote its checkpoint, and most runs wrote none."""
-    import random
-
-    study = grids.build_study(grids.QUICK_STUDY, where="t", overrides={
-        "models": "baseline,unet", "toggles": "scheduler,augment", "seeds": 3, "image_size": 32, "name": "k"})
-    cells = grids.expand(study, "fp")
-    briefs = [c.brief() for c in cells]
-    rng = random.Random(0)
-    written_total = 0
-    for _ in range(300):
-        value = {c.cell_id: rng.choice([0.1, 0.1, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]) for c in cells}
-        number = {c.cell_id: i for i, c in enumerate(rng.sample(cells, len(cells)))}
-        done, written = [], set()
-        for cell in rng.sample(cells, len(cells)):
-            record = _record({**cell.config.to_dict(), "data": "synthetic"}, value[cell.cell_id])
-            if grids.keeps_checkpoint("best", cell.brief(), record, briefs, done, number[cell.cell_id]):
-                written.add(cell.cell_id)
-            trial = optuna.trial.create_trial(
-                state=TrialState.COMPLETE, value=value[cell.cell_id],
-                user_attrs={"cell_id": cell.cell_id, "val_miou": value[cell.cell_id], "status": "completed"})
-            trial.number = number[cell.cell_id]
-            done.append(trial)
-        kept = set(analysis.gallery_keys(grids.runs_table(briefs, done)))
-        assert len(kept) == 2 and kept <= written
-        written_total += len(written)
-    # measured: 12.0 of 24 here (3 seeds, random orders); 8 of 32 in a default grid
-    assert written_total / 300 < 0.6 * len(cells)
-    cell = cells[0].brief()
-    completed = _record({**cells[0].config.to_dict(), "data": "synthetic"}, 0.1)
-    assert grids.keeps_checkpoint("all", cell, completed, briefs, [], 0)
-    assert not grids.keeps_checkpoint("none", cell, completed, briefs, [], 0)
-    assert not grids.keeps_checkpoint("best", cell, {**completed, "status": "failed"}, briefs, [], 0)
-    assert not grids.keeps_checkpoint("all", cell, {**completed, "status": "failed"}, briefs, [], 0)
-
-
-def test_a_run_judges_its_checkpoint_against_every_seed_the_study_holds():
-    """A study grown to 3 seeds, resumed by a command asking for 2 (or another machine's):
-    seed 2 of both cells completed earlier. Judged against the command's 2 seeds only, a cell
-    would look complete and beaten too early; against the study's 3 it is not."""
-    study = grids.build_study(grids.QUICK_STUDY, where="t", overrides={
-        "models": "unet", "toggles": "scheduler", "seeds": 3, "image_size": 32, "name": "k3"})
-    cells = grids.expand(study, "fp")
-    briefs = [c.brief() for c in cells]
-    by = {(c.config.scheduler, c.config.seed): c for c in cells}
-    value = {(False, 0): 0.5, (False, 1): 0.1, (False, 2): 0.6, (True, 0): 0.4, (True, 1): 0.3, (True, 2): 0.0}
-    done = []
-    for n, key in enumerate([(False, 2), (True, 2), (True, 0), (True, 1), (False, 1)]):
-        trial = optuna.trial.create_trial(state=TrialState.COMPLETE, value=value[key], user_attrs={
-            "cell_id": by[key].cell_id, "val_miou": value[key], "status": "completed"})
-        trial.number = n
-        done.append(trial)
-    last = by[(False, 0)]
-    record = _record({**last.config.to_dict(), "data": "synthetic"}, value[(False, 0)])
-    two_seeds = [b for b in briefs if b["seed"] < 2]
-    # with 2 seeds: 'none' (0.5, 0.1) = 0.30 loses to 'scheduler' (0.4, 0.3) = 0.35
-    assert not grids.keeps_checkpoint("best", last.brief(), record, two_seeds, done, 5)
-    # with all 3: 'none' 0.40 beats 'scheduler' 0.233, and seed 2 (0.6) is its best: still no
-    assert not grids.keeps_checkpoint("best", last.brief(), record, briefs, done, 5)
-    kept = set(analysis.gallery_keys(grids.runs_table(briefs, [*done, _complete(last, 0.5, 5)])))
-    assert kept == {by[(False, 2)].cell_id}
-    # had seed 2 of 'none' scored 0.45, seed 0 (0.5) would be kept: the study's seeds say so
-    done[0] = _complete(by[(False, 2)], 0.45, 0)
-    assert grids.keeps_checkpoint("best", last.brief(), record, briefs, done, 5)
-    assert not grids.keeps_checkpoint("best", last.brief(), record, two_seeds, done, 5)  # the command's: wrong
-    kept = set(analysis.gallery_keys(grids.runs_table(briefs, [*done, _complete(last, 0.5, 5)])))
-    assert kept == {last.cell_id}
-
-
-def _complete(cell, value: float, number: int):
-    trial = optuna.trial.create_trial(state=TrialState.COMPLETE, value=value, user_attrs={
-        "cell_id": cell.cell_id, "val_miou": value, "status": "completed"})
-    trial.number = number
-    return trial
 
 
 def test_the_gallery_breaks_ties_by_what_ran_first():
@@ -238,9 +157,9 @@ def test_the_gallery_breaks_ties_by_what_ran_first():
     runs = pd.DataFrame({"arch": "m", "cell": [r[0] for r in rows], "seed": [r[1] for r in rows],
                          "val_miou": [r[2] for r in rows], "trial_number": [r[3] for r in rows],
                          "key": [f"{r[0]}{r[1]}" for r in rows]})
-    assert analysis._best_grid_runs(runs) == [("c (seed 1)", "c1")]  # a, b, c tie at 0.2; c ran first (trial 0)
+    assert analysis.grid_best_runs(runs) == [("c (seed 1)", "c1")]  # a, b, c tie at 0.2; c ran first (trial 0)
     runs.loc[runs["key"] == "c0", "trial_number"] = 9
-    assert analysis._best_grid_runs(runs) == [("b (seed 0)", "b0")]  # now b ran first; its seeds tie: trial 1
+    assert analysis.grid_best_runs(runs) == [("b (seed 0)", "b0")]  # now b ran first; its seeds tie: trial 1
 
 
 def test_without_checkpoints_the_gallery_draws_each_trials_stored_predictions(tmp_path, cache_dir):
@@ -257,10 +176,10 @@ def test_without_checkpoints_the_gallery_draws_each_trials_stored_predictions(tm
     for (_, gs, _, _), where in ((kept, "all"), (none, "none")):
         assert all(sorted(store.artifact_ids(t.system_attrs)) == sorted(
             ["run.json", "predictions.png", *(["best.pt"] if where == "all" else [])]) for t in gs.trials())
-    kept_study = analysis.load_study(tmp_path / "all" / "report", "rec", storage=kept[1].url)
-    study = analysis.load_study(tmp_path / "none" / "report", "rec", storage=none[1].url)
+    kept_study = open_study(tmp_path / "all" / "report", "rec", storage=kept[1].url)
+    study = open_study(tmp_path / "none" / "report", "rec", storage=none[1].url)
     runs = analysis.finished_runs(study)
-    shown = analysis.gallery(study, runs, cache_dir=cache_dir)
+    shown = gallery_for(study, runs, cache_dir=cache_dir)
     assert len(shown.predictions) == 2 and not shown.notes
     # What each checkpoint predicts for the same images (the same cells, the same weights).
     val = data.splits["val"]
@@ -273,7 +192,7 @@ def test_without_checkpoints_the_gallery_draws_each_trials_stored_predictions(tm
 
 def test_a_study_read_from_its_storage_has_every_record_and_curve(tmp_path):
     results, gs, cells, miou = _fake_grid(tmp_path, "best")
-    study = analysis.load_study(tmp_path / "empty" / "results", "rec", storage=gs.url,
+    study = open_study(tmp_path / "empty" / "results", "rec", storage=gs.url,
                                 artifacts=str(tmp_path / "shared-artifacts"))
     assert study.source == "storage" and study.meta["dataset"] == DATASET
     assert study.meta["command"] == ["grid", "--study-name", "rec"] and study.meta["models"] == ["baseline", "unet"]
@@ -288,23 +207,28 @@ def test_a_study_read_from_its_storage_has_every_record_and_curve(tmp_path):
 
 
 def test_missing_artifacts_and_damaged_records_are_named_with_exit_2(tmp_path, cache_dir):
-    results, gs, cells, miou = _fake_grid(tmp_path, "best")
+    from ablate.data import load_dataset
+
+    data = load_dataset("synthetic", image_size=(32, 32), num_classes=None, ignore_index=255, val_fraction=None,
+                        cache_dir=cache_dir)
+    results, gs, cells, miou = _fake_grid(tmp_path, "best", dataset=data)
     shared = tmp_path / "shared-artifacts"
     report = ["report", "--storage", gs.url, "--study-name", "rec", "--results-dir", str(tmp_path / "r")]
     ok = CliRunner().invoke(main, report)
     assert ok.exit_code == 0, ok.output
     for name in ("runs.csv", "summary.csv", "effects.csv", "comparisons.csv", "report.html"):
         assert (tmp_path / "r" / "rec" / name).is_file()
-    # The best unet checkpoint is gone from the store: named, exit 2, one line.
+    # The predictions the gallery draws for the best unet run are gone from the store: named,
+    # exit 2, one line (the report reads no checkpoint).
     best_unet = next(k for k in _best_ids(cells, miou) if any(c.cell_id == k and c.config.model == "unet" for c in cells))
     trial = next(t for t in gs.trials() if t.user_attrs["cell_id"] == best_unet)
-    aid = store.artifact_ids(trial.system_attrs)[CHECKPOINT_FILE]
+    aid = store.artifact_ids(trial.system_attrs)[store.PREDICTIONS_FILE]
     (shared / aid).unlink()
     gone = CliRunner().invoke(main, [*report[:-1], str(tmp_path / "r2")])
     assert gone.exit_code == 2, gone.output
     lines = gone.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: trial {trial.number} (unet · no toggles · s0): best.pt: "
-                                                   f"artifact {aid} is missing from the artifact store")
+    assert len(lines) == 1 and lines[0].startswith(f"error: trial {trial.number} (unet · no toggles · s0): "
+                                                   f"predictions.png: artifact {aid} is missing from the artifact store")
     # A wrong --artifacts folder is named too.
     wrong = CliRunner().invoke(main, [*report[:-1], str(tmp_path / "r3"), "--artifacts", str(tmp_path / "nowhere")])
     assert wrong.exit_code == 2 and "--artifacts" in wrong.output and "nowhere" in wrong.output, wrong.output
@@ -387,7 +311,7 @@ def test_two_machines_on_postgresql_and_a_report_from_a_third(tmp_path, cache_di
     # The default --keep-checkpoints best: one architecture, one checkpoint left in the shared store.
     checkpoints = [a for t in trials if (a := store.artifact_ids(t.system_attrs).get(CHECKPOINT_FILE))]
     assert sum((shared / a).is_file() for a in checkpoints) == 1
-    assert len(checkpoints) < 16  # the runs that could never be kept wrote none
+    assert len(checkpoints) == 16  # every completed run wrote one; best pruned all but one
     assert not list(tmp_path.glob("*/results/two/runs/*/*/best.pt"))
 
     third = tmp_path / "third"
@@ -412,12 +336,12 @@ def test_two_machines_on_postgresql_and_a_report_from_a_third(tmp_path, cache_di
         pd.testing.assert_frame_equal(there[name], here[name], check_exact=True, obj=name)
     assert len(there["runs"]) == 16 and set(there["runs"]["status"]) == {"completed"}
 
-    study = analysis.load_study(third / "results", "two", storage=postgres_url, artifacts=str(shared))
+    study = open_study(third / "results", "two", storage=postgres_url, artifacts=str(shared))
     runs = analysis.finished_runs(study)
     curves = analysis.learning_curves(study, runs)
     assert len(set(curves["key"])) == 16 and len(curves) == 16  # one epoch each, every run
     [(label, key)] = analysis.best_runs(study, runs)
     means = runs.groupby("cell")["val_miou"].mean()
     assert label.startswith(means.idxmax())  # the best cell over all 16 runs, from both machines
-    g = analysis.gallery(study, runs, n_images=2, cache_dir=cache_dir)
+    g = gallery_for(study, runs, n_images=2, cache_dir=cache_dir)
     assert [p[0] for p in g.predictions] == [label] and not g.notes

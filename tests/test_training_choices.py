@@ -101,9 +101,9 @@ def test_a_grid_of_dice_with_the_weighted_loss_toggle_is_refused_before_it_runs(
     study = tmp_path / "dice.toml"
     study.write_text('models = ["baseline"]\ntoggles = ["weighted_loss"]\n[train]\nloss = "dice"\nimage_size = 32\n')
     with pytest.raises(AblateError, match="^model baseline: loss 'dice' takes no class weights"):
-        grids.check_models(grids.load_study(study))
+        grids.check_models(grids.read_grid_study(study))
     study.write_text('models = ["baseline"]\ntoggles = ["augment"]\n[train]\nloss = "dice"\nimage_size = 32\n')
-    grids.check_models(grids.load_study(study))  # without the toggle, dice is fine
+    grids.check_models(grids.read_grid_study(study))  # without the toggle, dice is fine
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -171,10 +171,10 @@ def test_train_flags_reach_the_engine(tmp_path, cache_dir, synthetic32):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--loss", "hinge"], "--loss must be one of ce, dice, focal, lovasz, ce+dice, got 'hinge'"),
-    (["--optimizer", "adam"], "--optimizer must be one of adamw, sgd, got 'adam'"),
-    (["--schedule", "step"], "--schedule must be one of none, cosine, poly, onecycle, got 'step'"),
-    (["--momentum", "1.5"], "--momentum must be a number in [0, 1), got 1.5"),
+    (["--loss", "hinge"], "--loss: expected one of ce, dice, focal, lovasz, ce+dice, got 'hinge'"),
+    (["--optimizer", "adam"], "--optimizer: expected one of adamw, sgd, got 'adam'"),
+    (["--schedule", "step"], "--schedule: expected one of none, cosine, poly, onecycle, got 'step'"),
+    (["--momentum", "1.5"], "--momentum: expected a number in [0, 1), got 1.5"),
     (["--nesterov"], "nesterov applies to sgd only, not 'adamw'"),
     (["--loss", "dice", "--weighted-loss"], "loss 'dice' takes no class weights"),
 ])

@@ -17,7 +17,6 @@ import torch
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from ablate import analysis
 from ablate import record as records
 from ablate import store
 from ablate import tune as tuning
@@ -26,6 +25,7 @@ from ablate.cli import main
 from ablate.config import TrainConfig
 from ablate.errors import AblateError
 from ablate.models import create_model
+from ablate.results import NoCheckpoint, open_study
 
 REPO = Path(__file__).resolve().parents[1]
 # The custom net's cost is in its parameters (up to 70 M with 7x7 kernels), not its pixels:
@@ -206,14 +206,14 @@ def test_a_tune_reports_from_an_empty_folder_with_only_its_storage_and_artifacts
     assert f"best trial {best.number}" in html and "no run record" not in html
     assert "no checkpoint stored" not in html  # the gallery drew the predictions the trial stored
     assert not list((empty / "u" / "checkpoints").rglob("best.pt"))  # so it downloaded no checkpoint
-    study = analysis.load_study(empty, "u", storage=url, artifacts=str(shared))
+    study = open_study(empty, "u", storage=url, artifacts=str(shared))
     if keep == "best":  # the best trial's checkpoint is in the store, for `ablate predict`
         aid = store.artifact_ids(best.system_attrs)["best.pt"]
         assert study.checkpoint_dir(str(best.number)) == empty / "u" / "checkpoints" / aid
         assert torch.load(empty / "u" / "checkpoints" / aid / "best.pt", weights_only=True)["config"]["lr"] == best.params["lr"]
     else:
         assert not any("best.pt" in store.artifact_ids(t.system_attrs) for t in _load(url, "u").trials)
-        with pytest.raises(analysis.NoCheckpoint, match="--keep-checkpoints none"):
+        with pytest.raises(NoCheckpoint, match="--keep-checkpoints none"):
             study.checkpoint_dir(str(best.number))
 
 
@@ -226,7 +226,7 @@ def test_export_runs_through_grid_dry_run_with_the_best_params(tuned):
                                     "--results-dir", str(tuned["root"] / "grid")])
     assert dry.exit_code == 0, dry.output
     assert "3 cells" in dry.output and dry.output.count("custom") >= 3
-    cells = grids.expand(grids.load_study(exported), "fingerprint")
+    cells = grids.expand(grids.read_grid_study(exported), "fingerprint")
     assert sorted(c.config.seed for c in cells) == [0, 1, 2]
     for cell in cells:
         c = cell.config
@@ -234,6 +234,39 @@ def test_export_runs_through_grid_dry_run_with_the_best_params(tuned):
                                                                          best.params["batch_size"], 2, (32, 32))
         assert c.model_args == {k: best.params[k] for k in ("first_kernel", "encoder_kernel", "decoder_kernel")}
         assert not (c.scheduler or c.augment or c.weighted_loss)
+
+
+def test_the_exported_study_file_reads_back_as_the_tuned_configuration(tmp_path):
+    """--export's file (written with tomli_w): read back it is exactly the document meant, and
+    the grid's reader makes each seed's all-toggles-on cell the tuned configuration (execution,
+    precision and device, is the grid's to resolve: not exported)."""
+    import tomllib
+
+    from ablate import grid as grids
+
+    config = TrainConfig(model="custom", data="synthetic", image_size=(32, 64), lr=0.00123456789, batch_size=8,
+                         weight_decay=0.0, epochs=2, num_classes=5, val_fraction=0.25, ignore_index=0,
+                         model_args={"first_kernel": 5, "encoder_kernel": 3, "decoder_kernel": 7}, scheduler=True)
+    about = "best trial 3 of tune study 't' (val mIoU 0.5000)"
+    text = tuning.grid_toml(config, name="t-best", seeds=2, about=about)
+    assert text.startswith(f"# Written by `ablate tune --export`: {about}.\n")
+    assert "# tuned on: scheduler" in text
+    assert tomllib.loads(text) == {
+        "name": "t-best", "description": f"Reruns {about} with 2 seeds.", "models": ["custom"],
+        "toggles": ["scheduler"], "seeds": 2,
+        "train": {"data": "synthetic", "image_size": [32, 64], "num_classes": 5, "val_fraction": 0.25,
+                  "ignore_index": 0, "epochs": 2, "batch_size": 8, "lr": 0.00123456789, "weight_decay": 0.0,
+                  "patience": 3},
+        "model_args": {"custom": {"decoder_kernel": 7, "encoder_kernel": 3, "first_kernel": 5}},
+    }
+    (tmp_path / "best.toml").write_text(text)
+    cells = grids.expand(grids.read_grid_study(tmp_path / "best.toml"), "fingerprint")
+    tuned = [c.config for c in cells if c.config.scheduler]
+    assert sorted(c.seed for c in tuned) == [0, 1]
+    execution = ("precision", "device")
+    for c in tuned:
+        assert ({k: v for k, v in c.replace(seed=config.seed).to_dict().items() if k not in execution}
+                == {k: v for k, v in config.to_dict().items() if k not in execution})
 
 
 def test_existing_study_with_another_space_or_model_is_refused(tuned):

@@ -39,7 +39,8 @@ def _dead_pid() -> int:
 
 def test_identity_names_host_boot_pid_namespace_and_pid():
     me = workers.identity()
-    assert set(me) == {"host", "boot", "pidns", "pid", "node"} and me["pid"] == os.getpid()
+    assert set(me) == {"host", "boot", "pidns", "pid", "node", "supervisor"} and me["pid"] == os.getpid()
+    assert me["supervisor"] is None  # this process runs its work itself
     assert me["pidns"] == os.stat("/proc/self/ns/pid").st_ino and me["node"] == f"{me['host']}/{me['boot']}/{me['pidns']}"
 
 
@@ -53,7 +54,29 @@ def test_a_dead_process_of_this_node_is_reclaimed_at_once_a_namespace_twin_is_no
     assert workers.Reclaimer().reclaim(study._storage, study.get_trials(deepcopy=False)) is True
     states = {t._trial_id: t.state for t in study.get_trials()}
     assert states == {here: TrialState.FAIL, elsewhere: TrialState.RUNNING, alive: TrialState.RUNNING}
-    assert study._storage.get_trial(here).user_attrs["failure_reason"] == f"worker lost: process {pid} on {me['host']} died"
+    assert (study._storage.get_trial(here).user_attrs["failure_reason"]
+            == f"worker lost: process {pid} on {me['host']} died with the command that ran it")
+
+
+def test_a_dead_worker_whose_supervisor_lives_is_left_to_it_and_charged_by_it(tmp_path):
+    """Others leave a dead worker's trial to its live supervisor, which saw the death and
+    charges it (`settle_killed`); with the supervisor gone too (the whole command died) the
+    trial is an uncharged loss."""
+    study = _study(tmp_path)
+    me = workers.identity()
+    supervised = _owned(study, {**me, "pid": _dead_pid(), "supervisor": 1}, grace=600)
+    orphaned = _owned(study, {**me, "pid": _dead_pid(), "supervisor": _dead_pid()}, grace=600)
+    assert workers.Reclaimer().reclaim(study._storage, study.get_trials(deepcopy=False)) is True
+    states = {t._trial_id: t.state for t in study.get_trials()}
+    assert states == {supervised: TrialState.RUNNING, orphaned: TrialState.FAIL}
+    reason = study._storage.get_trial(orphaned).user_attrs["failure_reason"]
+    assert reason.startswith("worker lost:") and not workers.is_charged(reason)
+
+    pid = study._storage.get_trial(supervised).user_attrs["worker"]["pid"]
+    assert workers.settle_killed(study._storage, study.get_trials(deepcopy=False), pid, "SIGKILL") == 1
+    reason = study._storage.get_trial(supervised).user_attrs["failure_reason"]
+    assert reason == f"worker killed: process {pid} on {me['host']} ended by SIGKILL while running it"
+    assert workers.is_charged(reason) and study._storage.get_trial(supervised).state == TrialState.FAIL
 
 
 def test_observers_honour_the_grace_the_owner_recorded_not_their_own(tmp_path, monkeypatch):
@@ -140,7 +163,7 @@ def report_environment_then(index: int, events, name: str, how: str) -> None:
 def test_workers_get_the_parents_environment_of_now_and_leave_with_their_own_exit_code(monkeypatch, how, codes):
     """Workers are forked from a server started earlier (forkserver): they must still see the
     environment as the parent has it when they start, and end with the code their target
-    ended with, although they leave through `workers.fast_exit`."""
+    ended with."""
     workers.warm_up(__name__)  # the server starts with this environment ...
     monkeypatch.setenv("ABLATE_TEST_LATE", f"set after the server started ({how})")  # ... this comes later
     events: list = []
@@ -196,7 +219,7 @@ GRID_PARENT = """
 import json, sys
 from pathlib import Path
 from ablate import grid as grids
-study = grids.load_study(None, {})  # the default study: all four architectures, every toggle
+study = grids.read_grid_study(None, {})  # the default study: all four architectures, every toggle
 grids.check_models(study)
 execution = grids.resolve_execution(study.train)
 cells = grids.expand(study, "f" * 16, execution)

@@ -54,6 +54,11 @@ class _LazyGroup(click.Group):
         except AblateError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM where no command said more (start-up)
+            from ablate.workers import interrupt_exit_code
+
+            click.echo("\ninterrupted: rerun the same command to continue", err=True)
+            sys.exit(interrupt_exit_code(exc))
 
 
 @click.group(cls=_LazyGroup)
@@ -68,16 +73,9 @@ def main() -> None:
 
 
 def run() -> None:
-    """The `ablate` console command: `main`, then a fast exit (`workers.fast_exit`: streams
-    flushed, database connections closed, no interpreter teardown, which with torch loaded
-    takes 1-2 s). A bug's traceback still goes the usual way."""
-    try:
-        main(prog_name="ablate")
-        status = SystemExit(0)
-    except SystemExit as exc:
-        status = exc
-    if "torch" not in sys.modules:  # e.g. --help: nothing slow to skip (and no optuna to import)
-        raise status
+    """The `ablate` console command (through `ablate._main`): SIGTERM is an interrupt from the
+    first moment (`workers.terminate_as_interrupt`): exit 143, one line."""
     from ablate import workers
 
-    workers.fast_exit(workers.exit_code(status))
+    workers.terminate_as_interrupt()
+    main(prog_name="ablate")

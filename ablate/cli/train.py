@@ -5,8 +5,9 @@ from pathlib import Path
 
 import click
 
-from ablate.cli._options import data_options, execution_options, stopping_options, toggle_options, training_options
-from ablate.config import TrainConfig, parse_image_size
+from ablate.cli._options import (checked_option, data_options, execution_options, run_options, stopping_options,
+                                 toggle_options, training_options)
+from ablate.config import TrainConfig
 from ablate.errors import AblateError
 
 
@@ -16,15 +17,13 @@ from ablate.errors import AblateError
                    "--model-arg values) as MODULE:CALLABLE importable from PYTHONPATH (PYTHONPATH=. for the working "
                    "directory) or as FILE.py:CALLABLE, or smp:ARCHITECTURE/ENCODER (pip install 'ablate[smp]').")
 @click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
-              help="Model constructor argument, repeatable (e.g. base_channels=16, weights=PATH).")
+              help="Model constructor argument, repeatable (e.g. base_channels=16, weights=PATH); typed by the "
+                   "model's signature.")
 @data_options()
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@run_options()
 @training_options()
 @stopping_options()
-@click.option("--seed", type=int, default=0, show_default=True)
+@checked_option("seed", default=0, show_default=True)
 @toggle_options
 @execution_options
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -41,7 +40,7 @@ def train(model, model_arg, data, image_size, num_classes, ignore_index, val_fra
 
     config = TrainConfig(
         model=model, model_args=parse_model_args(model, list(model_arg)), data=data,
-        image_size=parse_image_size(image_size or 64), num_classes=num_classes, ignore_index=ignore_index,
+        image_size=image_size or 64, num_classes=num_classes, ignore_index=ignore_index,
         val_fraction=val_fraction, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         loss=loss, optimizer=optimizer, momentum=momentum, nesterov=nesterov, schedule=schedule, scheduler=scheduler,
         augment=augment, weighted_loss=weighted_loss, class_weights=class_weights,

@@ -9,6 +9,9 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from ablate import results, store
+from ablate import tune as tuning
+from ablate import workers as worker_stage
 from ablate.cli._options import data_options, execution_options, results_dir_option, toggle_options
 from ablate.store import KEEP_CHECKPOINTS
 from ablate.tune import DEFAULT_EPOCHS, DEFAULT_N_TRIALS, PRUNERS, SAMPLERS
@@ -64,12 +67,8 @@ def tune(ctx: click.Context, study_file: Path | None, workers: int, storage: str
     holds --n-trials finished (complete or pruned) trials. Review it with the printed
     `optuna-dashboard` command.
     """
-    from ablate import store
-    from ablate import tune as tuning
-    from ablate import workers as worker_stage
-
     if workers > 1 and not dry_run:
-        worker_stage.warm_up("ablate.tune")  # the worker server imports torch while this process sets up
+        worker_stage.warm_up("ablate.tune.search")  # the worker server imports torch while this process sets up
     given = {name for name in flags
              if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     spec = tuning.resolve_spec(flags, given=given, study_file=study_file, workers=workers, storage=storage,
@@ -81,10 +80,10 @@ def tune(ctx: click.Context, study_file: Path | None, workers: int, storage: str
         return
     try:
         study = tuning.tune(spec, echo=lambda line: click.echo(line))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo(f"\ninterrupted: the running trial is marked FAIL; rerun the same command to continue "
                    f"(storage {store.mask_url(spec.storage)})", err=True)
-        sys.exit(130)
+        sys.exit(worker_stage.interrupt_exit_code(exc))
     _print_summary(spec, study)
     if _write_report(spec):
         _print_best_checkpoint(spec, study)
@@ -93,9 +92,7 @@ def tune(ctx: click.Context, study_file: Path | None, workers: int, storage: str
         click.echo(f"exported: {path}  (run it: ablate grid --study {path})")
 
 
-def _print_plan(spec) -> None:
-    from ablate import store
-
+def _print_plan(spec: tuning.TuneSpec) -> None:
     click.echo(f"study {spec.study_name}: {spec.base.model}, {spec.n_trials} trials of at most {spec.base.epochs} epochs, "
                f"sampler {spec.sampler}, pruner {spec.pruner}, {spec.workers} worker{'s' * (spec.workers > 1)}")
     click.echo(f"storage: {store.mask_url(spec.storage)}")
@@ -108,10 +105,7 @@ def _print_plan(spec) -> None:
     click.echo("fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
 
 
-def _print_summary(spec, study) -> None:
-    from ablate import store
-    from ablate import tune as tuning
-
+def _print_summary(spec: tuning.TuneSpec, study) -> None:
     c = tuning.counts(study)
     click.echo(f"\nstudy {spec.study_name}: {c['finished']} finished trials ({c['COMPLETE']} complete, "
                f"{c['PRUNED']} pruned), {c['FAIL']} failed; storage {store.mask_url(spec.storage)}")
@@ -128,9 +122,9 @@ def _print_summary(spec, study) -> None:
     click.echo(f"dashboard: {store.dashboard_command(spec.storage, local)}")
 
 
-def _write_report(spec) -> bool:
+def _write_report(spec: tuning.TuneSpec) -> bool:
     try:
-        from ablate.report import write_report
+        from ablate.report import write_report  # plotly: imported only once the tune is done
 
         path = write_report(results_dir=spec.results_dir, study_names=[spec.study_name], storage=spec.storage,
                             artifacts=spec.artifacts)
@@ -143,18 +137,15 @@ def _write_report(spec) -> bool:
         return False
 
 
-def _print_best_checkpoint(spec, study) -> None:
+def _print_best_checkpoint(spec: tuning.TuneSpec, study) -> None:
     """Where the best trial's checkpoint now is on this machine: fetched from the artifact
     store into results/<study>/checkpoints/<artifact id>/ (`Study.checkpoint_dir`)."""
-    from ablate import analysis
-    from ablate import tune as tuning
-
     best = tuning.best_trial(study)
     if best is None or spec.keep_checkpoints == "none":
         return
-    loaded = analysis.load_study(spec.results_dir, spec.study_name, storage=spec.storage, artifacts=spec.artifacts)
+    opened = results.open_study(spec.results_dir, spec.study_name, storage=spec.storage, artifacts=spec.artifacts)
     try:
-        folder = loaded.checkpoint_dir(str(best.number))
-    except analysis.NoCheckpoint:  # e.g. a study resumed with other settings
+        folder = opened.checkpoint_dir(str(best.number))
+    except results.NoCheckpoint:  # e.g. a study resumed with other settings
         return
     click.echo(f"best checkpoint: {folder}  (ablate predict --run {folder} --image IMG)")

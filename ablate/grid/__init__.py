@@ -20,6 +20,14 @@ PostgreSQL advisory lock, a MySQL named lock), and only for a cell whose fresh r
 RUNNING or COMPLETE trial. So a cell has at most one live trial at any time and none after it
 completed. A RUNNING trial leaves that state only through its owner or through a reclaim
 (also under the lock) once its worker is provably dead or silent for the grace period.
+
+study       a study file (and flags) -> GridStudy
+definition  GridStudy -> cells, and the definition a rerun must match
+claims      the study lock, claiming a cell exactly once, the grid's progress
+run         a claimed cell through the engine, its record into the storage; the worker loop
+tables      runs.csv, summary.csv, study.json
+command     `ablate grid` and `ablate status` from start to end (`run_grid`, `grid_status`)
+console     what those two print
 """
 from ablate.grid.definition import *  # noqa: F401,F403  (the package's public names, as before the split)
 from ablate.grid.claims import *  # noqa: F401,F403

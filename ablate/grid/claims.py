@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
@@ -19,74 +17,13 @@ from optuna.trial import FrozenTrial, TrialState
 from ablate import _io, store, workers
 from ablate.config import TOGGLES, TrainConfig, stable_hash
 from ablate.errors import AblateError
-from ablate.workers import INTERRUPTED, WORKER_LOST  # failure reasons, shared with the tuner
+from ablate.workers import INTERRUPTED, WORKER_KILLED, WORKER_LOST  # failure reasons, shared with the tuner
 from ablate.grid.definition import CELL_FIELDS, KIND, POLL_SECONDS, Cell, GridStudy, check_execution, trial_label
+# which trial speaks for a cell, and why a trial failed: the read side's, shared with the report
+from ablate.results.cells import CellState, cell_states, charged_failures, failure_reason  # noqa: F401
 
 
 # --------------------------------------------------------------------------- storage
-@dataclass(frozen=True)
-class CellState:
-    status: str  # completed | running | failed | retry | pending
-    trial: FrozenTrial | None  # the trial that speaks for the cell (complete, running or latest)
-    attempts: int  # trials so far
-    failures: int  # failures charged to --max-retries (see charged_failures)
-
-    @property
-    def waiting(self) -> bool:
-        """Whether a worker may claim the cell: never run, or failed with retries left."""
-        return self.status in ("pending", "retry")
-
-
-def cell_states(cells: list[dict], trials: list[FrozenTrial], max_retries: int | None = None) -> dict[str, CellState]:
-    """Status of every cell from its trials; max_retries None: any genuine failure is 'failed'."""
-    by_cell: dict[str, list[FrozenTrial]] = {c["cell_id"]: [] for c in cells}
-    for t in trials:
-        if t.user_attrs.get("cell_id") in by_cell:
-            by_cell[t.user_attrs["cell_id"]].append(t)
-    states = {}
-    for cid, ts in by_cell.items():
-        failures = charged_failures(ts)
-        complete = [t for t in ts if t.state == TrialState.COMPLETE]
-        running = [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-        if complete:
-            status, trial = "completed", complete[0]
-        elif running:
-            status, trial = "running", running[0]
-        elif failures:
-            retry = max_retries is not None and len(failures) <= max_retries
-            status, trial = ("retry" if retry else "failed"), ts[-1]
-        else:
-            status, trial = "pending", ts[-1] if ts else None
-        states[cid] = CellState(status, trial, len(ts), len(failures))
-    return states
-
-
-def failure_reason(trial: FrozenTrial) -> str | None:
-    if trial.state != TrialState.FAIL:
-        return None
-    return trial.user_attrs.get("failure_reason") or f"{WORKER_LOST} (trial failed by the storage)"
-
-
-def charged_failures(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The failed trials of one cell (in creation order) that count against --max-retries:
-    genuine failures, and every crash (worker lost: killed, OOM killer, segfault, silent)
-    after the cell's first, which is free since the machine may simply have gone down. A
-    cell that kills its own process every time therefore stops; an interruption never counts."""
-    charged, crashes = [], 0
-    for t in trials:
-        if t.state != TrialState.FAIL:
-            continue
-        reason = failure_reason(t)
-        if reason == INTERRUPTED:
-            continue
-        if workers.is_crash(reason):
-            crashes += 1
-            if crashes == 1:
-                continue
-        charged.append(t)
-    return charged
-
-
 class GridStorage:
     """An Optuna storage holding one grid study, and the study-wide lock under which cells
     are claimed."""
@@ -112,24 +49,11 @@ class GridStorage:
         """Exclusive across every process that uses this storage (for file storages: on one
         machine; for PostgreSQL and MySQL: across machines)."""
         if self._dialect in ("file", "sqlite"):
-            path = self.url.removeprefix("sqlite:///")
-            with _flock(f"{path}.grid-lock"):
+            with store.file_lock(f"{store.local_path(self.url)}.grid-lock"):
                 yield
             return
-        import sqlalchemy
-
-        key = int.from_bytes(hashlib.sha256(f"ablate-grid:{self.study_name}".encode()).digest()[:8], "big", signed=True)
-        if self._dialect == "postgresql":  # session-level: released by the server if this process dies
-            lock, unlock, args = "SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)", {"k": key}
-        else:
-            lock, unlock, args = "SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)", {"k": f"ablate-grid-{key}"}
-        with self.storage.engine.connect() as conn:
-            conn.execute(sqlalchemy.text(lock), args)
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text(unlock), args)
-                conn.commit()
+        with self.storage.engine.connect() as conn, store.server_lock(conn, f"grid:{self.study_name}"):
+            yield
 
     # ---- the study
     def study_id(self) -> int | None:
@@ -157,7 +81,9 @@ class GridStorage:
             if sid is None:
                 sid = self.storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], self.study_name)
             attrs = self.storage.get_study_user_attrs(sid)
-            if attrs:
+            # The attrs are written one by one, grid_hash last: without it a command was
+            # stopped while preparing (Ctrl-C, kill) and its half-written definition is redone.
+            if "grid_hash" in attrs or attrs.get("kind") not in (None, KIND):
                 check_same_grid(self.study_name, attrs, grid, self.url, study.train)
             elif self.storage.get_all_trials(sid, deepcopy=False):
                 raise AblateError(f"study {self.study_name!r} in {store.mask_url(self.url)} is not a grid study; "
@@ -178,9 +104,8 @@ class GridStorage:
 
     # ---- claiming
     def claim(self, cells: list[Cell], *, max_retries: int) -> tuple[Cell, int] | None:
-        """Create a RUNNING trial for the cell that needs a run and is expected to take longest
-        (`longest_first`), unless another waiting cell lets the workers finish sooner
-        (`finish_together`), or return None."""
+        """Create a RUNNING trial for the waiting cell expected to take longest (`longest_first`),
+        or return None."""
         with self.lock():
             sid = self.study_id()
             trials = self.storage.get_all_trials(sid, deepcopy=False)
@@ -191,7 +116,7 @@ class GridStorage:
             expected = expected_seconds(cells, trials)
             waiting = [c for c in _longest_first(cells, expected) if states[c.cell_id].waiting]
             if waiting:
-                cell = finish_together(waiting, expected, states)
+                cell = waiting[0]
                 return cell, self.storage.create_new_trial(sid, template_trial=self._new_trial(cell, cells))
         return None
 
@@ -247,66 +172,8 @@ def expected_seconds(cells: list[Cell], trials: list[FrozenTrial]) -> dict[str, 
     return out
 
 
-def finish_together(waiting: list[Cell], expected: dict[str, float | None], states: dict[str, CellState],
-                    now: datetime.datetime | None = None) -> Cell:
-    """Which of the `waiting` cells (in `longest_first` order; `expected`: every cell's
-    `expected_seconds`) a free worker takes: the first,
-    unless taking another one of a different expected length lets this worker and those
-    running cells now finish the rest sooner, by the schedule the workers will follow
-    (each free worker taking the longest cell left). With cells of a few fixed lengths, LPT
-    alone often leaves one worker a whole cell behind at the end (an odd number of equal
-    short cells left); taking a shorter cell a little earlier can even it out. Simulated on
-    the default grid's measured cell times, the mean gap between the two workers' last
-    completions falls from 1.0 s to 0.6 s; measured, the grid's idle seconds per worker went
-    from 0.6-1.1 to 0.2-0.7. The workers counted are this one and those running a cell now;
-    the seconds a cell has run come from its start time, so a clock skew between machines
-    only makes the guess worse. While any cost is unknown it keeps the first (a cell whose
-    cost nobody knows yet)."""
-    now = now or datetime.datetime.now()
-    busy = []  # seconds left on each other running cell
-    for cid, st in states.items():
-        if st.status == "running" and st.trial is not None and st.trial.datetime_start is not None:
-            if expected.get(cid) is None:
-                return waiting[0]
-            busy.append(max(0.0, expected[cid] - (now - st.trial.datetime_start).total_seconds()))
-    if not busy or any(expected[c.cell_id] is None for c in waiting):
-        return waiting[0]
-    lengths = [expected[c.cell_id] for c in waiting]
-    best, best_span = waiting[0], None
-    for i, cell in enumerate(waiting):
-        if i and lengths[i] == lengths[i - 1]:
-            continue  # the same length as the cell before: the same schedule
-        span = _makespan([lengths[i], *busy], lengths[:i] + lengths[i + 1:])
-        if best_span is None or span < best_span - 1e-9:
-            best, best_span = cell, span
-    return best
-
-
-def _makespan(workers: list[float], jobs: list[float]) -> float:
-    """When the last of `workers` (seconds until each is free) is done, each free one taking the
-    next of `jobs` (longest first)."""
-    free = list(workers)
-    for job in sorted(jobs, reverse=True):
-        i = min(range(len(free)), key=free.__getitem__)
-        free[i] += job
-    return max(free)
-
-
 def _cost_key(cell: Cell) -> tuple:
     return cell.config.model, json.dumps(cell.config.model_args, sort_keys=True), tuple(cell.config.image_size)
-
-
-@contextlib.contextmanager
-def _flock(path: str) -> Iterator[None]:
-    import fcntl
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_same_grid(name: str, attrs: dict[str, Any], grid: dict[str, Any], url: str,
@@ -331,9 +198,17 @@ def check_same_grid(name: str, attrs: dict[str, Any], grid: dict[str, Any], url:
         diff += [f"model_train.{model}.{k}" for k in train_keys if (was.get("train") or {}).get(k) != now["train"].get(k)]
     diff += [k for k in ("toggles", "factors", "design", "execution") if old.get(k) != grid.get(k)]
     diff += [k for k in grid["train"] if (old.get("train") or {}).get(k) != grid["train"][k]]
-    diff = [("data (its files changed)" if k == "data" else k) for k in diff]
+    data = ""
+    if "data" in diff:  # name both datasets: another folder, or the same one whose files changed
+        was = attrs.get("dataset") or {}  # the summary `prepare` stored; the fingerprints are the grids'
+        fp_was, fp_now = ((old.get("train") or {}).get("data") or "?")[:8], grid["train"]["data"][:8]
+        images = f"{sum(was['sizes'].values())} images, " if was.get("sizes") else ""
+        created = f"{was['name']} ({images}fingerprint {fp_was})" if was.get("name") else f"data of fingerprint {fp_was}"
+        now = f"{train.data} (fingerprint {fp_now})" if train is not None else f"data of fingerprint {fp_now}"
+        changed = ": its files changed" if train is not None and was.get("name") == train.data else ""
+        data = f"; study {name} was created on {created}, this command points at {now}{changed}"
     raise AblateError(f"study {name!r} in {store.mask_url(url)} holds a different grid (differs in: "
-                      f"{', '.join(diff) or 'definition'}); choose a new --study-name, e.g. {name}-2, "
+                      f"{', '.join(diff) or 'definition'}){data}; choose a new --study-name, e.g. {name}-2, "
                       "or repeat the original settings")
 
 

@@ -2,7 +2,6 @@
 files with the trial, and the worker loop (one process or several, `ablate.workers`)."""
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys
@@ -12,9 +11,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
+from ablate import record as records
 from ablate import store, workers
+from ablate.record import run_flags  # noqa: F401  (grid.run_flags, as before it moved)
 from ablate.config import TOGGLES, TrainConfig
 from ablate.errors import AblateError
 from ablate.workers import INTERRUPTED  # failure reasons, shared with the tuner
@@ -38,9 +39,9 @@ def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Pa
              artifacts: store.Artifacts | None = None, keep_checkpoints: str = "best") -> CellResult:
     """Train one claimed cell (on `dataset`, at its image size) into its attempt's own folder (`run_dir`: a worker
     reclaimed while alive writes beside the rerun, never over it) and tell the storage; its files
-    go to `artifacts` (see `_tell`). Its checkpoint is written only when `keep_checkpoints` may
-    keep it (`keeps_checkpoint`, judged against every cell the study holds)."""
-    from ablate import record as records
+    go to `artifacts` (see `_tell`). A completed run writes its checkpoint unless
+    `keep_checkpoints` is none; `prune_checkpoints` keeps the best ones once the grid is done."""
+    # torch; and ablate.engine is looked up when called (tests replace engine.fit_safely)
     from ablate.engine import fit_safely
     from ablate.predict import gallery_predictions
 
@@ -56,8 +57,7 @@ def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Pa
             try:
                 record = fit_safely(cell.config, dataset, out_dir=run_dir, on_epoch=on_epoch, quiet=True, progress=progress,
                                     on_model=lambda model: gallery_predictions(model, dataset, run_dir),
-                                    checkpoint=lambda record: _writes_checkpoint(gs, keep_checkpoints, cell, record,
-                                                                                 trial_id))
+                                    checkpoint=keep_checkpoints != "none")
             except AblateError as exc:  # e.g. a batch larger than the split: this cell's problem only
                 record = records.failed(cell.config, reason=str(exc), tb=None)
                 records.write(run_dir, record, None)
@@ -68,92 +68,14 @@ def run_cell(gs: GridStorage, cell: Cell, trial_id: int, dataset, *, run_dir: Pa
     return _tell(storage, cell, trial_id, record, time.perf_counter() - start, run_dir=run_dir, artifacts=artifacts)
 
 
-def _writes_checkpoint(gs: GridStorage, keep: str, cell: Cell, record: dict, trial_id: int) -> bool:
-    """`keeps_checkpoint` against the study's cells (every command's: other machines may run
-    other seeds) and trials as they are now; if the storage cannot say, the checkpoint is
-    written (`prune_checkpoints` thins it later), never a trained run lost over it."""
-    try:
-        briefs = (gs.study_attrs() or {}).get("cells") or [cell.brief()]
-        return keeps_checkpoint(keep, cell.brief(), record, briefs, gs.trials(),
-                                gs.storage.get_trial_number_from_id(trial_id))
-    except Exception as exc:  # noqa: BLE001 - the safe answer is to keep it; said, not swallowed
-        print(f"warning: cell {cell.label}: could not tell whether its checkpoint may be kept "
-              f"({type(exc).__name__}: {exc}); writing it", file=sys.stderr)
-        return keep != "none"
-
-
-def keeps_checkpoint(keep: str, cell: dict, record: dict, cells: list[dict], trials: list[FrozenTrial],
-                     number: int) -> bool:
-    """Whether a finished cell run (`cell`, a brief as the study attrs keep it; trial `number`)
-    writes and stores its best.pt: a completed one with --keep-checkpoints all; never with
-    none; with best, unless the completed `trials` already show it can never be the run
-    `prune_checkpoints` keeps (`analysis.gallery_keys`: per architecture, the best seed of the
-    cell with the best mean val mIoU, ties going to what ran first), i.e. unless
-      - another seed of its cell (model, arguments and factor setting) did better, or
-      - every seed of its cell has completed, and so has every seed of another cell of its
-        architecture with a better mean.
-    `cells` are the study's cells (all seeds of every command). Completed trials never change,
-    so whatever the order the cells finish in, the run kept when these cells are done has
-    written its checkpoint. Seeds added later can make another run the best, one that wrote
-    none (as after `prune_checkpoints`); the report's gallery then draws its stored
-    predictions. Measured on the default grid: 5 of 32 runs write one (custom and resnet18
-    checkpoints are 45-60 MB each).
-    """
-    from ablate import record as records
-
-    value = records.completed_miou(record)
-    if keep == "none" or value is None:
-        return False
-    if keep == "all":
-        return True
-    me = cell["cell_id"]
-    done = {me: (value, number)}  # cell id -> (val mIoU, trial number) of its completed run
-    for t in trials:
-        v = t.user_attrs.get("val_miou")
-        if t.state == TrialState.COMPLETE and isinstance(v, (int, float)) and t.user_attrs.get("cell_id") != me:
-            done[t.user_attrs.get("cell_id")] = (v, t.number)
-    settings: dict[tuple, list[str]] = {}
-    for c in cells:
-        settings.setdefault(_setting_key(c), []).append(c["cell_id"])
-    mine = _setting_key(cell)
-    if any(_ahead(done[cid], (value, number)) for cid in settings.get(mine, []) if cid in done and cid != me):
-        return False
-
-    def standing(ids: list[str]) -> tuple[float, int] | None:
-        """(mean val mIoU, first trial number) of a cell whose every seed has completed."""
-        if any(cid not in done for cid in ids):
-            return None
-        return math.fsum(done[cid][0] for cid in ids) / len(ids), min(done[cid][1] for cid in ids)
-
-    own = standing(settings.get(mine, [me]))
-    if own is None:
-        return True
-    rivals = (standing(ids) for key, ids in settings.items() if key != mine and key[:2] == mine[:2])
-    return not any(r is not None and _ahead(r, own) for r in rivals)
-
-
-def _ahead(a: tuple[float, int], b: tuple[float, int]) -> bool:
-    """Whether (value, trial number) `a` is chosen over `b`: higher value, or the same and ran first."""
-    return a[0] > b[0] or (a[0] == b[0] and a[1] < b[1])
-
-
-def _setting_key(cell: dict) -> tuple:
-    """(model, its arguments, toggles, factor levels) of a cell brief: a cell of the report
-    without its seed; the first two name its architecture."""
-    return (cell["model"], json.dumps(cell.get("model_args") or {}, sort_keys=True), cell["toggles"],
-            json.dumps(cell.get("factors") or {}, sort_keys=True))
-
-
 def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, run_dir: Path | None = None,
           artifacts: store.Artifacts | None = None) -> CellResult:
     """Put the trial's record into the storage (summary, flags, curves and the whole record as
     user attrs, `record.to_attrs`), attach its files to it in `artifacts` (run.json; for a
-    completed run its best.pt when the run wrote one (`keeps_checkpoint`), and the
+    completed run its best.pt when the run wrote one (not with --keep-checkpoints none), and the
     predictions.png of the report gallery's val images that `run_cell` drew, so the gallery
     needs no checkpoint), then finish it. The local best.pt is removed afterwards: the artifact
     store holds the one copy (`prune_checkpoints` thins it)."""
-    from ablate import record as records
-
     row = records.summary(record)
     row.update(run_flags(record, row))
     value = records.completed_miou(record)
@@ -181,21 +103,6 @@ def _tell(storage, cell: Cell, trial_id: int, record: dict, seconds: float, *, r
             (run_dir / records.CHECKPOINT_FILE).unlink(missing_ok=True)
     return CellResult(cell.cell_id, cell.label, "completed" if ok else "failed", row.get("val_miou"),
                       row.get("test_miou"), seconds, reason)
-
-
-def run_flags(record: dict, summary: dict) -> dict[str, Any]:
-    """A run's learning flags (see `ablate.stats.did_not_learn`), and `flags` in words for the
-    dashboard: did not learn, still improving (best epoch = last), early-stopped."""
-    from ablate import stats
-
-    m = (record.get("metrics") or {}).get("val") or {}
-    bar = stats.majority_bar(record.get("dataset"))
-    dnl = stats.did_not_learn(m.get("pixel_acc"), m.get("miou"), bar) if record.get("status") == "completed" else None
-    words = [w for w, on in (("did not learn", dnl), ("still improving: budget-limited", summary.get("best_is_last")),
-                             ("early-stopped", summary.get("early_stopped"))) if on]
-    if record.get("status") == "completed" and bar is None:
-        words.append("did-not-learn bar unknown")
-    return {"did_not_learn": dnl, "flags": "; ".join(words)}
 
 
 CURVES = ("train_loss", "val_loss", "val_miou", "val_pixel_acc", "lr")
@@ -260,8 +167,8 @@ def run_workers(study: GridStudy, cells: list[Cell], url: str, *, results_dir: P
                 progress: bool = False, artifacts: str | None = None, keep_checkpoints: str = "best") -> list[int]:
     """Run the grid on `study.workers` processes (in this process for one, with `datasets`;
     spawned workers load their data from `cache_dir`); returns the exit codes of workers
-    that failed. A worker killed by a signal is replaced: each crash of a cell after its
-    first is charged to --max-retries, so the replacements are bounded by the cells' retry budgets."""
+    that failed. A worker killed by a signal is replaced and its cell charged to
+    --max-retries, so the replacements are bounded by the cells' retry budgets."""
     if study.workers == 1:
         with workers.sigterm_interrupts():
             work(GridStorage(url, study.name), cells, datasets, results_dir=results_dir,
@@ -271,6 +178,21 @@ def run_workers(study: GridStudy, cells: list[Cell], url: str, *, results_dir: P
     return workers.supervise(_worker, (study, cells, url, results_dir, cache_dir, artifacts, keep_checkpoints),
                              workers=study.workers,
                              device=study.train.device, on_event=on_result,
-                             respawns=len(cells) * (study.max_retries + 2))
+                             respawns=len(cells) * (study.max_retries + 1),
+                             on_killed=_Settler(url, study.name))
+
+
+class _Settler:
+    """The supervisor's side of a worker killed under its eyes: its cell is charged
+    (`workers.settle_killed`), so a cell that kills its own process uses up its retries. The
+    storage is opened on the first death only."""
+
+    def __init__(self, url: str, study_name: str):
+        self.url, self.study_name, self._gs = url, study_name, None
+
+    def __call__(self, pid: int, how: str) -> None:
+        self._gs = self._gs or GridStorage(self.url, self.study_name)
+        with self._gs.lock():  # a claim's reclaim reads the same trials
+            workers.settle_killed(self._gs.storage, self._gs.trials(), pid, how)
 
 

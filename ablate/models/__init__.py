@@ -7,7 +7,8 @@ import path (`pkg.mod:build`) or as an smp architecture (`smp:Unet/resnet34`); s
 
 from ablate.models import baseline, custom, resnet18, unet  # noqa: F401  (registers the models)
 from ablate.models._registry import (check_model, check_model_name, create_model, external_names, list_models,
-                                     model_identity, model_params, parse_model_args, register_model)
+                                     model_args_from_flags, model_identity, model_option, model_params,
+                                     parse_model_args, register_model)
 
-__all__ = ["check_model", "check_model_name", "create_model", "external_names", "list_models", "model_identity",
-           "model_params", "parse_model_args", "register_model"]
+__all__ = ["check_model", "check_model_name", "create_model", "external_names", "list_models", "model_args_from_flags",
+           "model_identity", "model_option", "model_params", "parse_model_args", "register_model"]

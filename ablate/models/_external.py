@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ablate._io import file_sha256
 from ablate.errors import AblateError
 from ablate.models._blocks import Normalize
 
@@ -129,8 +130,6 @@ def _load_file(name: str, path: Path) -> ModuleType:
 
 
 def _sha256(path: Path) -> str:
-    from ablate.models.resnet18 import file_sha256
-
     return file_sha256(path)[:16]
 
 

@@ -1,5 +1,6 @@
-"""Model stage: the name → entry-point registry, `create_model`, typed parsing of
-`--model-arg key=value` overrides, and what a model's arguments mean for a run's identity.
+"""Model stage: the name → entry-point registry, `create_model`, `--model-arg [MODEL.]KEY=VALUE`
+(each argument an ablate.options Option read from the entry point's signature), and what a
+model's arguments mean for a run's identity.
 
 Besides the registered names, every function here accepts the names of architectures from
 elsewhere (ablate.models._external): an import path `pkg.mod:build` (options read from the
@@ -13,7 +14,7 @@ import inspect
 import types
 import typing
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 
 from ablate.errors import AblateError
 from ablate.models import _external
+from ablate.options import Option, coerce, from_annotation, split_assignment, unknown_key
 
 ModelFn = Callable[..., nn.Module]
 
@@ -30,12 +32,9 @@ _IDENTITY: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 _CHECKS: dict[str, Callable[[dict[str, Any]], bool]] = {}  # name -> register_check hook
 _RESOLVED: dict[str, tuple[_external.ExternalModel, dict[str, tuple[Any, Any]]]] = {}
 
-# The argument types an entry point may declare; parse_model_args knows how to read each.
+# The argument types an entry point may declare; ablate.options reads and checks each.
 _SCALARS = (bool, int, float, str)
-_TYPE_WORDS = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
-_NONE = {"", "none", "null"}
+_NUM_CLASSES = Option(int, ge=1)
 
 
 def _allowed_types(annotation: Any) -> tuple[type, ...]:
@@ -183,43 +182,20 @@ def model_params(name: str) -> dict[str, tuple[Any, Any]]:
     return dict(_PARAMS[name])
 
 
-def _accepted(name: str) -> str:
-    return ", ".join(model_params(name)) or "none"
-
-
-def _type_label(annotation: Any) -> str:
-    words = [_TYPE_WORDS.get(t, "none") for t in _allowed_types(annotation)]
-    return " or ".join(words)
-
-
-def _check_value(name: str, key: str, value: Any, annotation: Any) -> Any:
-    """Return `value` (ints widened for float options) or raise if its type is wrong."""
-    for allowed in _allowed_types(annotation):
-        if allowed is type(None) and value is None:
-            return value
-        if allowed is bool and isinstance(value, bool):
-            return value
-        # bool is a subclass of int, but True is never a meaningful channel count.
-        if allowed is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if allowed is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if allowed is str and isinstance(value, str):
-            return value
-    raise AblateError(f"model {name!r}: {key} must be {_type_label(annotation)}, "
-                      f"got {value!r} ({type(value).__name__})")
+def model_option(name: str, key: str, source: str | None = None) -> Option:
+    """What a valid value of model `name`'s argument `key` is (read from its annotation); a key
+    the model lacks is the one line `SOURCE: unknown key 'KEY'; accepted: ...`."""
+    params = model_params(name)
+    if key not in params:
+        raise unknown_key(source or f"model {name!r}", key, params)
+    return from_annotation(params[key][0])
 
 
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """Build model `name` with `num_classes` output channels; kwargs are its options."""
-    params = model_params(name)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise AblateError(f"model {name!r}: num_classes must be an integer >= 1, got {num_classes!r}")
-    checked = {}
-    for key, value in kwargs.items():
-        if key not in params:
-            raise AblateError(f"model {name!r} has no argument {key!r}; accepted: {_accepted(name)}")
-        checked[key] = _check_value(name, key, value, params[key][0])
+    model_params(name)  # an unknown model: its one line
+    coerce(_NUM_CLASSES, num_classes, f"model {name!r}: num_classes")
+    checked = {key: coerce(model_option(name, key), value, f"model {name!r}: {key}") for key, value in kwargs.items()}
     if not _external.is_external(name):
         return _MODELS[name](num_classes, **checked)
     return _build_external(name, num_classes, checked)
@@ -260,41 +236,41 @@ def check_model(name: str, model_args: dict[str, Any]) -> None:
         create_model(name, 2, **model_args)
 
 
-def _parse_value(key: str, text: str, annotation: Any) -> Any:
-    allowed = _allowed_types(annotation)
-    if type(None) in allowed and text.strip().lower() in _NONE:
-        return None
-    for t in allowed:
-        if t is str:
-            return text
-        if t is bool:
-            if text.strip().lower() in _TRUE:
-                return True
-            if text.strip().lower() in _FALSE:
-                return False
-            continue
-        try:
-            return t(text)
-        except ValueError:
-            continue
-    expected = " or ".join(
-        "true/false (or 1/0, yes/no)" if t is bool else _TYPE_WORDS.get(t, "none") for t in allowed)
-    raise AblateError(f"--model-arg {key}: expected {expected}, got {text!r}")
+def parse_model_args(name: str, pairs: Iterable[str]) -> dict[str, Any]:
+    """`--model-arg KEY=VALUE` of a run of model `name`: {"base_channels": 16, ...}, typed by its
+    signature (see `model_args_from_flags`)."""
+    params = model_params(name)  # an unknown model: its one line, even without arguments
+    parsed = model_args_from_flags((name,), pairs)
+    for model, args in parsed.items():  # OTHER.KEY: not an argument of this run
+        if model != name:
+            raise unknown_key("--model-arg", f"{model}.{next(iter(args))}", params)
+    return parsed.get(name, {})
 
 
-def parse_model_args(name: str, pairs: list[str]) -> dict[str, Any]:
-    """Turn ["base_channels=16", "freeze_encoder=false"] into typed options for `name`."""
-    params = model_params(name)
-    parsed: dict[str, Any] = {}
+def model_args_from_flags(models: Sequence[str], pairs: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """`--model-arg [MODEL.]KEY=VALUE` for a run of `models`, as {model: {key: value}}: MODEL.KEY
+    sets that model's argument (any model: a study may hold arguments of models it does not
+    run), a bare KEY every model in `models` that has it. Values are typed by each model's
+    signature; a key given twice for one model is refused."""
+    out: dict[str, dict[str, Any]] = {}
     for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise AblateError(f"--model-arg {pair!r}: expected key=value")
-        if key not in params:
-            raise AblateError(f"--model-arg {key}: model {name!r} has no such argument; "
-                              f"accepted: {_accepted(name)}")
-        if key in parsed:
-            raise AblateError(f"--model-arg {key}: given more than once")
-        parsed[key] = _parse_value(key, text, params[key][0])
-    return parsed
+        key, text = split_assignment(pair, "--model-arg", "[MODEL.]KEY=VALUE (e.g. unet.base_channels=16)")
+        label = f"--model-arg {key}"
+        for model, arg in _targets(models, key):
+            if arg in out.get(model, {}):
+                raise AblateError(f"{label}: given twice")
+            out.setdefault(model, {})[arg] = coerce(model_option(model, arg, "--model-arg"), text, label, text=True)
+    return out
+
+
+def _targets(models: Sequence[str], key: str) -> list[tuple[str, str]]:
+    """(model, argument) pairs that `--model-arg KEY=...` sets."""
+    for model in (*models, *list_models()):
+        if key.startswith(model + "."):
+            return [(model, key[len(model) + 1:])]
+    owners = [(model, key) for model in models if key in model_params(model)]
+    if not owners:
+        accepted = (list(model_params(models[0])) if len(models) == 1
+                    else [f"{model}.{arg}" for model in models for arg in model_params(model)])
+        raise unknown_key("--model-arg", key, accepted)
+    return owners

@@ -12,7 +12,6 @@ which weights ran (`weights_source`, `weights_sha256`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import socket
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ablate._io import file_sha256
 from ablate.errors import AblateError
 from ablate.models._blocks import DeconvBNReLU, Normalize, mirrored_forward, xavier_init_
 from ablate.models._registry import register_check, register_identity, register_model
@@ -43,25 +43,10 @@ SHA_PREFIX = 8  # hex digits of a weights file's sha256 in identities and record
 DOWNLOAD_TIMEOUT_S = 30.0
 DECODER_WIDTHS = (512, 512, 256, 128, 64, 32)
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
 
 def cached_weights_path() -> Path:
     """Where torchvision's hub cache keeps IMAGENET1K_V1 ($TORCH_HOME/hub/checkpoints/...)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / CACHE_FILE
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, hashed once per process per (path, size, mtime)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def _weights_file(weights: str) -> Path:
