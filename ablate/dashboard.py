@@ -19,7 +19,8 @@ ARTIFACT_DIR = store.ARTIFACT_DIR  # <study folder>/artifacts by default: optuna
 
 
 def study_note(study: Study, found: Findings, report_path: Path) -> str:
-    """The study's note: description, the Findings panel in Markdown, the report's path."""
+    """The study's note: description, the Findings panel in Markdown (the rules, then per
+    architecture its stage and its decisions as a table), the report's path."""
     label = METRIC_LABELS[found.metric]
     lines = [f"## {study.name}", ""]
     if study.meta.get("description"):
@@ -35,20 +36,23 @@ def study_note(study: Study, found: Findings, report_path: Path) -> str:
     if found.bar is None:
         lines.append("- Did-not-learn bar unknown (no per-split class frequencies in the dataset summary).")
     for a in found.archs:
-        lines += ["", f"**{a.arch}**", ""]
-        lines += [f"- {r['sentence']}" for r in a.verdicts] or ["- no verdict: no effect meets the rules"]
-        lines += [_main_effect_line(r) for r in a.main_effects if not pd.isna(r["estimate"])]
+        lines += ["", f"**{a.arch}**" + (f" — {a.stage}" if a.stage else ""), ""]
+        lines += _decisions(a)
         lines += [f"- ⚠ {r['cell']}: {r['flags']}" for r in a.flagged.to_dict("records")]
-    lines += ["", "Rules: n ≥ 3 paired seeds, 95% Student-t interval excluding 0, Holm p < 0.05 within "
-              + "; ".join(f"{k}s: {v}" for k, v in found.families.items()) + "."]
+    lines += ["", "Rules: " + analysis.rules_text(found)]
     return "\n".join(lines)
 
 
-def _main_effect_line(row: dict) -> str:
-    # a toggle by its words; a level of another factor by its row ("loss = dice vs ce")
-    name = analysis.TOGGLE_LABELS.get(row["factors"]) or row.get("label") or row["factors"]
-    verdict = analysis.VERDICT_SHORT.get(row["verdict"], row["verdict"])
-    return f"- {name}: {verdict}, {analysis.interval_text(row['estimate'], row['ci_low'], row['ci_high'])}"
+def _decisions(a) -> list[str]:
+    """An architecture's decisions as a Markdown table: effect, verdict, estimate [95% CI], seeds."""
+    if not a.decisions:
+        return ["- no main effect could be estimated"]
+    out = ["| effect | verdict | estimate [95% CI] | seeds |", "|---|---|---|---|"]
+    for r in a.decisions:
+        verdict = analysis.VERDICT_SHORT.get(r["verdict"], r["verdict"]).replace("δ", f"δ = {r['min_effect']:g}")
+        out.append(f"| {analysis.effect_label(r)} | {verdict} | "
+                   f"{analysis.interval_text(r['estimate'], r['ci_low'], r['ci_high'])} | {analysis.seeds_cell(r)} |")
+    return out
 
 
 def trial_note(record: dict, label: str, flags: str) -> str:

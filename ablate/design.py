@@ -53,16 +53,17 @@ class FractionalDesign:
         """Each run as {factor: on?}."""
         return [{f: bool(code > 0) for f, code in zip(self.factors, row)} for row in self.runs]
 
-    def aliases(self, max_order: int = 2) -> dict[str, list[str]]:
+    def aliases(self, max_order: int = 2, max_length: int | None = 3) -> dict[str, list[str]]:
         """For every main effect and (max_order = 2) two-factor interaction, the effects of
-        order ≤ 3 it is confounded with: {"A": ["BCDE"], "AB": ["CDE"], ...} (letters)."""
+        order ≤ `max_length` (None: any order) it is confounded with, shortest first:
+        {"A": [], "AB": ["CDE"], ...} at 3, {"A": ["BCDE"], ...} at None (letters)."""
         k = len(self.factors)
         out = {}
         for order in range(1, max_order + 1):
             for combo in itertools.combinations(LETTERS[:k], order):
                 effect = "".join(combo)
                 partners = sorted({_product(effect, word) for word in self.defining_relation}, key=lambda w: (len(w), w))
-                out[effect] = [w for w in partners if len(w) <= 3]
+                out[effect] = [w for w in partners if max_length is None or len(w) <= max_length]
         return out
 
     def describe(self) -> list[str]:

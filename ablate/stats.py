@@ -12,11 +12,14 @@ could ever pass a Holm-corrected 5% level below 7 seeds, whatever its size.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 LEVEL = 0.95
 MIN_VERDICT_N = 3  # paired seeds needed before a verdict word (STATISTICS.md)
-ALPHA = 0.05  # family-wise error rate of the Holm-corrected verdicts
+ALPHA = 0.05  # family-wise error rate of the verdicts, per architecture and metric
+DEFAULT_MIN_EFFECT = 0.01  # δ in mIoU: one point, the smallest gain segmentation papers report (docs/statistics.md)
 CI_METHOD = "Student t over seeds (n-1 df)"
 P_METHOD = "paired t-test, two-sided"
 # A run that predicts the majority class everywhere scores exactly the bar; float rounding
@@ -127,8 +130,8 @@ def _clean(values) -> np.ndarray:
 # Three verdicts per effect (STATISTICS.md): a difference ("helps" / "hurts": the paired
 # t-test rejects a zero mean), an equivalence ("no effect larger than δ": two one-sided
 # t-tests reject |mean| ≥ δ) or "inconclusive". Both hypotheses of every effect of one
-# architecture and metric form ONE family, Holm-corrected, so the chance of any false
-# verdict word for that architecture is at most ALPHA.
+# architecture and metric form ONE family (Holm with Shaffer's logical relations), so the
+# chance of any false verdict word for that architecture and metric is at most ALPHA.
 HELPS, HURTS, EQUIVALENT, INCONCLUSIVE = "helps", "hurts", "no effect larger than δ", "inconclusive"
 
 
@@ -153,14 +156,35 @@ def tost_p(diffs, delta: float) -> float:
     return float(max(below, above))
 
 
-def decide(p_diff, p_equiv, estimates, *, alpha=ALPHA) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Verdicts for one family (an architecture and metric): Holm over the 2m hypotheses
-    (every effect's difference and equivalence test; NaN p-values are not tested). Returns
-    (verdicts, Holm-adjusted difference p, Holm-adjusted equivalence p). `alpha` may be a
-    look's share of a spent error budget (`look_alpha`)."""
+def family_adjust(p_diff, p_equiv) -> tuple[np.ndarray, np.ndarray]:
+    """Adjusted p-values of one family made of every effect's difference hypothesis (mean = 0)
+    and equivalence hypothesis (|mean| >= δ), NaN p-values not tested. Holm's step-down with
+    Shaffer's (1986) use of logical relations: the two hypotheses of one effect cannot both be
+    true, so at step r at most t_r = min(m, H − r + 1) true hypotheses remain (m effects tested,
+    H hypotheses), and the r-th smallest p is multiplied by t_r rather than by Holm's H − r + 1.
+    The family-wise error rate stays at the level the adjusted p is compared with."""
     p_diff, p_equiv = np.asarray(p_diff, dtype=float), np.asarray(p_equiv, dtype=float)
-    adjusted = holm(np.concatenate([p_diff, p_equiv]))
-    a_diff, a_equiv = adjusted[:len(p_diff)], adjusted[len(p_diff):]
+    p = np.concatenate([p_diff, p_equiv])
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    if not len(ok):
+        return out[:len(p_diff)], out[len(p_diff):]
+    m = int(np.sum(~(np.isnan(p_diff) & np.isnan(p_equiv))))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    h = len(order)
+    weights = np.minimum(m, h - np.arange(h))
+    out[order] = np.minimum(np.maximum.accumulate(p[order] * weights), 1.0)
+    return out[:len(p_diff)], out[len(p_diff):]
+
+
+def decide(p_diff, p_equiv, estimates, *, alpha=ALPHA) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Verdicts for one family (an architecture and metric): every effect's difference and
+    equivalence hypotheses, adjusted together (`family_adjust`; NaN p-values are not tested).
+    Returns (verdicts, adjusted difference p, adjusted equivalence p). An effect whose
+    difference is rejected helps or hurts (its equivalence may be rejected too: a real effect
+    smaller than δ); else one whose equivalence is rejected has no effect larger than δ.
+    `alpha` may be a look's share of a spent error budget (`look_alpha`)."""
+    a_diff, a_equiv = family_adjust(p_diff, p_equiv)
     verdicts = []
     for est, pd_, pe in zip(estimates, a_diff, a_equiv):
         if pd_ < alpha:
@@ -197,3 +221,69 @@ def look_alpha(n: int, previous: list[int], n_max: int, *, alpha: float = ALPHA,
     if n <= last:
         raise ValueError(f"a look at {n} seeds after one at {last}")
     return spent(n / n_max, alpha=alpha, shape=shape) - spent(last / n_max, alpha=alpha, shape=shape)
+
+
+def seeds_to_decide(estimate: float, sd: float, *, delta: float, alpha: float, power: float = 0.8) -> int | None:
+    """About how many paired seeds would likely decide an effect whose estimate and seed-to-seed
+    SD stay as they are: the fewer of the n that give the difference test (two-sided, level
+    `alpha`) or the equivalence test (|estimate| < delta) `power`, by the normal approximation
+    n = ((z_{1−α/2} + z_power) · sd / |estimate|)² (for equivalence z_{1−α} and delta − |estimate|).
+    None when neither is within 1,000 seeds or the spread is unknown."""
+    from scipy.stats import norm
+
+    if not (np.isfinite(estimate) and np.isfinite(sd) and sd > 0):
+        return None
+    z_power = norm.ppf(power)
+    candidates = []
+    if estimate != 0:
+        candidates.append(((norm.ppf(1 - alpha / 2) + z_power) * sd / abs(estimate)) ** 2)
+    if abs(estimate) < delta:
+        candidates.append(((norm.ppf(1 - alpha) + z_power) * sd / (delta - abs(estimate))) ** 2)
+    n = min(candidates, default=np.inf)
+    return int(np.ceil(max(n, MIN_VERDICT_N))) if n <= 1000 else None
+
+
+# --------------------------------------------------------------------------- group-sequential boundaries
+GS_PATHS = 200_000  # simulated null studies behind each boundary (their error: about ±3% of the level)
+
+
+def gs_boundaries(looks: tuple[int, ...], n_max: int, level: float, *, sided: int = 2,
+                  shape: str = "pocock") -> tuple[float, ...]:
+    """Nominal p thresholds of a group-sequential t-test at the looks taken so far (`looks`:
+    cumulative seeds, increasing), with `level` spent over information n / n_max by the
+    Lan-DeMets `shape` (`spent`): the chance that the test rejects at some look when its null
+    holds is `spent(n_k / n_max) · level` by look k, exactly (up to simulation error), not a
+    Bonferroni sum. The t statistic of cumulative normal seeds is pivotal, so the thresholds
+    are found once by simulating standard normal seeds (fixed generator seed): look k's
+    threshold rejects the share `spent(t_k) − spent(t_{k−1})` of all paths among those no
+    earlier look rejected (the first look's is its budget exactly). `sided` 2: the two-sided difference test; 1: each one-sided test of
+    an equivalence (TOST: at the equivalence margin its one-sided t is central)."""
+    return _gs_boundaries(tuple(int(n) for n in looks), int(n_max), round(float(level), 12), int(sided), shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _gs_boundaries(looks: tuple[int, ...], n_max: int, level: float, sided: int, shape: str) -> tuple[float, ...]:
+    if list(looks) != sorted(set(looks)) or looks[0] < 2:
+        raise ValueError(f"looks must increase from 2 seeds, got {looks}")
+    rng = np.random.default_rng(20241207)
+    z = rng.standard_normal((GS_PATHS, max(looks)), dtype=np.float32).astype(float)
+    sums, squares = np.cumsum(z, axis=1), np.cumsum(z * z, axis=1)
+    crossed = np.zeros(GS_PATHS, dtype=bool)
+    spent_before, out = 0.0, []
+    t = _student_t()
+    for n in looks:
+        mean = sums[:, n - 1] / n
+        sd = np.sqrt(np.maximum(squares[:, n - 1] - n * mean * mean, 1e-300) / (n - 1))
+        stat = mean / (sd / np.sqrt(n))
+        p = 2 * t.sf(np.abs(stat), n - 1) if sided == 2 else t.sf(stat, n - 1)
+        budget = spent(n / n_max, alpha=level, shape=shape)
+        k = int(round((budget - spent_before) * GS_PATHS))
+        if not out:  # the first look: p is uniform under the null, the threshold is the budget itself
+            threshold = budget
+        else:
+            alive = np.sort(p[~crossed])
+            threshold = float(alive[k - 1]) if k >= 1 else 0.0
+        out.append(threshold)
+        crossed |= p <= threshold
+        spent_before = budget
+    return tuple(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -101,8 +102,15 @@ def test_dashboard_shows_names_labels_flags_and_notes(grid_study):
     # The study note: the findings in words and the report's path; trial notes: the curves.
     note = detail["note"]["body"]
     assert "### Findings" in note and str((results / "dash" / "report.html").resolve()) in note
-    assert "One seed per cell" in note and "ablate grid --study-name dash --seeds 3" in note
+    # seeds 0..0: sequential seeds continue them (--seeds auto), 2 new seeds × 4 cells in the first stage
+    assert "One seed per cell" in note and "`ablate grid --study-name dash --seeds auto` adds 8 runs" in note
     assert "baseline · no toggles: did not learn" in note
+    # each architecture's decisions as a table; one seed: no interval, no verdict
+    assert "| effect | verdict | estimate [95% CI] | seeds |" in note
+    assert "| cosine scheduler | no verdict (a cell did not learn) | 0.000 | 1 |" in note  # baseline: both at the bar
+    assert "| cosine scheduler | not enough seeds | 0.000 | 1 |" in note  # unet: val mIoU 0.4 in both cells
+    findings_part = note.split("Rules: ")[0]
+    assert not any(word in findings_part for word in ("helps", "hurts", "inconclusive", "no effect larger"))
     # Each finished trial lists its run record and checkpoint as artifacts, in <study>/artifacts.
     assert sorted(a["filename"] for a in trials["unet · scheduler · s0"]["artifacts"]) == ["best.pt", "run.json"]
     unet = trials["unet · scheduler · s0"]["note"]["body"]
@@ -159,15 +167,28 @@ def test_old_study_with_a_seed_param_still_loads_and_extends(tmp_path):
 
 def test_the_study_note_names_each_level_of_a_multi_level_factor_once(tmp_path):
     # a factor's main-effect rows share `factors` ("loss"): the note must name each by its own row
-    rows = [{"factors": "loss", "label": f"loss = {lvl} vs ce", "estimate": est, "ci_low": est - 0.01,
-             "ci_high": est + 0.01, "verdict": "no clear effect"} for lvl, est in (("dice", -0.05), ("focal", 0.01))]
-    rows.append({"factors": "augment", "label": "augment", "estimate": 0.02, "ci_low": 0.01, "ci_high": 0.03,
-                 "verdict": "no clear effect"})
-    arch = analysis.ArchFindings("unet", "test_miou", [], rows, pd.DataFrame(), 3)
-    found = analysis.Findings("test_miou", None, None, 3, [arch])
+    base = {"kind": "main", "n": 5, "min_effect": 0.01, "decided_at": 5.0, "seeds_to_decide": np.nan}
+    rows = [{**base, "factors": "loss", "label": "loss = dice vs ce", "estimate": -0.05, "ci_low": -0.06,
+             "ci_high": -0.04, "verdict": "hurts", "decided_at": 3.0},
+            {**base, "factors": "loss", "label": "loss = focal vs ce", "estimate": 0.01, "ci_low": -0.0004,
+             "ci_high": 0.0204, "verdict": "inconclusive", "seeds_to_decide": 12.0},
+            {**base, "factors": "augment", "estimate": 0.002, "ci_low": -0.003, "ci_high": 0.007,  # no label: words
+             "verdict": "no effect larger than δ"},
+            {**base, "factors": "scheduler", "estimate": 0.03, "ci_low": 0.03, "ci_high": 0.03,
+             "verdict": "seeds do not vary"}]
+    arch = analysis.ArchFindings("unet", "test_miou", rows, pd.DataFrame(columns=["cell", "flags"]), 5)
+    assert [r["label"] if "label" in r else r["factors"] for r in arch.verdicts] == [
+        "loss = dice vs ce", "augment"]  # decisions that carry a verdict word
+    found = analysis.Findings("test_miou", None, None, 5, [arch])
     study = Study(name="f", folder=tmp_path, kind="grid", meta={}, table=pd.DataFrame(), records={},
                            run_dirs={})
     note = dashboard.study_note(study, found, tmp_path / "report.html")
-    assert "- loss = dice vs ce: " in note and "- loss = focal vs ce: " in note
-    assert "- loss: " not in note
-    assert f"- {analysis.TOGGLE_LABELS['augment']}: " in note  # toggles keep their words
+    lines = note.splitlines()
+    assert "| loss = dice vs ce | hurts | -0.050 [95% CI -0.060, -0.040] | 5 (decided at 3) |" in lines
+    assert "| loss = focal vs ce | inconclusive | +0.010 [95% CI -0.0004, +0.020] | 5 (≈12 would decide) |" in lines
+    assert not any(line.startswith("| loss |") for line in lines)
+    # toggles keep their words; δ is printed with its value
+    assert (f"| {analysis.TOGGLE_LABELS['augment']} | no effect larger than δ = 0.01 | +0.002 [95% CI -0.003, +0.007] "
+            "| 5 |") in lines
+    assert (f"| {analysis.TOGGLE_LABELS['scheduler']} | no verdict (every seed gave the same result) | "
+            "+0.030 [95% CI +0.030, +0.030] | 5 |") in lines

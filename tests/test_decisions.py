@@ -29,10 +29,15 @@ def test_zero_spread_or_one_seed_gets_no_test(diffs):
 def test_one_family_holds_both_hypotheses_of_every_effect():
     verdicts, a_diff, a_equiv = stats.decide([0.001, 0.5, 0.3], [0.5, 0.001, 0.2], [0.04, 0.001, -0.01])
     assert verdicts == [stats.HELPS, stats.EQUIVALENT, stats.INCONCLUSIVE]
-    # six hypotheses: the smallest p is multiplied by 6, the next by 5 (running maximum)
-    assert a_diff[0] == pytest.approx(0.006) and a_equiv[1] == pytest.approx(0.006)
-    assert a_diff[2] == pytest.approx(min(1, max(0.3 * 3, 0.006))) and a_equiv[2] == pytest.approx(0.8)
+    # six hypotheses of three effects, at most one true per effect (Shaffer): the multipliers
+    # are min(3, 6 - r + 1) = 3, 3, 3, 3, 2, 1 (Holm's would be 6, 5, 4, 3, 2, 1), running maximum
+    assert a_diff[0] == pytest.approx(0.003) and a_equiv[1] == pytest.approx(0.003)
+    assert a_equiv[2] == pytest.approx(0.6) and a_diff[2] == pytest.approx(0.9)
+    assert a_diff[1] == pytest.approx(1.0) and a_equiv[0] == pytest.approx(1.0)
     assert stats.decide([0.001], [np.nan], [-0.2])[0] == [stats.HURTS]  # an untestable hypothesis is not counted
+    # a p just over α / m is not a verdict: 3 effects, α = 0.05 -> 0.0167 per hypothesis at the first step
+    assert stats.decide([0.017, 0.9, 0.9], [0.9, 0.9, 0.9], [1, 1, 1])[0][0] == stats.INCONCLUSIVE
+    assert stats.decide([0.016, 0.9, 0.9], [0.9, 0.9, 0.9], [1, 1, 1])[0][0] == stats.HELPS
 
 
 def test_the_looks_spend_at_most_alpha_and_obrien_fleming_matches_its_table():

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from ablate import analysis, results
 from ablate import grid as grids
 from ablate.cli import main
+from ablate.config import TOGGLES
 from ablate.errors import AblateError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,12 +203,31 @@ def test_fractional_five_factors_run_sixteen_cells_with_their_alias_structure():
     assert grids.definition(s, "fp", EXEC)["design"]["lines"] == lines  # stored with the definition
 
 
-def _synthetic_runs(cells, value) -> pd.DataFrame:
-    """Runs of these cells as runs.csv holds them, with test mIoU = value(config)."""
+# Per-(setting, seed) measurement noise, SD ≈ 0.006: a fixed table read cyclically and centred per setting over
+# the seeds, so planted effects are estimated exactly while the per-seed effects vary. (NOISE, a seed offset shared
+# by every cell, cancels in every paired effect: alone it makes every seed give the same effect, which is not
+# replication and carries no verdict.)
+OFFSETS = (0.004, -0.007, 0.009, -0.002, 0.006, -0.009, 0.001, 0.008, -0.005, 0.003, -0.006, 0.007, -0.003)
+
+
+def _jitter(setting: int, seed_index: int, n_seeds: int) -> float:
+    raw = [OFFSETS[(5 * setting + 3 * s) % len(OFFSETS)] for s in range(n_seeds)]
+    return raw[seed_index] - sum(raw) / n_seeds
+
+
+def _synthetic_runs(cells, value, *, noise: bool = False) -> pd.DataFrame:
+    """Runs of these cells as runs.csv holds them, with test mIoU = value(config) (`noise`: plus
+    `_jitter` of the cell's setting, numbered in order of appearance, and seed)."""
+    settings: list[str] = []
+    seeds = sorted({c.config.seed for c in cells})
     rows = []
     for c in cells:
         b = c.brief()
         y = value(c.config)
+        if noise:
+            key = json.dumps([b["model"], [b[t] for t in TOGGLES], b.get("factors")], sort_keys=True)
+            settings += [key] if key not in settings else []
+            y += _jitter(settings.index(key), seeds.index(c.config.seed), len(seeds))
         rows.append({**b, "model_args": json.dumps(b["model_args"]), "factors": json.dumps(b.get("factors") or {}),
                      "design": json.dumps(b.get("design")) if b.get("design") else None, "status": "completed",
                      "val_miou": y - 0.01, "test_miou": y, "val_pixel_acc": 0.9, "test_pixel_acc": 0.9,
@@ -221,17 +241,26 @@ NOISE = {0: 0.013, 1: -0.021, 2: 0.004, 3: 0.017}
 def test_planted_main_effect_is_recovered_from_a_fractional_design():
     s = _study(FIVE, seeds=4)
     runs = _synthetic_runs(grids.expand(s, "fp", EXEC), lambda c: 0.4 + NOISE[c.seed] + 0.04 * (c.optimizer == "sgd")
-                           + 0.002 * c.seed * c.augment)
+                           + 0.002 * c.seed * c.augment, noise=True)
     effects = analysis.factorial_effects(runs, metrics=("test_miou",)).set_index("effect")
     assert len(effects) == 5 + 10  # resolution V: the two-way interactions are estimable too
     sgd = effects.loc["optimizer = sgd vs adamw"]
-    assert sgd["estimate"] == pytest.approx(0.04) and sgd["verdict"] == "helps" and sgd["aliases"] == ""
-    assert sgd["sentence"].startswith("baseline: optimizer = sgd vs adamw raises test mIoU: +0.040")
+    assert sgd["estimate"] == pytest.approx(0.04) and sgd["verdict"] == "helps"
+    assert sgd["aliases"] == "scheduler×augment×weighted_loss×loss"  # resolution V: a four-factor alias, named
+    assert sgd["ci_low"] > 0.03 and sgd["p_value"] <= sgd["threshold"] == pytest.approx(0.05 / 5)
+    assert sgd["sentence"].startswith("baseline: optimizer = sgd vs adamw raises test mIoU, averaged over the other "
+                                      "factors; aliased with scheduler×augment×weighted_loss×loss: +0.040 [95% CI ")
+    # augment adds 0.002 per seed number: 0, 0.002, 0.004, 0.006 → +0.003, well inside ±δ = 0.01
     aug = effects.loc["augment"]
-    assert aug["estimate"] == pytest.approx(0.002 * 1.5) and aug["verdict"] == "no clear effect"
+    assert aug["estimate"] == pytest.approx(0.002 * 1.5) and aug["verdict"] == "no effect larger than δ"
+    assert -0.01 < aug["ci_low"] < 0 < aug["ci_high"] < 0.01
+    assert aug["threshold_equiv"] == pytest.approx(0.05 / 5) and aug["p_equiv"] <= aug["threshold_equiv"] < aug["p_value"]
     assert effects.loc["scheduler × augment", "aliases"] == "weighted_loss×optimizer×loss"
     others = effects.drop(index=["optimizer = sgd vs adamw", "augment"])
-    assert np.allclose(others["estimate"], 0, atol=1e-12) and set(others["verdict"]) == {"no clear effect"}
+    assert np.allclose(others["estimate"], 0, atol=1e-12)
+    assert not set(others["verdict"]) & {"helps", "hurts"}  # nothing planted, nothing claimed
+    assert set(others.loc[others["kind"] == "interaction", "verdict"]) == {"estimate only"}
+    assert set(effects.loc[effects["kind"] == "main", "family_size"]) == {5}
     assert set(effects["design"]) == {"fractional"}
 
 
@@ -241,14 +270,20 @@ def test_one_at_a_time_cells_labels_and_effects():
     assert [(c.config.loss, c.config.optimizer) for c in cells[:5]] == [
         ("ce", "adamw"), ("dice", "adamw"), ("focal", "adamw"), ("ce+dice", "adamw"), ("ce", "sgd")]
     assert len(cells) == 15 and "cannot see interactions" in grids.design_lines(s)[1]
-    runs = _synthetic_runs(cells, lambda c: 0.4 + NOISE[c.seed] - 0.03 * (c.loss == "focal"))
+    runs = _synthetic_runs(cells, lambda c: 0.4 + NOISE[c.seed] - 0.05 * (c.loss == "focal"), noise=True)
     effects = analysis.factorial_effects(runs, metrics=("test_miou",)).set_index("effect")
     assert list(effects.index) == ["loss = dice vs ce", "loss = focal vs ce", "loss = ce+dice vs ce",
                                    "optimizer = sgd vs adamw"]
     assert set(effects["kind"]) == {"main"}  # no interaction: the design cannot see one
-    assert effects.loc["loss = focal vs ce", "estimate"] == pytest.approx(-0.03)
-    assert effects.loc["loss = focal vs ce", "verdict"] == "hurts"
-    assert effects.loc["loss = dice vs ce", "verdict"] == "no clear effect"
+    focal = effects.loc["loss = focal vs ce"]
+    assert focal["estimate"] == pytest.approx(-0.05) and focal["ci_high"] < 0
+    assert focal["verdict"] == "hurts" and focal["family_size"] == 4
+    assert focal["p_value"] <= focal["threshold"] == pytest.approx(0.05 / 4)
+    assert focal["sentence"].startswith("baseline: loss = focal vs ce lowers test mIoU, at the reference setting of "
+                                        "the other factors: -0.050 [95% CI ")
+    # dice does nothing, but 3 seeds of noise cannot fit it inside ±δ yet
+    assert effects.loc["loss = dice vs ce", "verdict"] == "inconclusive"
+    assert effects.loc["loss = dice vs ce", "ci_low"] < 0 < effects.loc["loss = dice vs ce", "ci_high"]
     study = results.Study(name="oat", folder=Path("."), kind="grid", meta={}, table=pd.DataFrame())
     found = analysis.findings(study, analysis.with_flags(runs, None))
     assert found.design == [analysis.ONE_AT_A_TIME_NOTE] and "cannot see interactions" in found.design[0]
@@ -343,7 +378,7 @@ def test_the_report_shows_the_design_and_the_per_level_effects(tmp_path, design,
 
     s = grids.build_study({"models": ["unet"], **raw}, where="s.toml", overrides={"seeds": 3, "name": "d"})
     cells = grids.expand(s, "fp", EXEC)
-    runs = _synthetic_runs(cells, lambda c: 0.4 + NOISE[c.seed] + 0.04 * (c.optimizer == "sgd"))
+    runs = _synthetic_runs(cells, lambda c: 0.4 + NOISE[c.seed] + 0.04 * (c.optimizer == "sgd"), noise=True)
     folder = tmp_path / "d"
     folder.mkdir()
     table = pd.DataFrame([{**c.brief(), "model_args": "{}", "factors": json.dumps(c.brief()["factors"]),

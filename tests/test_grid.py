@@ -71,8 +71,9 @@ def test_flags_override_the_file(tmp_path):
     ('[train]\nlr = true\n', "bad.toml: line 2, column 1: train.lr: expected a number > 0, got True"),
     ('models = ["unet", "vit"]\n', "unknown model 'vit'"),
     ('toggles = ["dropout"]\n', "toggles: expected one of scheduler, augment, weighted_loss, got 'dropout'"),
-    ('seeds = 1.5\n', "bad.toml: line 1, column 1: seeds: expected a count >= 1 or a list of distinct integers >= 0"),
-    ('seeds = [1, 1]\n', "seeds: expected a count >= 1 or a list of distinct integers >= 0 (3 or [0, 5, 7]), got [1, 1]"),
+    ('seeds = 1.5\n', "bad.toml: line 1, column 1: seeds: expected a count >= 1, a list of distinct integers >= 0"),
+    ('seeds = [1, 1]\n', "seeds: expected a count >= 1, a list of distinct integers >= 0 (3 or [0, 5, 7]), or "
+                          "sequential seeds: auto, auto:MIN-MAX (auto:3-10) or {min = 3, max = 10}, got [1, 1]"),
     ('workers = 0\n', "bad.toml: line 1, column 1: workers: expected 'auto' or an integer >= 1, got 0"),
     ('[model_args.unet]\nwidth = 3\n', "bad.toml: line 2, column 1: unknown key 'model_args.unet.width'; accepted: "
                                        "base_channels"),
@@ -111,7 +112,7 @@ def test_bad_study_files_name_the_problem(tmp_path, text, message):
 
 @pytest.mark.parametrize("value, seeds", [(3, (0, 1, 2)), ("3", (0, 1, 2)), ("0,5,7", (0, 5, 7)), ([2], (2,)), ("4,", (4,))])
 def test_seeds_are_a_count_or_a_list(value, seeds):
-    assert grids.parse_seeds(value, "--seeds") == seeds
+    assert grids.parse_seeds(value, "--seeds") == (seeds, None)  # fixed seeds: no sequential plan
 
 
 @pytest.mark.parametrize("value", ["a", "1.5", "0", -1, "1,-2", True, [], "1,1", 2.0])

@@ -8,7 +8,7 @@ and no model runs here; `ablate.report` only draws what these return.
     runs      the runs table made analysable (arch, cell, key, toggles, factors, flags)
     cells     per-cell flags and intervals, summary.csv, ranking, cost
     effects   comparisons with the reference cell, factorial effects
-    verdicts  Holm, verdict words, sentences
+    verdicts  one family per architecture and metric, the three verdicts, looks, sentences
     findings  the Findings panel, the more-seeds advice, the design in words
     records   overview, training setup, failures, curves, per-class IoU, the gallery
     tuning    best so far, expected best vs budget, importances
@@ -16,27 +16,35 @@ and no model runs here; `ablate.report` only draws what these return.
 """
 from ablate.analysis.cells import (NO_INTERVAL, cell_flags, cell_stats, compare_architectures, cost_table, interval,
                                    pareto_front, summary_table)
-from ablate.analysis.effects import (COMPARISON_COLUMNS, EFFECT_COLUMNS, design_contrasts, factorial_effects,
-                                     paired_comparisons)
-from ablate.analysis.findings import ONE_AT_A_TIME_NOTE, ArchFindings, Findings, design_notes, findings, more_seeds
+from ablate.analysis.effects import (COMPARISON_COLUMNS, EFFECT_COLUMNS, comparisons_note, design_contrasts,
+                                     factorial_effects, paired_comparisons)
+from ablate.analysis.findings import (ONE_AT_A_TIME_NOTE, ArchFindings, Findings, decision_inputs, design_notes, findings,
+                                     more_seeds, rules_text)
 from ablate.analysis.records import (NO_PREDICTIONS, TRACEBACK_LINES, Gallery, best_runs, class_iou_table, failures,
                                      gallery, grid_best_runs, learning_curves, overview, training_setup)
-from ablate.analysis.runs import (METRIC_LABELS, METRICS, TOGGLE_LABELS, cell_label, design_of, finished_runs,
-                                  primary_metric, trial_states, varying_toggles, with_cells, with_flags)
-from ablate.analysis.study import GridAnalysis, TuneAnalysis, analyse_grid, analyse_tune, export_tables
+from ablate.analysis.runs import (INCOMPLETE_COLUMNS, METRIC_LABELS, METRICS, TOGGLE_LABELS, cell_label, design_of,
+                                  finished_runs, incomplete_metrics, incomplete_metrics_note, primary_metric,
+                                  seeds_to_restore, trial_states, varying_toggles, with_cells, with_flags)
+from ablate.analysis.study import GridAnalysis, TuneAnalysis, analyse_grid, analyse_tune, export_tables, study_effects
 from ablate.analysis.tuning import IMPORTANCE_EVALUATOR, best_so_far, expected_max, param_importances, quiet_optuna
-from ablate.analysis.verdicts import FAMILY, VERDICT_SHORT, VERDICT_WORDS, interval_text, judge, p_text, verdict_word
+from ablate.analysis.verdicts import (DECIDED, DEFAULT_MIN_EFFECT, FAMILY, VERDICT_SHORT, VERDICT_WORDS, Look,
+                                     effect_label, first_decisions, fmt, interval_text, judge_effects, look, p_text,
+                                     seeds_cell, test_text)
 
 __all__ = [
     "NO_INTERVAL", "cell_flags", "cell_stats", "compare_architectures", "cost_table", "interval", "pareto_front",
     "summary_table",
-    "COMPARISON_COLUMNS", "EFFECT_COLUMNS", "design_contrasts", "factorial_effects", "paired_comparisons",
-    "ONE_AT_A_TIME_NOTE", "ArchFindings", "Findings", "design_notes", "findings", "more_seeds",
+    "COMPARISON_COLUMNS", "EFFECT_COLUMNS", "comparisons_note", "design_contrasts", "factorial_effects",
+    "paired_comparisons",
+    "ONE_AT_A_TIME_NOTE", "ArchFindings", "Findings", "decision_inputs", "design_notes", "findings", "more_seeds",
+    "rules_text", "seeds_cell", "study_effects",
     "NO_PREDICTIONS", "TRACEBACK_LINES", "Gallery", "best_runs", "class_iou_table", "failures", "gallery",
     "grid_best_runs", "learning_curves", "overview", "training_setup",
     "METRIC_LABELS", "METRICS", "TOGGLE_LABELS", "cell_label", "design_of", "finished_runs", "primary_metric",
-    "trial_states", "varying_toggles", "with_cells", "with_flags",
+    "trial_states", "varying_toggles", "with_cells", "with_flags", "INCOMPLETE_COLUMNS", "incomplete_metrics",
+    "incomplete_metrics_note", "seeds_to_restore",
     "GridAnalysis", "TuneAnalysis", "analyse_grid", "analyse_tune", "export_tables",
     "IMPORTANCE_EVALUATOR", "best_so_far", "expected_max", "param_importances", "quiet_optuna",
-    "FAMILY", "VERDICT_SHORT", "VERDICT_WORDS", "interval_text", "judge", "p_text", "verdict_word",
+    "DECIDED", "DEFAULT_MIN_EFFECT", "FAMILY", "VERDICT_SHORT", "VERDICT_WORDS", "Look", "effect_label",
+    "first_decisions", "fmt", "interval_text", "judge_effects", "look", "p_text", "test_text",
 ]

@@ -15,9 +15,10 @@ NO_INTERVAL = "n=1, no interval"
 
 
 def cell_flags(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: n, whether it did not learn, and how many of its seeds did not learn, were
-    still improving at their last epoch (best epoch = last: budget-limited) or stopped early;
-    `flags` says it in words. `runs` comes from `with_flags`."""
+    """Per cell: n, whether it did not learn (its mean), and how many of its seeds did not
+    learn, were still improving at their last epoch (best epoch = last: budget-limited) or
+    stopped early; `flags` says it in words, naming the seeds that did not learn in a cell
+    whose mean clears the bar. `runs` comes from `with_flags`."""
     rows = []
     for (arch, cell), g in runs.groupby(["arch", "cell"], sort=False):
         n = len(g)
@@ -25,6 +26,8 @@ def cell_flags(runs: pd.DataFrame) -> pd.DataFrame:
         words = []
         if g["cell_did_not_learn"].iloc[0]:
             words.append("did not learn")
+        elif counts["did_not_learn"]:
+            words.append(f"{counts['did_not_learn']} of {n} seeds did not learn ({seeds_text(unlearned_seeds(g))})")
         if counts["best_is_last"]:
             words.append(f"still improving: budget-limited ({counts['best_is_last']}/{n} seeds)")
         if counts["early_stopped"]:
@@ -34,6 +37,17 @@ def cell_flags(runs: pd.DataFrame) -> pd.DataFrame:
                      "n_early_stopped": counts["early_stopped"], "flags": "; ".join(words)})
     return pd.DataFrame(rows, columns=["arch", "cell", "n", "did_not_learn", "n_did_not_learn", "n_best_is_last",
                                        "n_early_stopped", "flags"])
+
+
+def unlearned_seeds(cell_runs: pd.DataFrame) -> list[int]:
+    """The seeds of one cell's runs (`with_flags`) that did not learn."""
+    unlearned = cell_runs["did_not_learn"] == True  # noqa: E712 (None: the bar is unknown)
+    return sorted(int(s) for s in cell_runs.loc[unlearned, "seed"])
+
+
+def seeds_text(seeds: list[int]) -> str:
+    """'seed 2', 'seeds 1, 2'."""
+    return f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}"
 
 
 def interval(values) -> dict:

@@ -9,15 +9,17 @@ import numpy as np
 import pandas as pd
 
 from ablate import design, stats
-from ablate.analysis.cells import interval
+from ablate.analysis.cells import interval, seeds_text, unlearned_seeds
 from ablate.analysis.runs import TOGGLE_LABELS, cell_label, design_of
-from ablate.analysis.verdicts import judge
+from ablate.analysis.verdicts import DEFAULT_MIN_EFFECT, Look, describe_comparisons, judge_effects
 from ablate.config import TOGGLES
 
-_TEST_COLUMNS = ["n", "estimate", "ci_low", "ci_high", "ci_method", "excludes_zero", "p_value", "p_method", "p_holm",
-                 "p_improve", "verdict", "sentence", "unlearned", "family"]
+_TEST_COLUMNS = ["n", "estimate", "ci_low", "ci_high", "ci_method", "sd", "zero_spread", "excludes_zero", "p_value",
+                 "p_method", "p_improve", "verdict", "sentence", "unlearned", "family"]
+_DECISION_COLUMNS = ["p_equiv", "min_effect", "level", "threshold", "threshold_equiv", "decided_at", "family_size",
+                     "seeds_to_decide"]
 EFFECT_COLUMNS = ["arch", "metric", "effect", "kind", "factors", "label", "design", "aliases", "n_seeds", *_TEST_COLUMNS,
-                  "seeds", "per_seed"]
+                  *_DECISION_COLUMNS, "seeds", "per_seed"]
 COMPARISON_COLUMNS = ["arch", "cell", "baseline", "metric", "n_pairs", "mean_diff", *_TEST_COLUMNS, "seeds", "diffs"]
 
 
@@ -31,6 +33,24 @@ def _baseline_cell(arch_runs: pd.DataFrame) -> str | None:
     return ref["cell"].iloc[0] if not ref.empty else None
 
 
+def comparisons_note(runs: pd.DataFrame) -> str | None:
+    """Why `paired_comparisons` has no rows for an architecture whose factors vary: its runs
+    lack the reference cell. One sentence per reason; None when no architecture lacks it."""
+    missing: dict[str, list[str]] = {}
+    for arch, a in runs.groupby("arch", sort=False):
+        kind, levels = design_of(a)
+        if levels and _baseline_cell(a) is None:
+            missing.setdefault(kind, []).append(arch)
+    sentences = []
+    for kind, archs in missing.items():
+        who = "" if len(archs) == runs["arch"].nunique() else f" for {', '.join(archs)}"
+        why = ("this fractional design has no reference cell (every factor at its first level); the effects below "
+               "are estimated from the design's contrasts" if kind == "fractional" else
+               "the reference cell (every factor at its first level) has no finished run")
+        sentences.append(f"No paired comparisons{who}: {why}.")
+    return " ".join(sentences) or None
+
+
 def _at(runs: pd.DataFrame, setting: dict) -> pd.DataFrame:
     """The runs at this setting of the factors ({factor: level})."""
     mask = np.ones(len(runs), dtype=bool)
@@ -40,28 +60,39 @@ def _at(runs: pd.DataFrame, setting: dict) -> pd.DataFrame:
 
 
 def _unlearned(runs: pd.DataFrame, cells) -> list[str]:
+    """Of `cells`, those that did not learn (`with_flags`): 'unet · augment' when the cell's
+    mean is at or below the bar, 'unet · augment (seed 2)' when only some of its seeds are."""
     if "cell_did_not_learn" not in runs:
         return []
-    sub = runs[runs["cell"].isin(list(cells))]
-    return sorted(set(sub.loc[sub["cell_did_not_learn"].astype(bool), "cell"]))
+    out = []
+    for cell, g in runs[runs["cell"].isin(list(cells))].groupby("cell"):
+        seeds = unlearned_seeds(g) if "did_not_learn" in g else []
+        if g["cell_did_not_learn"].astype(bool).any():
+            out.append(cell)
+        elif seeds:
+            out.append(f"{cell} ({seeds_text(seeds)})")
+    return out
 
 
-def _test_row(values) -> dict:
-    """Estimate, t interval, paired t p and P(>0) of per-seed values (differences or effects).
-    Rounded to 1e-12 first: a difference that is 0 up to float error is a tie, not a sign."""
+def _test_row(values, delta: float = DEFAULT_MIN_EFFECT) -> dict:
+    """Estimate, t interval, seed-to-seed SD, paired t p, equivalence p within ±`delta` and
+    P(>0) of per-seed values (differences or effects). Rounded to 1e-12 first: a difference
+    that is 0 up to float error is a tie, not a sign. Zero spread gets no p (not replicates)."""
     values = np.round(np.asarray(values, dtype=float), 12)
     s = interval(values)
+    flat = stats.zero_spread(values)
     return {"n": s["n"], "estimate": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
-            "ci_method": s["ci_method"], "excludes_zero": _excludes_zero(s), "p_value": stats.paired_t_p(values),
+            "ci_method": s["ci_method"], "sd": float(np.std(values, ddof=1)) if len(values) >= 2 else np.nan,
+            "zero_spread": flat, "excludes_zero": _excludes_zero(s) and not flat,
+            "p_value": np.nan if flat else stats.paired_t_p(values), "p_equiv": stats.tost_p(values, delta),
             "p_method": stats.P_METHOD if s["n"] >= 2 else "–", "p_improve": stats.p_improve(values)}
 
 
 def paired_comparisons(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) -> pd.DataFrame:
     """Each cell against its architecture's reference cell (`_baseline_cell`), paired
     by seed over the seeds present in both: the per-seed differences, their mean with a 95% t
-    interval, the paired t-test p, Holm-adjusted over the family "every cell vs the baseline,
-    per architecture and metric" (`p_holm`), P(on > off) over the pairs (`p_improve`), and a
-    verdict (see `verdict_word`)."""
+    interval, the paired t-test p (unadjusted) and P(on > off) over the pairs (`p_improve`).
+    Described, not judged: no verdict word (`describe_comparisons`)."""
     rows = []
     for arch, a in runs.groupby("arch", sort=False):
         base = _baseline_cell(a)
@@ -82,14 +113,15 @@ def paired_comparisons(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou"))
                              "seeds": " ".join(map(str, seeds)), "diffs": " ".join(f"{d:+.4f}" for d in diffs),
                              **row, "mean_diff": row["estimate"], "unlearned": ", ".join(_unlearned(a, (cell, base)))})
     out = pd.DataFrame(rows)
-    return judge(out, kind="comparison") if not out.empty else out
+    return describe_comparisons(out) if not out.empty else out
 
 
 def _excludes_zero(s: dict) -> bool:
     return bool(s["ci_low"] > 0 or s["ci_high"] < 0)  # False for NaN (no interval)
 
 
-def factorial_effects(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) -> pd.DataFrame:
+def factorial_effects(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou"), min_effect: float = DEFAULT_MIN_EFFECT,
+                      looks: dict[str, list[Look]] | None = None, decision_metric: str | None = None) -> pd.DataFrame:
     """Main effects and two-way interactions of the factors, per architecture.
 
     Full design (STATISTICS.md, generalised to factors of any number of levels): with y the
@@ -105,9 +137,11 @@ def factorial_effects(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) 
     with (effects of order ≤ 3). One-at-a-time: each factor's other levels vs the reference
     cell, paired by seed; no interactions (the design cannot see them).
     Each effect is computed per seed (seeds present in every cell); the per-seed effects get
-    the t interval, the t-test p (Holm-adjusted over the architecture's main effects and
-    interactions for that metric), P(effect > 0) over seeds and a verdict. An effect of an
-    architecture with a cell that did not learn gets no verdict: every cell enters every effect.
+    the t interval, the t-test p, the equivalence p within ±`min_effect` (δ), P(effect > 0)
+    over seeds and, for main effects, a verdict (`judge_effects`: one family per architecture
+    and metric; `looks` are a sequential study's recorded decisions on `decision_metric`). An
+    effect of an architecture with a cell that did not learn gets no verdict: every cell
+    enters every effect.
     """
     rows = []
     for arch, a in runs.groupby("arch", sort=False):
@@ -118,14 +152,18 @@ def factorial_effects(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) 
         unlearned = ", ".join(_unlearned(a, a["cell"].unique()))
         for metric in metrics:
             if metric in a and not a[metric].isna().all():
-                base = {"arch": arch, "metric": metric, "unlearned": unlearned, "design": kind}
-                rows += _effect_rows(a, metric, base, levels, settings, contrasts)
+                base = {"arch": arch, "metric": metric, "unlearned": unlearned, "design": kind,
+                        "others": len(levels) - 1}
+                rows += _effect_rows(a, metric, base, levels, settings, contrasts, min_effect)
     out = pd.DataFrame(rows)
-    return judge(out, kind="effect") if not out.empty else out
+    if out.empty:
+        return out
+    out["family_size"] = out.groupby(["arch", "metric"])["kind"].transform(lambda k: int((k == "main").sum()))
+    return judge_effects(out, delta=min_effect, looks=looks, decision_metric=decision_metric)
 
 
 def _effect_rows(a: pd.DataFrame, metric: str, base: dict, levels: dict[str, list], settings: list[dict],
-                 contrasts: list[dict]) -> list[dict]:
+                 contrasts: list[dict], delta: float = DEFAULT_MIN_EFFECT) -> list[dict]:
     """One architecture's effects on one metric: each contrast over the per-seed cell means
     (seeds present in every cell), or one row saying why the design cannot be estimated."""
     per_cell = [_at(a, st).groupby("seed")[metric].mean().dropna() for st in settings]
@@ -141,7 +179,7 @@ def _effect_rows(a: pd.DataFrame, metric: str, base: dict, levels: dict[str, lis
     for c in contrasts:
         per_seed = y @ c["weights"]
         rows.append({**base, **{k: v for k, v in c.items() if k != "weights"}, "n_seeds": len(seeds),
-                     **_test_row(per_seed), "seeds": " ".join(map(str, seeds)),
+                     **_test_row(per_seed, delta), "seeds": " ".join(map(str, seeds)),
                      "per_seed": " ".join(f"{e:+.4f}" for e in per_seed)})
     return rows
 
@@ -187,12 +225,12 @@ def _one_at_a_time_contrasts(levels: dict[str, list]) -> tuple[list[dict], list[
 
 def _fractional_contrasts(levels: dict[str, list]) -> tuple[list[dict], list[dict]]:
     """The ±1 contrasts of a two-level fractional factorial: main effects, and at resolution
-    V or more the two-way interactions, each naming what it is aliased with."""
+    V or more the two-way interactions, each naming what it is aliased with (`_named_aliases`)."""
     names = list(levels)
     d = design.fractional_factorial(names)
     settings = [{k: levels[k][int(on)] for k, on in run.items()} for run in d.settings()]
     letters = {letter: name for name, letter in d.letters.items()}
-    aliases = d.aliases()
+    aliases = d.aliases(max_length=None)
     n = len(settings)
     terms = [(i,) for i in range(len(names))]
     if d.resolution >= 5:
@@ -201,13 +239,21 @@ def _fractional_contrasts(levels: dict[str, list]) -> tuple[list[dict], list[dic
     for term in terms:
         parts = [_part(names[i], levels[names[i]][1], levels[names[i]][0]) for i in term]
         word = "".join(d.letters[names[i]] for i in term)
-        partners = ["×".join(letters[ch] for ch in w) for w in aliases.get(word, [])]
+        partners = ["×".join(letters[ch] for ch in w) for w in _named_aliases(aliases.get(word, []))]
         contrasts.append({"effect": " × ".join(p[0] for p in parts), "kind": "main" if len(term) == 1 else "interaction",
                           "factors": " ".join(names[i] for i in term),
                           "label": parts[0][1] if len(term) == 1 else " × ".join(p[1] for p in parts) + " interaction",
                           "aliases": "; ".join(partners),
                           "weights": np.prod([d.runs[:, i] for i in term], axis=0) * 2.0 / n})
     return settings, contrasts
+
+
+def _named_aliases(words: list[str]) -> list[str]:
+    """The aliases (shortest first) an estimate names: those of order ≤ 3, or where all are
+    longer (a main effect at resolution V: A = BCDE) the shortest, so a confounded estimate
+    never reads as a clean one."""
+    short = [w for w in words if len(w) <= 3]
+    return short or [w for w in words if len(w) == len(words[0])]
 
 
 def _full_contrasts(levels: dict[str, list]) -> tuple[list[dict], list[dict]]:

@@ -10,6 +10,7 @@ The *reference* cell has every toggle off and every other factor at its first li
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -55,9 +56,15 @@ def finished_runs(study: Study) -> pd.DataFrame:
         out = t[trial_states(t) == "COMPLETE"].copy()
         out["key"] = out["number"].astype(int).astype(str)
         return out
-    out = t[t["status"].astype(str) == "completed"].copy()
+    return completed_runs(t, study.dataset)
+
+
+def completed_runs(table: pd.DataFrame, dataset: dict | None) -> pd.DataFrame:
+    """A grid's runs table (`results.runs_table`) → its completed runs with a val mIoU, with
+    cells (`with_cells`) and learning flags against `dataset`'s bar (`with_flags`)."""
+    out = table[table["status"].astype(str) == "completed"].copy()
     out = out[pd.to_numeric(out["val_miou"], errors="coerce").notna()]
-    return with_flags(with_cells(out), stats.majority_bar(study.dataset))
+    return with_flags(with_cells(out), stats.majority_bar(dataset))
 
 
 def with_cells(runs: pd.DataFrame) -> pd.DataFrame:
@@ -145,3 +152,57 @@ def with_flags(runs: pd.DataFrame, bar: dict | None) -> pd.DataFrame:
         known = raw.notna() & (raw.astype(str).str.strip() != "")
         out[col] = np.where(known, _as_bool(raw), np.nan)
     return out
+
+
+INCOMPLETE_COLUMNS = ["arch", "metric", "cell", "seed", "key", "why"]
+
+
+def incomplete_metrics(runs: pd.DataFrame, *, metrics=("val_miou", "test_miou")) -> pd.DataFrame:
+    """Completed runs without a value (NaN or missing) of a metric that other runs of their
+    architecture have. Effects use the seeds present in every cell, so each such run takes its
+    seed out of every effect of its architecture on that metric. One row per run and metric."""
+    rows = []
+    for (arch, metric), have in _has_metric(runs, metrics):
+        label = METRIC_LABELS.get(metric, metric)
+        for r in runs.loc[have.index[~have]].to_dict("records"):
+            rows.append({"arch": arch, "metric": metric, "cell": r["cell"], "seed": int(r["seed"]), "key": r["key"],
+                         "why": f"no {label}, which {int(have.sum())} of the {len(have)} {arch} runs have: every "
+                                f"{arch} effect on {label} leaves out seed {int(r['seed'])}"})
+    out = pd.DataFrame(rows, columns=INCOMPLETE_COLUMNS)
+    return out.sort_values(["arch", "metric", "cell", "seed"], ignore_index=True)
+
+
+def _has_metric(runs: pd.DataFrame, metrics) -> Iterator[tuple[tuple[str, str], pd.Series]]:
+    """((arch, metric), per-run 'has a value') where some runs of the architecture have it and some not."""
+    for arch, a in runs.groupby("arch", sort=False):
+        for metric in metrics:
+            have = a[metric].notna() if metric in a else pd.Series(False, index=a.index)
+            if have.any() and not have.all():
+                yield (arch, metric), have
+
+
+def seeds_to_restore(runs: pd.DataFrame, incomplete: pd.DataFrame) -> int:
+    """Seeds per cell that give every effect back the seeds the `incomplete_metrics` runs take:
+    the most seeds a cell has, plus the most seeds one architecture lost on one metric."""
+    have = int(runs.groupby("cell")["seed"].nunique().max()) if not runs.empty else 0
+    lost = int(incomplete.groupby(["arch", "metric"])["seed"].nunique().max()) if not incomplete.empty else 0
+    return have + lost
+
+
+def incomplete_metrics_note(incomplete: pd.DataFrame, repair: dict | None = None) -> str | None:
+    """One banner for the `incomplete_metrics` rows: how many runs, what they cost, each run
+    (cell, seed, the metrics it lacks), and `repair` (`more_seeds` at `seeds_to_restore`): the
+    command that adds a seed every cell has. None when no run lacks a metric."""
+    if incomplete.empty:
+        return None
+    lacks = incomplete.groupby(["cell", "seed"], sort=False)["metric"].agg(
+        lambda ms: ", ".join(METRIC_LABELS.get(m, m) for m in ms))
+    one = len(lacks) == 1
+    its = "its" if one else "their"
+    listed = ", ".join(f"{cell} seed {seed} ({what})" for (cell, seed), what in lacks.items())
+    text = (f"{len(lacks)} completed run{'' if one else 's'} {'has' if one else 'have'} no value of a metric that the "
+            f"other runs of {its} architecture have, so every effect on that metric leaves out {its} seed: {listed}.")
+    if repair:
+        text += (" A finished run is not scored again; a seed more in every cell gives the effects their n back: "
+                 f"{repair['text']}.")
+    return text

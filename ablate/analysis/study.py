@@ -8,10 +8,12 @@ import pandas as pd
 
 from ablate import stats
 from ablate.analysis.cells import cell_flags, cell_stats, compare_architectures, cost_table, summary_table
-from ablate.analysis.effects import COMPARISON_COLUMNS, EFFECT_COLUMNS, factorial_effects, paired_comparisons
-from ablate.analysis.findings import Findings, findings
+from ablate.analysis.effects import (COMPARISON_COLUMNS, EFFECT_COLUMNS, comparisons_note, factorial_effects,
+                                     paired_comparisons)
+from ablate.analysis.findings import Findings, decision_inputs, findings, more_seeds
 from ablate.analysis.records import class_iou_table, failures, learning_curves, overview, training_setup
-from ablate.analysis.runs import primary_metric, trial_states
+from ablate.analysis.runs import (incomplete_metrics, incomplete_metrics_note, primary_metric, seeds_to_restore,
+                                  trial_states)
 from ablate.analysis.tuning import best_so_far, expected_max, param_importances
 from ablate.results import Study
 
@@ -35,19 +37,37 @@ class GridAnalysis:
     class_iou: pd.DataFrame
     cost: pd.DataFrame  # `cost_table`
     failures: pd.DataFrame
+    incomplete: pd.DataFrame  # `incomplete_metrics`: completed runs without a metric the others have
+    incomplete_note: str | None  # the banner for them, with the command that adds a seed (None: none)
+    comparisons_note: str | None  # why there are no paired comparisons (no reference cell); None: there are
 
 
 def analyse_grid(study: Study, runs: pd.DataFrame) -> GridAnalysis:
     """Every number the report shows of a grid study, from its completed `runs`
     (`finished_runs`); effects and comparisons are computed once and shared by the tables,
     the Findings panel and the figures."""
-    effects, comparisons = factorial_effects(runs), paired_comparisons(runs)
+    effects, comparisons = study_effects(study, runs), paired_comparisons(runs)
     return GridAnalysis(
         runs=runs, metric=primary_metric(runs), overview=overview(study), setup=training_setup(study),
         findings=findings(study, runs, effects=effects, comparisons=comparisons), stats=cell_stats(runs),
         comparisons=comparisons, effects=effects, flags=cell_flags(runs), ranking=compare_architectures(runs),
         curves=learning_curves(study, runs), class_iou=class_iou_table(study, runs), cost=cost_table(runs),
-        failures=failures(study))
+        failures=failures(study), comparisons_note=comparisons_note(runs), **_incomplete(study, runs))
+
+
+def _incomplete(study: Study, runs: pd.DataFrame) -> dict:
+    """The runs without a metric the others have, and their banner with the command that adds
+    the seeds they cost every effect (`more_seeds`)."""
+    rows = incomplete_metrics(runs)
+    repair = more_seeds(study, runs, target=seeds_to_restore(runs, rows)) if not rows.empty else None
+    return {"incomplete": rows, "incomplete_note": incomplete_metrics_note(rows, repair)}
+
+
+def study_effects(study: Study, runs: pd.DataFrame) -> pd.DataFrame:
+    """The study's effects judged by its own decisions: its δ, and a sequential study's
+    recorded looks (`decision_inputs`)."""
+    delta, looks, metric = decision_inputs(study.meta)
+    return factorial_effects(runs, min_effect=delta, looks=looks, decision_metric=metric)
 
 
 @dataclass
@@ -92,7 +112,7 @@ def export_tables(study: Study, runs: pd.DataFrame, *, effects: pd.DataFrame | N
     if study.source == "storage":
         tables.update(runs=study.table, summary=summary_table(study.table, stats.majority_bar(study.dataset)))
     if not runs.empty:
-        tables["effects"] = (factorial_effects(runs) if effects is None else effects).reindex(columns=EFFECT_COLUMNS)
+        tables["effects"] = (study_effects(study, runs) if effects is None else effects).reindex(columns=EFFECT_COLUMNS)
         tables["comparisons"] = (paired_comparisons(runs) if comparisons is None else comparisons
                                  ).reindex(columns=COMPARISON_COLUMNS)
     return tables

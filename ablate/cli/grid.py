@@ -14,7 +14,7 @@ from ablate.grid.command import CellsInterrupted, grid_status, run_grid
 # flag parameter -> study key or [train] key it overrides
 _OVERRIDES = {
     "study_name": "name", "models": "models", "toggles": "toggles", "factor": "factor", "design": "design",
-    "seeds": "seeds", "model_arg": "model_arg",
+    "seeds": "seeds", "min_effect": "min_effect", "model_arg": "model_arg",
     "data": "data", "image_size": "image_size", "num_classes": "num_classes", "ignore_index": "ignore_index",
     "val_fraction": "val_fraction", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
     "weight_decay": "weight_decay", "patience": "patience", "early_stop_on": "early_stop_on", "min_delta": "min_delta",
@@ -36,7 +36,12 @@ _OVERRIDES = {
 @click.option("--design", default=None, metavar="full|fractional|one-at-a-time",
               help="Which factor settings run: every combination [default], a 2^(k-p) fraction of two-level "
                    "factors (resolution >= IV), or one factor at a time from the reference (no interactions).")
-@click.option("--seeds", default=None, metavar="N|A,B,C", help="A count (seeds 0..N-1) or a list of seeds.")
+@click.option("--seeds", default=None, metavar="N|A,B,C|auto[:MIN-MAX]",
+              help="A count (seeds 0..N-1), a list of seeds, or auto: sequential seeds, 3 per cell first, more "
+                   "(up to 10; auto:MIN-MAX) only for architectures with an effect still undecided.")
+@click.option("--min-effect", default=None, metavar="DELTA",
+              help="The smallest effect on mIoU worth knowing about (δ): 'no effect larger than δ' is a verdict "
+                   "[default: 0.01].")
 @click.option("--model-arg", "model_arg", multiple=True, metavar="[MODEL.]KEY=VALUE",
               help="Model argument, repeatable (unet.base_channels=16; without MODEL: every model that has KEY).")
 @data_options(default_data=None)

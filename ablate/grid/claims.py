@@ -17,8 +17,10 @@ from optuna.trial import FrozenTrial, TrialState
 from ablate import _io, store, workers
 from ablate.config import TOGGLES, TrainConfig, stable_hash
 from ablate.errors import AblateError
+from ablate.stats import MIN_VERDICT_N
 from ablate.workers import INTERRUPTED, WORKER_KILLED, WORKER_LOST  # failure reasons, shared with the tuner
 from ablate.grid.definition import CELL_FIELDS, KIND, POLL_SECONDS, Cell, GridStudy, check_execution, trial_label
+from ablate.grid.stages import STAGES_ATTR, SeedPlan, advance, open_cells
 # which trial speaks for a cell, and why a trial failed: the read side's, shared with the report
 from ablate.results.cells import CellState, cell_states, charged_failures, failure_reason  # noqa: F401
 
@@ -88,12 +90,13 @@ class GridStorage:
             elif self.storage.get_all_trials(sid, deepcopy=False):
                 raise AblateError(f"study {self.study_name!r} in {store.mask_url(self.url)} is not a grid study; "
                                   "use another --study-name")
+            _check_same_decisions(self.study_name, attrs, study, bool(self.storage.get_all_trials(sid, deepcopy=False)))
             known = {c["cell_id"] for c in attrs.get("cells", [])}
             # grid_hash last: a reader outside the lock that sees it sees the whole definition
             new = {"kind": KIND, "grid": grid, "description": study.description,
                    "seeds": sorted(set(attrs.get("seeds", [])) | set(study.seeds)),
                    "cells": attrs.get("cells", []) + [c.brief() for c in cells if c.cell_id not in known],
-                   "setup": _setup(study),
+                   "setup": _setup(study), "decisions": _decisions(study),
                    **({"dataset": _io._json_safe(dataset)} if dataset is not None else {}),
                    **({"command": command} if command is not None else {}),
                    "grid_hash": stable_hash(grid)}
@@ -103,14 +106,18 @@ class GridStorage:
             return new
 
     # ---- claiming
-    def claim(self, cells: list[Cell], *, max_retries: int) -> tuple[Cell, int] | None:
+    def claim(self, cells: list[Cell], *, max_retries: int, plan: SeedPlan | None = None,
+              delta: float = 0.01) -> tuple[Cell, int] | None:
         """Create a RUNNING trial for the waiting cell expected to take longest (`longest_first`),
-        or return None."""
+        or return None. With sequential seeds (`plan`), the looks that are due are taken first
+        (`stages.advance`) and only the open seeds' cells are claimed."""
         with self.lock():
             sid = self.study_id()
             trials = self.storage.get_all_trials(sid, deepcopy=False)
             if self._reclaimer.reclaim(self.storage, trials):
                 trials = self.storage.get_all_trials(sid, deepcopy=False)
+            if plan is not None:
+                cells = self._open(sid, cells, trials, plan, delta, max_retries)
             states = cell_states([c.brief() for c in cells], trials, max_retries)
             self.running = sum(s.status == "running" for s in states.values())
             expected = expected_seconds(cells, trials)
@@ -119,6 +126,22 @@ class GridStorage:
                 cell = waiting[0]
                 return cell, self.storage.create_new_trial(sid, template_trial=self._new_trial(cell, cells))
         return None
+
+    def _open(self, sid: int, cells: list[Cell], trials: list[FrozenTrial], plan: SeedPlan, delta: float,
+              max_retries: int) -> list[Cell]:
+        """The cells open now, after recording the looks that are due (under the lock)."""
+        attrs = self.storage.get_study_user_attrs(sid)
+        briefs = [c.brief() for c in cells]
+        stages = advance(briefs, trials, attrs, plan, delta=delta, max_retries=max_retries)
+        if stages is not None:
+            self.storage.set_study_user_attr(sid, STAGES_ATTR, stages)
+            attrs = {**attrs, STAGES_ATTR: stages}
+        opened = {c["cell_id"] for c in open_cells(briefs, attrs, plan)}
+        return [c for c in cells if c.cell_id in opened]
+
+    def open_briefs(self, cells: list[dict], plan: SeedPlan | None) -> list[dict]:
+        """The cells (briefs) open now: all of them in a fixed design (`stages.open_cells`)."""
+        return open_cells(cells, self.study_attrs() or {}, plan)
 
     def _new_trial(self, cell: Cell, cells: list[Cell]) -> FrozenTrial:
         """Model and toggles are the trial's params (what the dashboard's importance ranks);
@@ -210,6 +233,28 @@ def check_same_grid(name: str, attrs: dict[str, Any], grid: dict[str, Any], url:
     raise AblateError(f"study {name!r} in {store.mask_url(url)} holds a different grid (differs in: "
                       f"{', '.join(diff) or 'definition'}){data}; choose a new --study-name, e.g. {name}-2, "
                       "or repeat the original settings")
+
+
+def _decisions(study: GridStudy) -> dict[str, Any]:
+    """How the study decides: δ, and the plan of sequential seeds (None: fixed seeds)."""
+    return {"min_effect": study.min_effect, "sequential": study.sequential.to_dict() if study.sequential else None}
+
+
+def _check_same_decisions(name: str, attrs: dict[str, Any], study: GridStudy, has_trials: bool) -> None:
+    """A study whose seeds are decided in stages keeps its plan and δ (its looks spent the
+    error budget by them), and a study with fixed seeds does not turn sequential."""
+    was = attrs.get("decisions")
+    if not has_trials or was is None and study.sequential is None:
+        return
+    if not (was or {}).get("sequential") and study.sequential and len(attrs.get("seeds") or []) < MIN_VERDICT_N:
+        return  # fewer seeds than any verdict needs: no verdict was printed yet, the looks start afresh
+    now = _decisions(study)
+    if (was or {}).get("sequential") != now["sequential"] or (now["sequential"] and was["min_effect"] != study.min_effect):
+        def said(d):
+            plan = (d or {}).get("sequential")
+            return "fixed seeds" if not plan else f"--seeds auto:{plan['min']}-{plan['max']} --min-effect {d['min_effect']:g}"
+        raise AblateError(f"study {name!r} was run with {said(was)}, this command asks for {said(now)}; repeat the "
+                          f"original seeds settings or choose a new --study-name, e.g. {name}-2")
 
 
 def _setup(study: GridStudy) -> dict[str, Any]:

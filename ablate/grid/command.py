@@ -17,6 +17,7 @@ from ablate.grid.definition import (KIND, Cell, Datasets, check_cells, check_mod
                                     resolve_execution, resolve_workers)
 from ablate.grid.console import CellPrinter, print_dry_run, print_start, print_status, print_summary, quietly
 from ablate.grid.run import run_workers
+from ablate.grid.stages import open_cells, plan_of, summary_lines
 from ablate.grid.study import GridStudy, read_grid_study
 from ablate.grid.tables import prune_checkpoints, write_study_json, write_tables
 from ablate.studyfile import read_toml
@@ -58,7 +59,8 @@ def run_grid(study_file: Path | None, overrides: dict[str, Any], *, results_dir:
         return []
     plan = _plan(study, results_dir)
     if dry_run:
-        print_dry_run(plan.study, plan.cells, plan.gs.trials() if plan.attrs else [], plan.url, plan.gs is not None)
+        print_dry_run(plan.study, plan.cells, plan.gs.trials() if plan.attrs else [], plan.url, plan.gs is not None,
+                      plan.attrs)
         return []
     return _run(plan, results_dir=results_dir, cache_dir=cache_dir or results_dir / ".cache", artifacts=artifacts,
                 keep_checkpoints=keep_checkpoints, report=report, command=command)
@@ -70,7 +72,8 @@ def grid_status(study_name: str | None, *, storage: str | None, results_dir: Pat
     url = storage or store.default_storage(results_dir, name)
     gs = open_grid_storage(url, name)
     attrs = gs.study_attrs() or {}
-    print_status(name, url, progress(attrs.get("cells") or [], gs.trials()))
+    cells = open_cells(attrs.get("cells") or [], attrs, plan_of(attrs))
+    print_status(name, url, progress(cells, gs.trials()), summary_lines(attrs))
 
 
 def open_grid_storage(url: str, name: str) -> GridStorage:
@@ -123,9 +126,10 @@ def _run(plan: _Plan, *, results_dir: Path, cache_dir: Path, artifacts: str | No
     attrs = gs.prepare(study, cells, plan.definition, dataset=dataset.summary(), command=command)
     write_study_json(results_dir, study, plan.url, attrs, dataset.summary(), command=command, artifacts=files.spec)
     briefs = [c.brief() for c in cells]
-    start = progress(briefs, gs.trials(), study.max_retries)
+    start = progress(gs.open_briefs(briefs, study.sequential), gs.trials(), study.max_retries)
     print_start(study, cells, start, plan.url, dataset)
-    printer = CellPrinter(gs, briefs, results_dir, study.max_retries, initial=start.completed + start.failed)
+    printer = CellPrinter(gs, briefs, results_dir, study.max_retries, initial=start.completed + start.failed,
+                          plan=study.sequential)
     try:
         crashed = run_workers(study, cells, plan.url, results_dir=results_dir, cache_dir=cache_dir, datasets=datasets,
                               on_result=printer, progress=printer.tty and study.workers == 1,
@@ -135,7 +139,7 @@ def _run(plan: _Plan, *, results_dir: Path, cache_dir: Path, artifacts: str | No
         quietly(lambda: write_tables(gs, results_dir))
         raise CellsInterrupted from exc
     printer.close()
-    final = progress(briefs, gs.trials(), study.max_retries)
+    final = progress(gs.open_briefs(briefs, study.sequential), gs.trials(), study.max_retries)
     _finish(gs, study, final, plan.url, files, results_dir=results_dir, keep_checkpoints=keep_checkpoints,
             report=report)
     return _problems(study, final, crashed)
@@ -148,8 +152,14 @@ def _finish(gs: GridStorage, study: GridStudy, final: Progress, url: str, files:
     if not final.pending and not final.running:
         prune_checkpoints(gs, files, keep_checkpoints)
     write_tables(gs, results_dir)
+    attrs = gs.study_attrs() or {}
+    if attrs.get("stages"):  # study.json as the storage now holds it: with the looks taken
+        write_study_json(results_dir, study, url, attrs, attrs.get("dataset") or {}, command=attrs.get("command"),
+                         artifacts=files.spec)
     folder = store.study_dir(results_dir, study.name)
     print_summary(folder / "summary.csv")
+    for line in summary_lines(attrs):
+        click.echo(f"stage: {line}")
     click.echo(f"\nresults: {folder}/ (runs.csv, summary.csv, study.json); files: {files.spec}")
     if report:
         _write_report(results_dir, study.name, url)

@@ -14,6 +14,7 @@ from ablate import store, workers
 from ablate.grid.claims import GridStorage, Progress, progress
 from ablate.grid.definition import Cell, design_lines, settings
 from ablate.grid.run import CellResult
+from ablate.grid.stages import STAGES_ATTR, SeedPlan, open_cells, summary_lines
 from ablate.grid.study import GridStudy
 from ablate.grid.tables import write_tables
 from ablate.results import CellState, cell_states
@@ -25,8 +26,12 @@ class CellPrinter:
     workers finished (one step per line, so two cells ending together never print the same
     n), and those other machines finished meanwhile (read from the storage)."""
 
-    def __init__(self, gs: GridStorage, briefs: list[dict], results_dir: Path, max_retries: int, initial: int):
-        self.gs, self.briefs, self.results_dir, self.max_retries = gs, briefs, results_dir, max_retries
+    def __init__(self, gs: GridStorage, briefs: list[dict], results_dir: Path, max_retries: int, initial: int,
+                 plan: SeedPlan | None = None):
+        self.gs, self.all_briefs, self.results_dir, self.max_retries = gs, briefs, results_dir, max_retries
+        self.plan = plan
+        self.briefs = gs.open_briefs(briefs, plan)
+        self.looks = self._looks(gs.study_attrs() or {})
         self.tty = sys.stdout.isatty()
         self.bar = tqdm(total=len(briefs), initial=initial, unit="cell", desc="grid", file=sys.stdout,
                         disable=not self.tty, dynamic_ncols=True)
@@ -37,7 +42,23 @@ class CellPrinter:
     def _states(self) -> dict[str, CellState]:
         return cell_states(self.briefs, self.gs.trials(), self.max_retries)
 
+    def _looks(self, attrs: dict) -> dict[str, int]:
+        return {m: len(r.get("looks") or []) for m, r in (attrs.get(STAGES_ATTR) or {}).items()}
+
+    def _stage_lines(self) -> list[str]:
+        """A line per architecture whose stage was decided since the last cell (sequential seeds)."""
+        if self.plan is None:
+            return []
+        attrs = self.gs.study_attrs() or {}
+        looks = self._looks(attrs)
+        new = [m for m, k in looks.items() if k != self.looks.get(m, 0)]
+        self.looks = looks
+        self.briefs = open_cells(self.all_briefs, attrs, self.plan)
+        self.bar.total = len(self.briefs)
+        return [f"stage: {line}" for line in summary_lines(attrs) if line.split(":")[0] in new]
+
     def __call__(self, result: CellResult) -> None:
+        stage_lines = self._stage_lines()
         states = self._states()
         if result.status == "completed" or states[result.cell_id].status == "failed":  # a retry is not done yet
             self.here.add(result.cell_id)
@@ -49,12 +70,13 @@ class CellPrinter:
         else:
             what = f"FAILED ({result.failure_reason})"
         line = f"[{done}/{len(self.briefs)}] {result.label}: {what} ({result.seconds:.0f}s)"
-        if self.tty:
-            self.bar.n = done
-            self.bar.refresh()
-            self.bar.write(line)
-        else:
-            click.echo(line)
+        for text in [line, *stage_lines]:
+            if self.tty:
+                self.bar.n = done
+                self.bar.refresh()
+                self.bar.write(text)
+            else:
+                click.echo(text)
         quietly(lambda: write_tables(self.gs, self.results_dir))
 
     def close(self) -> None:
@@ -76,15 +98,22 @@ def print_start(study: GridStudy, cells: list[Cell], start: Progress, url: str, 
     click.echo(dataset.describe())
 
 
-def print_dry_run(study: GridStudy, cells: list[Cell], trials: list, url: str, exists: bool) -> None:
-    """`--dry-run`: the study's shape and progress, its design, then one line per cell with its status."""
+def print_dry_run(study: GridStudy, cells: list[Cell], trials: list, url: str, exists: bool,
+                  attrs: dict | None = None) -> None:
+    """`--dry-run`: the study's shape and progress, its design, then one line per cell with its
+    status (with sequential seeds: the cells open now, `attrs` being the stored study's)."""
+    shape = _shape(study, cells)
+    if study.sequential is not None:
+        opened = {c["cell_id"] for c in open_cells([c.brief() for c in cells], attrs or {}, study.sequential)}
+        cells = [c for c in cells if c.cell_id in opened]
     briefs = [c.brief() for c in cells]
     states = cell_states(briefs, trials, study.max_retries)
     p = progress(briefs, trials, study.max_retries)
-    click.echo(f"study {study.name}: {_shape(study, cells)}; {p.completed} done, {p.pending} pending"
+    click.echo(f"study {study.name}: {shape}; {p.completed} done, {p.pending} pending"
                + (f", {p.running} running" if p.running else "") + (f", {p.failed} failed" if p.failed else ""))
     click.echo(f"storage: {store.mask_url(url)}" + ("" if exists else " (not created yet)"))
-    for line in design_lines(study):
+    for line in design_lines(study) + ([study.sequential.text() + "; later stages add seeds only to architectures "
+                                        "with an undecided effect"] if study.sequential else []):
         click.echo(line)
     names = [c.factors for c in cells[:1]][0] if cells else ()
     columns = [("toggles", lambda c: c.toggles)] if study.toggles or not names else []
@@ -116,11 +145,14 @@ def print_summary(summary_csv: Path) -> None:
                    f"{_mean_std(row['test_miou_mean'], row['test_miou_std'])}")
 
 
-def print_status(name: str, url: str, p: Progress) -> None:
-    """`ablate status`: done / running / failed / pending and the compute time of a grid study."""
-    click.echo(f"study {name} ({store.mask_url(url)}): {p.cells} cells")
+def print_status(name: str, url: str, p: Progress, stages: list[str] | None = None) -> None:
+    """`ablate status`: done / running / failed / pending and the compute time of a grid study;
+    with sequential seeds, each architecture's stage (`stages.summary_lines`)."""
+    click.echo(f"study {name} ({store.mask_url(url)}): {p.cells} cells" + (" open so far" if stages else ""))
     click.echo(f"  done {p.completed}, running {p.running}, failed {p.failed}, pending {p.pending}")
     click.echo(f"  elapsed compute {_duration(p.compute_seconds)}")
+    for line in stages or []:
+        click.echo(f"  {line}")
     for label, reason in p.failed_cells:
         click.echo(f"  failed: {label}: {reason}")
 
@@ -137,6 +169,11 @@ def _shape(study: GridStudy, cells: list[Cell]) -> str:
     """'8 cells (2 models x 4 toggle settings x 1 seed)'."""
     n = len(settings(study))
     what = "toggle setting" if study.design == "full" and not any(len(v) > 1 for v in study.factors.values()) else "setting"
+    if study.sequential is not None:
+        plan = study.sequential
+        return (f"{len(settings(study)) * len(study.models) * plan.min}-{len(cells)} cells "
+                f"({_plural(len(study.models), 'model')} x {_plural(n, what)} x {plan.min} to {plan.max} seeds, "
+                "added in stages)")
     return (f"{len(cells)} cells ({_plural(len(study.models), 'model')} x {_plural(n, what)}"
             f" x {_plural(len(study.seeds), 'seed')})")
 

@@ -21,6 +21,8 @@ from ablate.errors import AblateError
 from ablate.workers import INTERRUPTED  # failure reasons, shared with the tuner
 from ablate.grid.definition import Cell, Datasets, GridStudy, RUNS, check_execution, resolve_execution
 from ablate.grid.claims import GridStorage
+from ablate.grid.stages import SeedPlan
+from ablate.stats import DEFAULT_MIN_EFFECT
 
 
 # --------------------------------------------------------------------------- running cells
@@ -125,18 +127,20 @@ def _plain(v: Any) -> Any:
 
 def work(gs: GridStorage, cells: list[Cell], datasets: Callable[[tuple[int, int]], Any], *, results_dir: Path,
          max_retries: int, on_result: Callable[[CellResult], None], progress: bool = False,
-         requested: TrainConfig | None = None, artifacts: str | None = None, keep_checkpoints: str = "best") -> None:
+         requested: TrainConfig | None = None, artifacts: str | None = None, keep_checkpoints: str = "best",
+         plan: SeedPlan | None = None, delta: float = DEFAULT_MIN_EFFECT) -> None:
     """Claim and run cells until none is left to claim and none runs elsewhere. `datasets`
     gives the data at an image size; `requested` (the study's [train]) is resolved here and
     must match the execution the study was created for before any cell is claimed. Each
-    cell's files go to the artifact store `artifacts` (default: <results_dir>/<study>/artifacts)."""
+    cell's files go to the artifact store `artifacts` (default: <results_dir>/<study>/artifacts).
+    With sequential seeds (`plan`, δ `delta`) a claim opens the next stage when one is due."""
     if requested is not None:
         check_execution(gs.study_name, (gs.study_attrs() or {}).get("grid") or {}, resolve_execution(requested),
                         requested)
     folder = store.study_dir(results_dir, gs.study_name)
     files = store.artifacts(artifacts or store.default_artifacts(results_dir, gs.study_name))
     while True:
-        claimed = gs.claim(cells, max_retries=max_retries)
+        claimed = gs.claim(cells, max_retries=max_retries, plan=plan, delta=delta)
         if claimed is None:
             if not gs.running:
                 return
@@ -156,7 +160,7 @@ def _worker(index: int, events, study: GridStudy, cells: list[Cell], url: str, r
     try:
         work(GridStorage(url, study.name), cells, Datasets(study.train, cache_dir), results_dir=Path(results_dir),
              max_retries=study.max_retries, on_result=events.put, requested=study.train, artifacts=artifacts,
-             keep_checkpoints=keep_checkpoints)
+             keep_checkpoints=keep_checkpoints, plan=study.sequential, delta=study.min_effect)
     except AblateError as exc:  # e.g. this worker resolves another precision: one line, exit 2
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -173,7 +177,7 @@ def run_workers(study: GridStudy, cells: list[Cell], url: str, *, results_dir: P
         with workers.sigterm_interrupts():
             work(GridStorage(url, study.name), cells, datasets, results_dir=results_dir,
                  max_retries=study.max_retries, on_result=on_result, progress=progress, requested=study.train,
-                 artifacts=artifacts, keep_checkpoints=keep_checkpoints)
+                 artifacts=artifacts, keep_checkpoints=keep_checkpoints, plan=study.sequential, delta=study.min_effect)
         return []
     return workers.supervise(_worker, (study, cells, url, results_dir, cache_dir, artifacts, keep_checkpoints),
                              workers=study.workers,

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ablate import store
+from ablate.stats import DEFAULT_MIN_EFFECT
+from ablate.analysis.sequential import SeedPlan
 from ablate.config import TOGGLES, TRAIN_OPTIONS, TrainConfig
 from ablate.errors import AblateError
 from ablate.options import CELL, RUN, STUDY, TOGGLE, Option, coerce, flag, split_assignment, unknown_key
@@ -35,7 +37,7 @@ MODEL_TRAIN_KEYS = _keys(RUN)  # [model_train.MODEL]
 FACTOR_KEYS = _keys(RUN, TOGGLE)
 NOT_FACTORS = _keys(CELL, STUDY)
 STUDY_KEYS = ("name", "description", "models", "model_args", "model_train", "toggles", "factors", "design", "seeds",
-              "train", "max_retries", "workers", "storage")
+              "min_effect", "train", "max_retries", "workers", "storage")
 DESIGNS = ("full", "fractional", "one-at-a-time")
 # The study's own settings (models, toggles, seeds and the tables are read by build_study)
 STUDY_OPTIONS = {
@@ -45,9 +47,12 @@ STUDY_OPTIONS = {
     "max_retries": Option(int, ge=0),
     "workers": Option(int, ge=1, also=("auto",)),
     "storage": Option(str, pattern=".+", words="a storage URL or a journal file path"),
+    "min_effect": Option(float, gt=0, lt=1, words="a minimum effect of interest in mIoU, > 0 and < 1 (e.g. 0.01)"),
 }
 TOGGLE_NAME = Option(str, choices=TOGGLES)
-SEEDS_RULE = "a count >= 1 or a list of distinct integers >= 0 (3 or [0, 5, 7])"
+SEEDS_RULE = ("a count >= 1, a list of distinct integers >= 0 (3 or [0, 5, 7]), or sequential seeds: auto, "
+              "auto:MIN-MAX (auto:3-10) or {min = 3, max = 10}")
+SEQUENTIAL_DEFAULT = (3, 10)  # --seeds auto
 
 # The built-in quick study: what studies/quick.toml says, for when that file is not around.
 QUICK_STUDY: dict[str, Any] = {
@@ -79,7 +84,9 @@ class GridStudy:
     # of one level is fixed for every cell (a toggle fixed on is one)
     factors: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     design: str = "full"  # full | fractional (two-level factors, 2^(k-p)) | one-at-a-time
-    seeds: tuple[int, ...] = (0,)  # every setting runs once per seed
+    seeds: tuple[int, ...] = (0,)  # every setting runs once per seed (sequential: the most it may run)
+    sequential: SeedPlan | None = None  # --seeds auto: seeds added in stages (ablate.grid.stages)
+    min_effect: float = DEFAULT_MIN_EFFECT  # δ: the smallest effect on mIoU worth knowing about
     train: TrainConfig = field(default_factory=TrainConfig)  # options shared by every cell
     max_retries: int = 1  # a failed cell runs again up to this many times (this run or a later one)
     workers: int | str = "auto"  # worker processes on this machine; "auto": `resolve_workers`
@@ -131,14 +138,15 @@ def build_study(raw: dict[str, Any], *, where: str | Source, overrides: dict[str
     value = _names(value if value is not None else [] if factors_raw else list(TOGGLES), label, "toggle", none=True)
     toggles = tuple(t for t in TOGGLES if t in {coerce(TOGGLE_NAME, v, label) for v in value})  # canonical order
     value, label, _ = study.given("seeds")
-    seeds = parse_seeds(value if value is not None else 1, label)
+    seeds, sequential = parse_seeds(value if value is not None else 1, label)
     model_args = _model_args(raw, src, models, overrides.get("model_arg") or ())
     train = {key: study.read(key, TRAIN_OPTIONS[key], None, "train") for key in TRAIN_KEYS}
     factors, on = _factors(factors_raw, toggles, overrides)
     toggles = tuple(t for t in TOGGLES if t in toggles or t in on)
     design = _design(study.read("design", STUDY_OPTIONS["design"], "full"), study.given("design")[1], toggles, factors)
     return GridStudy(name=name, models=models, model_args=model_args, toggles=toggles, factors=factors,
-                     design=design, seeds=seeds, train=TrainConfig(**{k: v for k, v in train.items() if v is not None}),
+                     design=design, seeds=seeds, sequential=sequential,
+                     min_effect=study.read("min_effect", STUDY_OPTIONS["min_effect"], DEFAULT_MIN_EFFECT), train=TrainConfig(**{k: v for k, v in train.items() if v is not None}),
                      model_train=_model_train(raw, src, models, factors, overrides),
                      **{key: study.read(key, STUDY_OPTIONS[key], default)
                         for key, default in (("max_retries", 1), ("workers", "auto"), ("storage", None),
@@ -295,8 +303,40 @@ def varying_factors_of(toggles: tuple[str, ...], factors: dict[str, tuple]) -> d
     return {**{t: (False, True) for t in toggles}, **{k: v for k, v in factors.items() if len(v) > 1}}
 
 
-def parse_seeds(value: Any, label: str) -> tuple[int, ...]:
-    """3 -> (0, 1, 2); [0, 5, 7] or '0,5,7' -> (0, 5, 7)."""
+def parse_seeds(value: Any, label: str) -> tuple[tuple[int, ...], SeedPlan | None]:
+    """(seeds, sequential plan): 3 -> (0, 1, 2); [0, 5, 7] or '0,5,7' -> (0, 5, 7); 'auto' ->
+    seeds 0..9 decided in stages from 3; 'auto:4-12' or {min = 4, max = 12} -> 0..11 from 4."""
+    plan = _sequential(value, label)
+    if plan is not None:
+        return tuple(range(plan.max)), plan
+    return _fixed_seeds(value, label), None
+
+
+def _sequential(value: Any, label: str) -> SeedPlan | None:
+    """The plan of sequential seeds `value` asks for, or None for fixed seeds."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"min", "max", "spending"})
+        low, high = value.get("min", SEQUENTIAL_DEFAULT[0]), value.get("max", SEQUENTIAL_DEFAULT[1])
+        if unknown or not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+            raise AblateError(f"{label}: expected {SEEDS_RULE}, got {value!r}")
+        return _plan(low, high, value.get("spending", "pocock"), label)
+    if not isinstance(value, str) or not value.strip().lower().startswith("auto"):
+        return None
+    match = re.fullmatch(r"auto(?::(\d+)-(\d+))?", value.strip().lower())
+    if match is None:
+        raise AblateError(f"{label}: expected {SEEDS_RULE}, got {value!r}")
+    low, high = (int(match[1]), int(match[2])) if match[1] else SEQUENTIAL_DEFAULT
+    return _plan(low, high, "pocock", label)
+
+
+def _plan(low: int, high: int, shape: Any, label: str) -> SeedPlan:
+    try:
+        return SeedPlan(low, high, str(shape))
+    except AblateError as exc:
+        raise AblateError(f"{label}: {str(exc).removeprefix('seeds: ')}") from None
+
+
+def _fixed_seeds(value: Any, label: str) -> tuple[int, ...]:
     seeds = value
     if isinstance(value, str):
         parts = [p.strip() for p in value.split(",") if p.strip()]

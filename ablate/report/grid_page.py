@@ -14,7 +14,7 @@ from ablate import analysis
 from ablate.analysis import METRIC_LABELS
 from ablate.config import TOGGLES
 from ablate.report.sections import failures, findings, gallery, overview
-from ablate.report.html import COLORS, Page, anchor, esc, note, num, section, study_block, table, with_ci
+from ablate.report.html import COLORS, Page, anchor, code_html, esc, note, num, section, study_block, table, with_ci
 from ablate.results import Study
 
 
@@ -23,20 +23,23 @@ def grid_study(page: Page, study: Study, a: analysis.GridAnalysis, shown: analys
     metric, label, sid = a.metric, METRIC_LABELS[a.metric], anchor(study.name)
     parts = [
         section(f"{sid}-findings", "Findings", "What this study shows, per architecture, by the rules stated here; "
-                "the tables below hold every number.", findings(a.findings)),
+                "the tables below hold every number.", _banner(a.incomplete_note) + findings(a.findings)),
         section(f"{sid}-overview", "1. Overview", "What was trained, on what data and hardware, and how much of it finished.",
                 overview(study, a.overview, a.setup)),
         section(f"{sid}-table", "2. Grid table",
-                f"One row per cell (architecture × factor setting), over seeds: mean and 95% Student-t interval "
-                f"[low, high] over seeds, ordered by {esc(label)}. Δ is the paired difference to the same "
-                "architecture's reference cell (every toggle off, every other factor at its first level); p is the "
-                "paired t-test, Holm-adjusted over that architecture's comparisons.",
-                _grid_table(a.stats, a.comparisons, metric, a.flags) + _ranking(page, a.ranking)),
+                f"One row per cell (architecture × factor setting), over seeds (n finished, named by their seed "
+                f"ids): mean and 95% Student-t interval [low, high] over seeds, ordered by {esc(label)}. Δ is the "
+                "paired difference to the same architecture's reference cell (every toggle off, every other factor "
+                "at its first level), with its 95% interval and P(improve); these comparisons are described, not "
+                "tested (no verdict word: the verdicts are the main effects' in Findings).",
+                (note(a.comparisons_note) if a.comparisons_note else "")
+                + _grid_table(a.stats, a.comparisons, metric, a.flags) + _ranking(page, a.ranking)),
         section(f"{sid}-effects", "3. Factor effects" if _has_factors(a.effects) else "3. Toggle effects",
                 f"What switching a toggle on, or a factor from its reference level to another, changes in {esc(label)}, "
                 "averaged over the other factors' settings (main effect), and how much one factor's effect depends on "
-                "another (interaction), with 95% Student-t intervals over seeds. Grey cells carry no verdict (see "
-                "Findings for the rules).",
+                "another (interaction), with 95% Student-t intervals over seeds. Coloured: main effects with a "
+                "verdict; grey: no verdict (inconclusive, or described only, as interactions are; see Findings for "
+                "the rules).",
                 _design_note(a.findings) + _effects(page, a.effects, metric)),
         section(f"{sid}-curves", "4. Learning curves",
                 "Per-epoch training and validation loss and validation mIoU of every run; pick an architecture with "
@@ -64,6 +67,11 @@ def _has_factors(effects: pd.DataFrame) -> bool:
     return not effects.empty and any(f not in TOGGLES for fs in effects["factors"].astype(str) for f in fs.split())
 
 
+def _banner(text: str | None) -> str:
+    """An analysis warning the reader must not miss (backticks: a command)."""
+    return f'<p class="banner">{code_html(text)}</p>' if text else ""
+
+
 def _design_note(found: analysis.Findings) -> str:
     """The design, where it is not the full factorial: a fractional design's generators and
     aliases, one-at-a-time's blind spot."""
@@ -80,12 +88,13 @@ def _grid_table(stats: pd.DataFrame, comps: pd.DataFrame, metric: str, flags: pd
     comp = {r["cell"]: r for r in comps[comps["metric"] == metric].to_dict("records")} if not comps.empty else {}
     flag = dict(zip(flags["cell"], flags["flags"]))
     references = set(comps["baseline"]) if not comps.empty else set()
-    headers = ["cell", "seeds", "val mIoU", "test mIoU", "val pixel acc", "test pixel acc", "seconds / run", "images/s",
-               f"Δ {METRIC_LABELS[metric]} vs reference", "Holm p", "P(improve)", "verdict", "flags"]
+    headers = ["cell", "n", "seed ids", "val mIoU", "test mIoU", "val pixel acc", "test pixel acc", "seconds / run",
+               "images/s", f"Δ {METRIC_LABELS[metric]} vs reference [95% CI]", "P(improve)", "flags"]
     rows = []
     for cell in cells:
         any_row = next(r for (c, _), r in wide.items() if c == cell)
-        row = [(esc(cell), cell), (esc(any_row["seeds"]), any_row["n"])]
+        seeds = any_row["seeds"].split()
+        row = [(esc(cell), cell), (str(len(seeds)), len(seeds)), (esc(", ".join(seeds)), any_row["seeds"])]
         for m in ("val_miou", "test_miou", "val_pixel_acc", "test_pixel_acc"):
             r = wide.get((cell, m))
             row.append((with_ci(r["mean"], r["ci_low"], r["ci_high"], r["n"]), r["mean"]) if r else ("–", ""))
@@ -95,12 +104,9 @@ def _grid_table(stats: pd.DataFrame, comps: pd.DataFrame, metric: str, flags: pd
         c = comp.get(cell)
         if c:
             row += [(with_ci(c["mean_diff"], c["ci_low"], c["ci_high"], c["n_pairs"]), c["mean_diff"]),
-                    (esc(analysis.p_text(c["p_holm"]).lstrip("= ")), c["p_holm"]),
-                    (num(c["p_improve"], 2) if c["n_pairs"] > 1 else "–", c["p_improve"]),
-                    (f"<span class='v-{esc(c['verdict'].split()[0])}'>{esc(c['verdict'])}</span>", c["verdict"])]
+                    (num(c["p_improve"], 2) if c["n_pairs"] > 1 else "–", c["p_improve"])]
         else:
-            row += [("reference" if cell in references or cell.endswith("no toggles") else "–", 0), ("–", ""), ("–", ""),
-                    ("–", "")]
+            row += [("reference" if cell in references or cell.endswith("no toggles") else "–", 0), ("–", "")]
         row.append((esc(flag.get(cell, "")), flag.get(cell, "")))
         rows.append(row)
     return table(headers, rows)
@@ -134,21 +140,32 @@ def _effects(page: Page, effects: pd.DataFrame, metric: str) -> str:
         return note("No factor varies in this study, so there are no effects to estimate.")
     e = effects[effects["metric"] == metric]
     out = _effects_matrix(page, e[e["estimate"].notna()], metric)
-    out += "<h4>Every effect</h4>"
-    for arch, g in e.groupby("arch", sort=False):
-        items = "".join(f"<li class='{'verdict' if r['verdict'] in analysis.VERDICT_WORDS else ''}'>{esc(r['sentence'])}</li>"
-                        for r in g.to_dict("records"))
-        out += f"<p><b>{esc(arch)}</b></p><ul>{items}</ul>"
+    out += "<h4>Every effect</h4>" + "".join(_every_effect(arch, g) for arch, g in e.groupby("arch", sort=False))
     out += ("<p class='explain'>Main effect = mean(on) − mean(off) over the other factors' settings (for a factor "
             "with several levels: each level vs the first listed, the reference); interaction A × B = ½ × "
             "[(effect of A with B on) − (effect of A with B off)]. In a fractional design they come from the runs' "
             "±1 contrasts and each estimate also holds the effects it is aliased with (column aliases of "
             "effects.csv); one-at-a-time compares each varied cell with the reference cell. All are computed per seed "
             "(seeds present in every cell of the architecture); the interval is Student t over those per-seed "
-            "effects, p the t-test, Holm-adjusted over the architecture's main effects and interactions. P(improve) "
+            "effects; the main effects' tests and their one family per architecture are in Findings. P(improve) "
             "is the share of seeds whose effect is positive (ties count half). All rows, val and test, are in "
             "effects.csv.</p>")
     return out
+
+
+def _every_effect(arch: str, g: pd.DataFrame) -> str:
+    """One architecture's effects, a sentence each. The cells that did not learn, which every
+    effect of a factorial design shares, are named once above the sentences, not in each."""
+    unlearned = g["unlearned"].fillna("").astype(str) if "unlearned" in g else pd.Series("", index=g.index)
+    shared = unlearned.iloc[0] if unlearned.iloc[0] and (unlearned == unlearned.iloc[0]).all() else ""
+    head = f"<p><b>{esc(arch)}</b></p>"
+    if shared:
+        head += note(f"Cells of {arch} that did not learn, so none of its effects gets a verdict: "
+                     f"{shared.replace(f'{arch} · ', '')}.")
+    items = "".join(f"<li class='{'verdict' if r['verdict'] in analysis.VERDICT_WORDS else ''}'>"
+                    f"{esc(r['sentence'].replace(f' ({shared})', '') if shared else r['sentence'])}</li>"
+                    for r in g.to_dict("records"))
+    return f"{head}<ul>{items}</ul>"
 
 
 def _effects_matrix(page: Page, shown: pd.DataFrame, metric: str) -> str:

@@ -60,9 +60,9 @@ def seeds_text(seeds: list[int]) -> str:
 
 
 def findings(f: analysis.Findings) -> str:
-    """The panel at the top: banners (seeds, bar), then per architecture its verdicts, every
-    main effect in words, and its flagged cells."""
-    label = METRIC_LABELS[f.metric]
+    """The panel at the top: banners (seeds, plan), the rules, then per architecture its
+    decisions as a compact table (effect, verdict, estimate with its 95% interval, seeds), its
+    stage (sequential seeds) and its flagged cells."""
     banners = []
     if f.n_max == 1:
         banners.append("One seed per cell: no intervals, no p-values and no verdicts anywhere in this report; "
@@ -70,41 +70,42 @@ def findings(f: analysis.Findings) -> str:
     if f.seeds:
         banners.append(f"Not enough seeds for a verdict: the smallest cell has n={f.seeds['n_min']} "
                        f"({f.seeds['target']} paired seeds needed). {code_html(f.seeds['text'])}.")
-    bar = ("did-not-learn bar unknown (this study's dataset summary has no per-split class frequencies)"
-           if f.bar is None else
-           f"a cell did not learn when its mean val pixel accuracy is ≤ {f.bar['pixel_acc']:.1%} (the majority "
-           f"class's share of non-void val pixels) or its val mIoU is ≤ {f.bar['miou']:.3f} (predicting the majority "
-           f"class everywhere, {f.bar['classes_present']} classes present)")
-    rules = (f"A verdict (helps / hurts) on {esc(label)} needs n ≥ 3 paired seeds, a 95% Student-t interval that "
-             f"excludes 0 and a Holm-adjusted paired t-test p &lt; 0.05; Holm families: "
-             + "; ".join(f"<i>{esc(k)}s</i>: {esc(v)}" for k, v in f.families.items())
-             + f". Effects involving a cell that did not learn get no verdict; {esc(bar)}.")
-    body = "".join(f'<p class="banner">{b}</p>' for b in banners) + f'<p class="explain">{rules}</p>'
+    body = "".join(f'<p class="banner">{b}</p>' for b in banners) + f'<p class="explain">{esc(analysis.rules_text(f))}</p>'
     if f.design:
         body += f'<p class="explain"><b>Design.</b> {esc(f.design[0])}</p>'
         if len(f.design) > 1:
             body += f"<pre class='design'>{esc(chr(10).join(f.design[1:]))}</pre>"
     for a in f.archs:
-        items = [f"<li class='verdict'>{esc(r['sentence'])}</li>" for r in a.verdicts]
-        if not a.verdicts:
-            items.append("<li>No verdict: no effect meets the rules above.</li>")
-        mains = [f"{esc(effect_name(r))}: {esc(analysis.VERDICT_SHORT.get(r['verdict'], r['verdict']))}, "
-                 f"{esc(analysis.interval_text(r['estimate'], r['ci_low'], r['ci_high']))}" for r in a.main_effects
-                 if r["kind"] == "main" and not pd.isna(r["estimate"])]
-        if mains:
-            items.append(f"<li>Main effects on {esc(label)} (n={a.n_min}): " + "; ".join(mains) + "</li>")
-        for what, cells in flag_groups(a.flagged).items():
-            items.append(f"<li class='flag'>{esc(what)}: {esc(', '.join(cells))}</li>")
-        body += f"<h4>{esc(a.arch)}</h4><ul>{''.join(items)}</ul>"
+        stage = f" <span class='stage'>({esc(a.stage)})</span>" if a.stage else ""
+        flags = "".join(f"<li class='flag'>{esc(what)}: {esc(', '.join(cells))}</li>"
+                        for what, cells in flag_groups(a.flagged).items())
+        body += f"<h4>{esc(a.arch)}{stage}</h4>" + decisions_table(a) + (f"<ul>{flags}</ul>" if flags else "")
     return f'<div class="findings">{body}</div>'
+
+
+def decisions_table(a: analysis.ArchFindings) -> str:
+    """One architecture's main effects: effect, verdict, estimate [95% CI], seeds, the test."""
+    if not a.decisions:
+        return note("No main effect could be estimated.")
+    rows = []
+    for r in a.decisions:
+        word = r["verdict"]
+        shown = analysis.VERDICT_SHORT.get(word, word).replace("δ", f"δ = {r.get('min_effect', 0.01):g}")
+        rows.append([(esc(effect_name(r)), effect_name(r)),
+                     (f"<span class='v-{esc(word.split()[0])}'>{esc(shown)}</span>", word),
+                     (esc(analysis.interval_text(r["estimate"], r["ci_low"], r["ci_high"])), r["estimate"]),
+                     (esc(analysis.seeds_cell(r)), r["n"]), (esc(_test_cell(r)), "")])
+    return table(["effect", "verdict", f"Δ {METRIC_LABELS[a.metric]} [95% CI]", "seeds", "test"], rows,
+                 sortable=False)
+
+
+def _test_cell(r: dict) -> str:
+    return analysis.test_text(r) if r["verdict"] in (*analysis.DECIDED, "inconclusive") else "–"
 
 
 def effect_name(row: dict) -> str:
     """'augmentation', 'loss = dice vs ce' (effects tables written before factors: the toggle's name)."""
-    label = row.get("label")
-    if isinstance(label, str) and label:
-        return label
-    return analysis.TOGGLE_LABELS.get(row["factors"], row["factors"])
+    return analysis.effect_label(row)
 
 
 def flag_groups(flagged: pd.DataFrame) -> dict[str, list[str]]:
@@ -114,6 +115,8 @@ def flag_groups(flagged: pd.DataFrame) -> dict[str, list[str]]:
         cell = r["cell"].split(" · ", 1)[-1]
         if r["did_not_learn"]:
             groups.setdefault("Did not learn", []).append(cell)
+        elif r["n_did_not_learn"]:
+            groups.setdefault("Some seeds did not learn", []).append(f"{cell} ({r['n_did_not_learn']}/{r['n']})")
         if r["n_best_is_last"]:
             groups.setdefault("Still improving at the last epoch (budget-limited)", []).append(
                 f"{cell} ({r['n_best_is_last']}/{r['n']})")

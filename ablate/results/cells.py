@@ -132,6 +132,16 @@ def _fill_from_trial(row: dict, state: CellState, folder: Path | None) -> None:
         row["failure_reason"] = None
 
 
+def cells_per_seed(cells: list[dict]) -> dict[str, int]:
+    """Each model's cells per seed (those of the first seed) in a grid's stored cell list."""
+    first = min((c["seed"] for c in cells), default=None)
+    out: dict[str, int] = {}
+    for c in cells:
+        if c["seed"] == first:
+            out[c["model"]] = out.get(c["model"], 0) + 1
+    return out
+
+
 def grid_meta(name: str, url: str, attrs: dict[str, Any]) -> dict[str, Any]:
     """study.json's content from a grid study's user attrs (what `GridStorage.prepare` stores)."""
     setup = attrs.get("setup") or {}
@@ -142,5 +152,6 @@ def grid_meta(name: str, url: str, attrs: dict[str, Any]) -> dict[str, Any]:
         "toggles": setup.get("toggles"), "seeds": attrs.get("seeds"), "train": setup.get("train"),
         "max_retries": setup.get("max_retries"), "workers": setup.get("workers"), "command": attrs.get("command"),
         "dataset": attrs.get("dataset"), "tables": {"runs": "runs.csv", "summary": "summary.csv"},
+        "decisions": attrs.get("decisions"), "stages": attrs.get("stages"), "cells_per_seed": cells_per_seed(attrs.get("cells") or []),
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
