@@ -145,6 +145,20 @@ def file_lock(path: str | Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def study_lock(url: str, storage, name: str) -> Iterator[None]:
+    """An exclusive lock named `name` among every process using the storage at `url` (opened as
+    `storage`): a file lock beside a journal or SQLite file (one machine), a server lock for
+    PostgreSQL and MySQL (every machine). The tuner's: its default trial and confirmation runs."""
+    path = local_path(url)
+    if path is not None:
+        with file_lock(f"{path}.{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}.lock"):
+            yield
+        return
+    with storage.engine.connect() as conn, server_lock(conn, name):
+        yield
+
+
 LOCK_POLL_SECONDS = 10  # a MySQL GET_LOCK waits this long per try (MariaDB refuses "forever": -1)
 
 

@@ -13,8 +13,9 @@ from ablate import results, store
 from ablate import tune as tuning
 from ablate import workers as worker_stage
 from ablate.cli._options import data_options, execution_options, results_dir_option, toggle_options
+from ablate.results.trials import CONFIRM_ATTR
 from ablate.store import KEEP_CHECKPOINTS
-from ablate.tune import DEFAULT_EPOCHS, DEFAULT_N_TRIALS, PRUNERS, SAMPLERS
+from ablate.tune import DEFAULT_EPOCHS, DEFAULT_MIN_EFFECT, DEFAULT_N_TRIALS, PRUNERS, SAMPLERS
 
 
 @click.command()
@@ -37,7 +38,8 @@ from ablate.tune import DEFAULT_EPOCHS, DEFAULT_N_TRIALS, PRUNERS, SAMPLERS
 @data_options()
 @click.option("--epochs", type=int, default=None,
               help=f"Max epochs per trial (Hyperband's max resource)  [default: {DEFAULT_EPOCHS}]")
-@click.option("--patience", type=int, default=None, help="Early stopping on val mIoU; 0 disables  [default: 3]")
+@click.option("--patience", type=int, default=None,
+              help="Early stopping on val mIoU; 0 disables  [default: a third of --epochs, at least 3; off at 4 or fewer]")
 @click.option("--seed", type=int, default=None, help="Training seed of every trial and sampler seed  [default: 0]")
 @toggle_options
 @click.option("--tune-toggles", is_flag=True, default=None,
@@ -55,24 +57,32 @@ from ablate.tune import DEFAULT_EPOCHS, DEFAULT_N_TRIALS, PRUNERS, SAMPLERS
 @click.option("--artifacts", default=None, metavar="DIR|s3://BUCKET[/PREFIX]",
               help="Optuna artifact store for each trial's run.json, predictions and checkpoint: a folder (share "
                    "one between machines) or S3 (pip install boto3)  [default: results/<study>/artifacts].")
+@click.option("--confirm", "confirm", type=int, default=0, metavar="K",
+              help="After the search, rerun the best K configurations over 3 to 10 fresh seeds and say whether the "
+                   "winner beats the others, is equivalent within --min-effect, or is undecided.")
+@click.option("--min-effect", type=float, default=DEFAULT_MIN_EFFECT, show_default=True,
+              help="δ of --confirm: the smallest val mIoU difference that matters (equivalence within ±δ).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved search space and settings; run and write nothing.")
 @click.pass_context
 def tune(ctx: click.Context, study_file: Path | None, workers: int, storage: str | None, results_dir: Path,
-         export_path: Path | None, keep_checkpoints: str, artifacts: str | None, dry_run: bool, **flags: Any):
+         export_path: Path | None, keep_checkpoints: str, artifacts: str | None, confirm: int, min_effect: float,
+         dry_run: bool, **flags: Any):
     """Search hyperparameters of one model with Optuna: TPE, Hyperband pruning on val mIoU.
 
     Every trial trains through the same engine as `ablate train` in results/<study>/runs/<trial>/;
     its record is kept in the storage and its files in the artifact store, so `ablate report
-    --storage URL --study-name NAME` works on any machine. Rerunning the same command continues the study until it
-    holds --n-trials finished (complete or pruned) trials. Review it with the printed
-    `optuna-dashboard` command.
+    --storage URL --study-name NAME` works on any machine. The first trial is the default
+    configuration. Rerunning the same command continues the study until it holds --n-trials
+    finished (complete or pruned) trials, and continues a --confirm where it stopped. Review it
+    with the printed `optuna-dashboard` command.
     """
     if workers > 1 and not dry_run:
         worker_stage.warm_up("ablate.tune.search")  # the worker server imports torch while this process sets up
     given = {name for name in flags
              if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
     spec = tuning.resolve_spec(flags, given=given, study_file=study_file, workers=workers, storage=storage,
-                               results_dir=results_dir, keep_checkpoints=keep_checkpoints)
+                               results_dir=results_dir, keep_checkpoints=keep_checkpoints, confirm=confirm,
+                               min_effect=min_effect)
     if artifacts is not None:
         spec = dataclasses.replace(spec, artifacts=store.artifacts(artifacts).spec)  # a bad one: exit 2 now
     if dry_run:
@@ -98,11 +108,16 @@ def _print_plan(spec: tuning.TuneSpec) -> None:
     click.echo(f"storage: {store.mask_url(spec.storage)}")
     click.echo("search space:")
     for name, param in spec.space.items():
-        d = param.describe()
-        text = f"log-uniform [{d['low']:g}, {d['high']:g}]" if d["type"] == "log-uniform" else f"one of {d['choices']}"
-        click.echo(f"  {name:<15} {text}")
+        click.echo(f"  {name:<15} {param.text()}")
+    params, notes = tuning.default_trial(spec.space, spec.base, spec.start)
+    click.echo(f"first trial (the default configuration): {tuning.describe_params(params)}")
+    for note in notes:
+        click.echo(f"note: {note}")
     fixed = {k: v for k, v in spec.base.to_dict().items() if k not in spec.space}
     click.echo("fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
+    if spec.confirm:
+        click.echo(f"then --confirm {spec.confirm}: the best {spec.confirm} configurations over 3 to 10 fresh seeds, "
+                   f"δ = {spec.min_effect:g} val mIoU")
 
 
 def _print_summary(spec: tuning.TuneSpec, study) -> None:
@@ -116,6 +131,9 @@ def _print_summary(spec: tuning.TuneSpec, study) -> None:
         click.echo(f"best val mIoU: {best.value:.4f} (trial {best.number})")
         click.echo("best params: " + "  ".join(f"{k}={v}" for k, v in best.params.items()))
         click.echo(f"best run record: {Path(best.user_attrs.get('run_dir', '')) / 'run.json'}")
+    if spec.confirm:  # the decision of --confirm, in the words a reader signs
+        for line in (study.user_attrs.get(CONFIRM_ATTR) or {}).get("sentences", []):
+            click.echo(line)
     files = store.artifacts(spec.artifacts or store.default_artifacts(spec.results_dir, spec.study_name))
     click.echo(f"trials: {spec.folder / 'trials.csv'}; files: {files.spec}")
     local = None if files.spec.startswith("s3://") else files.spec

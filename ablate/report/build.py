@@ -14,6 +14,7 @@ from ablate.errors import AblateError
 from ablate.gallery import GALLERY_IMAGES
 from ablate.report.grid_page import grid_study
 from ablate.report.html import Page, document
+from ablate.report.tune_page import lead as tune_lead
 from ablate.report.tune_page import tune_study
 from ablate.results import Study
 
@@ -45,7 +46,10 @@ def write_report(*, results_dir: str | Path, study_names: list[str], out: str | 
                                                                       comparisons=computed.comparisons))
             bodies.append(grid_study(page, study, computed, gallery_for(study, runs, cache_dir=cache)))
             notes.append((study, computed))
-    path = _io.write_text(Path(out) if out is not None else studies[0].folder / "report.html", document(studies, bodies))
+    # A report of searches only opens with what they searched and found, not with verdicts on toggles.
+    lead = " ".join(tune_lead(s) for s in studies) if all(s.kind == "tune" for s in studies) else None
+    path = _io.write_text(Path(out) if out is not None else studies[0].folder / "report.html",
+                          document(studies, bodies, lead=lead))
     for study, computed in notes:  # the dashboard's study and trial notes point at this report
         why = dashboard.write_notes(study, computed.runs, computed.findings, path, storage=storage or study.storage_url)
         if why:

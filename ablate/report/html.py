@@ -57,8 +57,17 @@ def with_ci(mean, lo, hi, n=None, digits: int = 3) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
     if isinstance(lo, float) and math.isnan(lo):
-        return f"{mean:.{digits}f}"  # n = 1: the Findings banner says once that there are no intervals
-    return f"{mean:.{digits}f} <small>[{lo:.{digits}f}, {hi:.{digits}f}]</small>"
+        return _sided(mean, digits)  # n = 1: the Findings banner says once that there are no intervals
+    return f"{_sided(mean, digits)} <small>[{_sided(lo, digits)}, {_sided(hi, digits)}]</small>"
+
+
+def _sided(x: float, digits: int) -> str:
+    """x to `digits` decimals, with more where fewer would round a nonzero value to 0 (so a
+    bound never reads as on the other side of 0: -0.000 or 0.000 for 0.0004)."""
+    d = digits
+    while x != 0 and round(abs(x), d) == 0 and d < 8:
+        d += 1
+    return f"{x:.{d}f}"
 
 
 def table(headers: list[str], rows: list[list[tuple[str, object]]], *, sortable: bool = True) -> str:
@@ -97,8 +106,9 @@ def study_block(study: Study, parts: list[str]) -> str:
             f'<code>{esc(study.name)}</code></h2>{"".join(parts)}</article>')
 
 
-def document(studies: list[Study], bodies: list[str]) -> str:
-    """The whole self-contained HTML file: header, table of contents, the studies' bodies."""
+def document(studies: list[Study], bodies: list[str], *, lead: str | None = None) -> str:
+    """The whole self-contained HTML file: header, table of contents, the studies' bodies. `lead`
+    (text) replaces the opening paragraph on verdicts, e.g. for a report of searches only."""
     from plotly.offline import get_plotlyjs
 
     names = ", ".join(s.name for s in studies)
@@ -111,15 +121,18 @@ def document(studies: list[Study], bodies: list[str]) -> str:
 <script type="text/javascript">{get_plotlyjs()}</script>
 </head><body>
 <header><h1>ablate report: {esc(names)}</h1>
-<p class="explain">Which training choices help, on which architecture, and by how much. Numbers are means over
-seeds with, from 2 seeds on, a 95% Student-t interval [low, high]; an effect is called real only with 3 or more
-paired seeds, an interval that excludes 0 and a Holm-corrected p below 0.05 (each study's Findings panel states
-its rules and what its seeds allow). Written {esc(stamp)} by ablate {esc(__version__)}.</p><nav><ul>{toc}</ul></nav></header>
+<p class="explain">{esc(lead) if lead else _GRID_LEAD} Written {esc(stamp)} by ablate {esc(__version__)}.</p>
+<nav><ul>{toc}</ul></nav></header>
 <main>{"".join(bodies)}</main>
 <script>{SORT_JS}</script>
 </body></html>
 """
 
+
+_GRID_LEAD = ("Which training choices help, on which architecture, and by how much. Numbers are means over seeds "
+              "with, from 2 seeds on, a 95% Student-t interval [low, high]; an effect is called real only with 3 or "
+              "more paired seeds, an interval that excludes 0 and a Holm-corrected p below 0.05 (each study's "
+              "Findings panel states its rules and what its seeds allow).")
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1280px;padding:0 24px 48px;

@@ -1,16 +1,16 @@
-"""Report stage, a tune study's page: overview with the search space, the best trials, the
-search (history, expected best vs budget, importances and Optuna's own plots), the best
-trial's predictions and the failures, drawn from an `analysis.TuneAnalysis`."""
+"""Report stage, a tune study's page: its opening line (what was searched, the best value),
+overview with the search space, the best trials, the confirmation of the winner over seeds,
+the search (history, expected best vs budget, importances and Optuna's own plots), the best
+trial's predictions and the failures, drawn from an `analysis.TuneAnalysis` and the study's
+meta (study.json: its space, default trial and confirmation, as the tuner recorded them)."""
 from __future__ import annotations
-
-import json
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from ablate import analysis
 from ablate.report.sections import failures, gallery, overview
-from ablate.report.html import Page, anchor, esc, note, num, section, study_block, table
+from ablate.report.html import Page, anchor, esc, note, num, section, study_block, table, with_ci
 from ablate.results import Study
 
 
@@ -19,26 +19,102 @@ def tune_study(page: Page, study: Study, a: analysis.TuneAnalysis, shown: analys
     """A tune study's page. Optuna's own plots draw `optuna_study`; without it (`why` says
     why not) they are skipped with a note."""
     sid = anchor(study.name)
-    space = study.meta.get("space") or study.meta.get("definition")
-    described = overview(study, a.overview, a.setup) + (
-        f"<p>Search space:</p><pre>{esc(json.dumps(space, indent=1, default=str))}</pre>" if space else "")
+    described = f"<p class='lead'>{esc(lead(study))}</p>" + overview(study, a.overview, a.setup) + _space_table(study.meta)
     parts = [
         section(f"{sid}-overview", "1. Overview", "What was searched, on what data and hardware, and how many trials finished.",
                 described),
         section(f"{sid}-trials", "2. Best trials",
                 "The complete trials with the highest val mIoU (pruned trials stopped early and are not ranked).",
                 _trials_table(a)),
-        section(f"{sid}-search", "3. Search",
+        section(f"{sid}-confirm", "3. Confirmation of the winner",
+                "The best trial is the largest of many one-seed values, so part of its lead may be its seed's luck. "
+                "<code>--confirm K</code> reruns the best K configurations over fresh seeds and compares the winner "
+                "with each, paired by seed.", _confirmation(study.meta.get("confirm"))),
+        section(f"{sid}-search", "4. Search",
                 "How the search progressed, which hyperparameters mattered, and how many trials a search of this kind "
                 "needs before its best result stops improving.",
                 _history(page, a) + _expected_best(page, a) + _optuna_figures(page, a, optuna_study, why)),
-        section(f"{sid}-gallery", "4. Prediction gallery",
+        section(f"{sid}-gallery", "5. Prediction gallery",
                 "A few fixed validation images, their ground truth, and the best trial's prediction.",
                 gallery(shown) if not a.runs.empty else note("No complete trial yet.")),
-        section(f"{sid}-failures", "5. Failures", "Trials that crashed or diverged, with the reason.",
+        section(f"{sid}-failures", "6. Failures", "Trials that crashed or diverged, with the reason.",
                 failures(a.failures)),
     ]
     return study_block(study, parts)
+
+
+def lead(study: Study) -> str:
+    """The page's opening line: how many trials searched which parameters, the best value and
+    where, and the confirmation's first sentence when there is one."""
+    meta = study.meta
+    counts = meta.get("trial_counts") or {}
+    finished = (counts.get("complete") or 0) + (counts.get("pruned") or 0)
+    names = [name.replace("_", " ") for name in meta.get("space") or {}]
+    searched = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names) or "nothing"
+    text = f"{finished} trial{'s' * (finished != 1)} searched {searched}"
+    best = meta.get("best")
+    if best is None:
+        return text + "; no trial completed yet."
+    test = f" (test mIoU {best['test_miou']:.4f})" if best.get("test_miou") is not None else ""
+    text += f"; best val mIoU {best['value']:.4f} at trial {best['number']}{test}."
+    confirmation = meta.get("confirm")
+    if confirmation and confirmation.get("sentences"):
+        text += " " + confirmation["sentences"][0]
+    return text
+
+
+def _space_table(meta: dict) -> str:
+    """The search space: each parameter's distribution, its range or choices, and the value
+    the default trial (the first) gave it."""
+    space, defaults = meta.get("space") or meta.get("definition") or {}, meta.get("defaults") or {}
+    if not space:
+        return ""
+    rows = []
+    for name, d in space.items():
+        d = d if isinstance(d, dict) else {"type": "?", "choices": d}  # a study.json written by hand
+        ranged = d.get("type") == "log-uniform"
+        values = f"[{d['low']:g}, {d['high']:g}]" if ranged else ", ".join(map(str, d.get("choices") or []))
+        kind = "log-uniform" if ranged else ("choice" if d.get("type") == "choice" else "?")
+        default = defaults.get(name)
+        rows.append([(esc(name), name), (esc(kind), kind), (esc(values), values), ("yes" if ranged else "no", ranged),
+                     (esc("–" if default is None else _short(default)), str(default))])
+    return "<h4>Search space</h4>" + table(["parameter", "distribution", "range or choices", "log scale",
+                                            "default (first trial)"], rows, sortable=False)
+
+
+def _confirmation(conf: dict | None) -> str:
+    """The confirmation's sentences, each candidate's values over the seeds, and each comparison
+    with the winner (difference, intervals, adjusted p-values, verdict)."""
+    if not conf:
+        return note("Not confirmed: rerun the same `ablate tune` command with --confirm 2 to compare the best two "
+                    "configurations over seeds.")
+    items = "".join(f"<li class='verdict'>{esc(line)}</li>" for line in conf.get("sentences") or [])
+    params = {c["number"]: c for c in conf["candidates"]}
+    rows = [[(esc(m["number"]), m["number"]), (esc(_short_params(params[m["number"]]["params"])), m["number"]),
+             (num(params[m["number"]]["value"], 4), params[m["number"]]["value"]), (esc(m["n"]), m["n"]),
+             (with_ci(m["mean"], *(m["ci95"] or (float("nan"), float("nan")))), m["mean"]),
+             (num(m["test_mean"]), m["test_mean"])] for m in conf.get("means") or []]
+    out = f"<ul>{items}</ul>" + table(["trial", "params", "search val mIoU (one seed; picked it)", "seeds",
+                                       "mean val mIoU [95%]", "mean test mIoU"], rows)
+    winner = conf["candidates"][0]["number"]
+    comparisons = []
+    for look in conf.get("looks") or []:
+        for r in look["comparisons"]:
+            ci = r["ci95"] or (None, None)
+            comparisons.append([(esc(look["n"]), look["n"]), (esc(f"{winner} − {r['other']}"), r["other"]),
+                                (esc(r["pairs"]), r["pairs"]), (num(r["estimate"], 4), r["estimate"]),
+                                (f"[{num(ci[0], 4)}, {num(ci[1], 4)}]", ci[0]), (num(r["p_diff"], 4), r["p_diff"]),
+                                (num(r["p_equiv"], 4), r["p_equiv"]), (f"{look['alpha']:.4f}", look["alpha"]),
+                                (esc(r.get("words", r["verdict"])), r["verdict"])])
+    return out + ("<h4>Looks</h4><p class='explain'>Each look's family of comparisons (val mIoU, winner − other, "
+                  "paired by seed), its adjusted p-values and the α it could spend; a comparison keeps the first "
+                  "verdict it gets.</p>" + table(["seeds", "comparison", "pairs", "difference", "95% CI",
+                                                  "p (difference, adj.)", "p (equivalence, adj.)", "α of the look",
+                                                  "verdict"], comparisons) if comparisons else "")
+
+
+def _short_params(params: dict) -> str:
+    return ", ".join(f"{k} {_short(v)}" for k, v in params.items())
 
 
 def _trials_table(a: analysis.TuneAnalysis) -> str:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 TUNE_ATTR = "ablate"  # study user attr holding the tune's identity ({"kind": "tune", ...}) and its hash
 META_ATTR = "meta"  # study user attr: what study.json says of the tune, less its trial counts and best
+CONFIRM_ATTR = "confirm"  # study user attr: the latest confirmation of the winner (`ablate tune --confirm K`)
 # trials.csv column -> trial user attribute
 TRIAL_COLUMNS = {"val_miou": "val_miou", "test_miou": "test_miou", "epochs": "epochs_run",
                  "pruned_at_epoch": "pruned_at_epoch", "seconds": "seconds", "images_per_second": "images_per_second",
@@ -63,7 +64,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 def tune_meta(study: optuna.Study, storage_url: str) -> dict:
     """study.json rebuilt from the storage alone: the study attr `meta`, the storage, the
-    trial counts and the best trial."""
+    trial counts, the best trial and the confirmation of the winner (None without one)."""
     best = best_trial(study)
     c = counts(study)
     return {
@@ -75,4 +76,5 @@ def tune_meta(study: optuna.Study, storage_url: str) -> dict:
             "number": best.number, "value": best.value, "params": best.params,
             "run_dir": best.user_attrs.get("run_dir"), "test_miou": best.user_attrs.get("test_miou"),
         },
+        "confirm": study.user_attrs.get(CONFIRM_ATTR),
     }

@@ -3,6 +3,7 @@ storage alone by `results.tune_meta`), the thinning of checkpoints, and the grid
 that reruns the best trial with seeds (`--export`)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +13,22 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ablate import _io, store
+from ablate import record as records
 from ablate.config import TOGGLES, TrainConfig
 from ablate.errors import AblateError
 from ablate.results.trials import META_ATTR, best_trial, trials_frame, tune_meta
-from ablate.tune.space import config_for, describe_space
+from ablate.tune.space import config_for, default_trial, describe_space
 from ablate.tune.spec import TuneSpec
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    """lr=0.001  batch_size=16: a trial's params as its line prints them."""
+    return "  ".join(f"{k}={_fmt(v)}" for k, v in params.items())
 
 
 def describe_trial(t: FrozenTrial) -> str:
     a = t.user_attrs
-    params = "  ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
+    params = describe_params(t.params)
     line = f"trial {t.number:>3} {t.state.name.lower():<8}"
     if a.get("val_miou") is not None:
         line += f" val mIoU {a['val_miou']:.4f}"
@@ -33,6 +40,26 @@ def describe_trial(t: FrozenTrial) -> str:
     if t.state != TrialState.COMPLETE and a.get("failure_reason"):
         line += f"  ({a['failure_reason']})"
     return line
+
+
+def store_record(trial: optuna.Trial, record: dict, row: dict) -> None:
+    """The run record into the trial's user attrs (a search trial's or a confirmation run's): the
+    storage is the record."""
+    pruned_at = len(record["curves"]) if record["status"] == "pruned" else None
+    attrs = {
+        "status": row["status"], "failure_reason": row["failure_reason"], "val_miou": row["val_miou"],
+        "test_miou": row["test_miou"], "val_pixel_acc": row["val_pixel_acc"], "epochs_run": row["stopped_epoch"],
+        "best_epoch": row["best_epoch"], "pruned_at_epoch": pruned_at, "seconds": round(row["seconds"], 2),
+        "images_per_second": round(row["images_per_second"], 1), "run_id": row["run_id"],
+    }
+    for key, value in {**attrs, **records.to_attrs(record)}.items():
+        trial.set_user_attr(key, _attr(value))
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _fmt(v: Any) -> str:
@@ -56,11 +83,13 @@ def prune_checkpoints(study: optuna.Study, storage: BaseStorage, artifacts: stor
 
 
 def static_meta(spec: TuneSpec, dataset) -> dict:
-    """What a tune is, as study.json and the storage keep it: model, space, fixed settings,
-    dataset summary, budget, pruner, sampler (`results.tune_meta` adds what the trials say)."""
+    """What a tune is, as study.json and the storage keep it: model, space, fixed settings, the
+    default trial's params, dataset summary, budget, pruner, sampler (`results.tune_meta` adds
+    what the trials say)."""
     return {"kind": "tune", "study_name": spec.study_name, "model": spec.base.model, "direction": "maximize",
             "objective": "val_miou", "space": describe_space(spec.space), "fixed_config": spec.base.to_dict(),
-            "dataset": dataset.summary(), "n_trials": spec.n_trials, "pruner": spec.pruner, "sampler": spec.sampler,
+            "defaults": default_trial(spec.space, spec.base, spec.start)[0], "dataset": dataset.summary(),
+            "n_trials": spec.n_trials, "pruner": spec.pruner, "sampler": spec.sampler,
             "keep_checkpoints": spec.keep_checkpoints}
 
 

@@ -3,11 +3,10 @@ reporting val mIoU per epoch to the pruner), the worker loop that runs trials un
 budget is met, and `tune`, which runs it in this process or on several worker processes."""
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -19,10 +18,12 @@ from ablate import store, workers
 from ablate.config import TrainConfig, stable_hash
 from ablate.errors import AblateError
 from ablate.results.trials import best_trial, counts
-from ablate.tune.outputs import describe_trial, prune_checkpoints, write_study_json, write_trials_csv
+from ablate.tune.confirm import confirm_winner
+from ablate.tune.outputs import (describe_params, describe_trial, prune_checkpoints, store_record, write_study_json,
+                                 write_trials_csv)
 from ablate.tune.space import config_for
 from ablate.tune.spec import TuneSpec, make_sampler, validate
-from ablate.tune.study import FINISHED, open_study, storage_trial_id
+from ablate.tune.study import FINISHED, enqueue_default, open_study, storage_trial_id
 
 MAX_CONSECUTIVE_FAILURES = 5  # a worker gives up when this many trials in a row fail
 POLL_SECONDS = 5.0  # how often a worker re-checks while other workers' trials fill the budget
@@ -51,7 +52,7 @@ def _objective(spec: TuneSpec, dataset, study: optuna.Study, storage: BaseStorag
         trial.set_user_attr("run_dir", str(out_dir))
         record = _fit(spec, study, trial, config, dataset, out_dir)
         row = records.summary(record)
-        _store_record(trial, record, row)
+        store_record(trial, record, row)
         value = records.completed_miou(record)
         _attach(storage, storage_trial_id(storage, study, trial.number), trial, record, out_dir, files,
                 completed=value is not None)
@@ -93,19 +94,6 @@ def _fit(spec: TuneSpec, study: optuna.Study, trial: optuna.Trial, config: Train
         raise TrialFailed(str(exc)) from None
 
 
-def _store_record(trial: optuna.Trial, record: dict, row: dict) -> None:
-    """The run record into the trial's user attrs: the storage is the record."""
-    pruned_at = len(record["curves"]) if record["status"] == "pruned" else None
-    attrs = {
-        "status": row["status"], "failure_reason": row["failure_reason"], "val_miou": row["val_miou"],
-        "test_miou": row["test_miou"], "val_pixel_acc": row["val_pixel_acc"], "epochs_run": row["stopped_epoch"],
-        "best_epoch": row["best_epoch"], "pruned_at_epoch": pruned_at, "seconds": round(row["seconds"], 2),
-        "images_per_second": round(row["images_per_second"], 1), "run_id": row["run_id"],
-    }
-    for key, value in {**attrs, **records.to_attrs(record)}.items():
-        trial.set_user_attr(key, _attr(value))
-
-
 def _attach(storage: BaseStorage, trial_id: int, trial: optuna.Trial, record: dict, out_dir: Path,
             files: store.Artifacts, *, completed: bool) -> None:
     """The run's files into the artifact store; a trial whose files are not there failed."""
@@ -144,12 +132,6 @@ def _keeps_checkpoint(keep: str, study: optuna.Study, record: dict, number: int)
         return False
     best = best_trial(study)
     return keep == "all" or best is None or value > best.value or (value == best.value and number < best.number)
-
-
-def _attr(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # --------------------------------------------------------------------------- workers
@@ -257,24 +239,37 @@ def _tune(spec: TuneSpec, echo: Callable[[str], None]) -> optuna.Study:
     validate(spec)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # we print one line per trial instead
     dataset = load_dataset_for(spec)  # in the parent: bad data fails before any storage is made
-    study = open_study(spec)
+    storage = store.open_storage(spec.storage)
+    study = open_study(spec, storage=storage)
+    _queue_default(spec, study, storage, echo)
     before = counts(study)
     write_study_json(spec, study, dataset)
     if before["finished"] >= spec.n_trials:
         echo(f"study {spec.study_name!r} already has {before['finished']} finished trials "
              f"(--n-trials {spec.n_trials}); nothing to run")
-    elif spec.workers == 1:
-        echo(f"tuning {spec.base.model}: {before['finished']}/{spec.n_trials} trials finished; "
-             f"space: {', '.join(spec.space)}")
-        run_worker(spec, dataset=dataset, echo=echo)
     else:
-        echo(f"tuning {spec.base.model} with {spec.workers} workers: {before['finished']}/{spec.n_trials} "
-             f"trials finished; space: {', '.join(spec.space)}")
-        _run_processes(spec, echo)
+        echo(f"tuning {spec.base.model}{f' with {spec.workers} workers' if spec.workers > 1 else ''}: "
+             f"{before['finished']}/{spec.n_trials} trials finished; space: {', '.join(spec.space)}")
+        if spec.workers == 1:
+            run_worker(spec, dataset=dataset, echo=echo)
+        else:
+            _run_processes(spec, echo)
     study = open_study(spec, create=False)
     write_trials_csv(study, spec.folder / "trials.csv")
+    if spec.confirm:
+        confirm_winner(spec, study, dataset, echo=echo)
     write_study_json(spec, study, dataset)
     return study
+
+
+def _queue_default(spec: TuneSpec, study: optuna.Study, storage: BaseStorage, echo: Callable[[str], None]) -> None:
+    """The default configuration as the study's first trial (`enqueue_default`), said once."""
+    queued = enqueue_default(spec, study, storage)
+    if queued is not None:
+        params, notes = queued
+        echo(f"first trial: the default configuration, {describe_params(params)}")
+        for note in notes:
+            echo(f"note: {note}")
 
 
 def _run_processes(spec: TuneSpec, echo: Callable[[str], None]) -> None:

@@ -3,13 +3,13 @@ resolved from the flags and a study file's `[train]` and `[tune]` tables, and va
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
 
-from ablate import store
+from ablate import stats, store
 from ablate.config import TOGGLES, TrainConfig, parse_image_size
 from ablate.errors import AblateError
 from ablate.studyfile import read_toml
@@ -18,19 +18,37 @@ from ablate.tune.space import CONFIG_FIELDS, Param, apply_overrides, config_for,
 DEFAULT_N_TRIALS = 12  # with DEFAULT_EPOCHS and Hyperband: about 10 min on a quiet 2-core CPU (estimate)
 DEFAULT_EPOCHS = 4  # max epochs per trial = Hyperband's max_resource
 DEFAULT_IMAGE_SIZE = 64
+DEFAULT_MIN_EFFECT = stats.DEFAULT_MIN_EFFECT  # δ in val mIoU, the grid's default (docs/statistics.md)
 PRUNERS = ("hyperband", "asha", "median", "none")
 SAMPLERS = ("tpe", "random")
 
 
 # --------------------------------------------------------------------------- pruner, sampler
+def warmup_epochs(epochs: int) -> int:
+    """Epochs every trial trains before it can be judged: a third of its budget, at least 3 (at
+    most the budget). A segmentation net's val mIoU climbs for most of its budget and curves
+    cross: in issue 24's search (30 epochs) trials pruned or stopped at epochs 3-9 were still
+    climbing, and the search ended below the untuned default. With Hyperband's reduction
+    factor 3 the rungs sit at w and 3w, so a poor trial still stops after a third of its epochs."""
+    return min(epochs, max(3, -(-epochs // 3)))
+
+
+def default_patience(epochs: int) -> int:
+    """The tuner's early stopping unless --patience says otherwise: as long as the warm-up
+    (`warmup_epochs`), off (0) when that could save no epoch (a budget of 4 or fewer)."""
+    patience = warmup_epochs(epochs)
+    return patience if patience < epochs - 1 else 0
+
+
 def make_pruner(name: str, *, epochs: int) -> optuna.pruners.BasePruner:
-    """Pruning on per-epoch val mIoU; Hyperband's resource is the epoch."""
+    """Pruning on per-epoch val mIoU, never before `warmup_epochs`; Hyperband's resource is the epoch."""
+    warmup = warmup_epochs(epochs)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=warmup, max_resource=epochs, reduction_factor=3)
     if name == "asha":  # successive halving alone: Hyperband's most aggressive bracket
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup, reduction_factor=3)
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=warmup)
     if name == "none":
         return optuna.pruners.NopPruner()
     raise AblateError(f"--pruner must be one of {', '.join(PRUNERS)}, got {name!r}")
@@ -76,6 +94,30 @@ def read_study_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return settings, overrides
 
 
+START_KEYS = ("lr", "batch_size", "weight_decay")  # [train] keys that give the default trial its values
+
+
+def read_start(path: str | Path, model: str, space: dict[str, Param]) -> dict[str, Any]:
+    """A study file's values of the searched parameters for the default trial (trial 0): [train]
+    lr, batch_size, weight_decay and [model_args.MODEL], as a grid study writes them; each
+    checked against its parameter's rule (it may lie outside the space: `default_trial` clips)."""
+    path = Path(path)
+    doc = read_toml(path)
+    args = (doc.get("model_args") or {}).get(model, {})
+    if not isinstance(args, dict):
+        raise AblateError(f"{path}: model_args.{model} must be a table")
+    found = {(f"[train] {k}", k): v for k, v in doc.get("train", {}).items() if k in START_KEYS}
+    found.update({(f"[model_args.{model}] {k}", k): v for k, v in args.items()})
+    start = {}
+    for (where, name), value in found.items():
+        if name not in space:
+            continue
+        if not space[name].valid(value):
+            raise AblateError(f"{path}: {where} = {value!r} is not {space[name].rule}")
+        start[name] = value
+    return start
+
+
 
 # --------------------------------------------------------------------------- the tune spec
 @dataclass(frozen=True)
@@ -95,6 +137,9 @@ class TuneSpec:
     cache_dir: Path | None = None
     keep_checkpoints: str = "best"  # best: the best complete trial's best.pt stays in the store; all; none
     artifacts: str | None = None  # artifact store for each trial's files [default: <study folder>/artifacts]
+    start: dict[str, Any] = field(default_factory=dict)  # the study file's values for trial 0 (`read_start`)
+    confirm: int = 0  # --confirm K: rerun the best K configurations over seeds (0: no confirmation)
+    min_effect: float = DEFAULT_MIN_EFFECT  # δ of the confirmation's equivalence verdict, in val mIoU
 
     @property
     def folder(self) -> Path:
@@ -112,6 +157,11 @@ def validate(spec: TuneSpec) -> None:
         raise AblateError(f"--workers must be >= 1, got {spec.workers}")
     if spec.timeout is not None and not spec.timeout > 0:
         raise AblateError(f"--timeout must be > 0 seconds, got {spec.timeout}")
+    if isinstance(spec.confirm, bool) or not isinstance(spec.confirm, int) or spec.confirm == 1 or spec.confirm < 0:
+        raise AblateError(f"--confirm must be an integer >= 2 (the best K configurations to compare), "
+                          f"got {spec.confirm!r}")
+    if not (isinstance(spec.min_effect, (int, float)) and 0 < spec.min_effect < 1):
+        raise AblateError(f"--min-effect must be a number of val mIoU in (0, 1), got {spec.min_effect!r}")
     if spec.keep_checkpoints not in store.KEEP_CHECKPOINTS:
         raise AblateError(f"--keep-checkpoints must be one of {', '.join(store.KEEP_CHECKPOINTS)}, got {spec.keep_checkpoints!r}")
     make_pruner(spec.pruner, epochs=spec.base.epochs)
@@ -128,12 +178,13 @@ def validate(spec: TuneSpec) -> None:
 
 # --------------------------------------------------------------------------- resolving flags
 _DEFAULTS = {"model": "custom", "n_trials": DEFAULT_N_TRIALS, "epochs": DEFAULT_EPOCHS, "image_size": DEFAULT_IMAGE_SIZE,
-             "pruner": "hyperband", "sampler": "tpe", "patience": 3, "seed": 0, "tune_toggles": False}
+             "pruner": "hyperband", "sampler": "tpe", "seed": 0, "tune_toggles": False}  # patience: default_patience
 _TYPE_WORDS = {str: "a string", int: "an integer", bool: "true or false"}
 
 
 def resolve_spec(flags: dict[str, Any], *, given: set[str], study_file: Path | None, workers: int,
-                 storage: str | None, results_dir: Path, keep_checkpoints: str = "best") -> TuneSpec:
+                 storage: str | None, results_dir: Path, keep_checkpoints: str = "best", confirm: int = 0,
+                 min_effect: float = DEFAULT_MIN_EFFECT) -> TuneSpec:
     """The tune asked for: each setting from its flag when given on the command line (`given`),
     else from the study file, else the flag's default, else ours; validated."""
     from ablate.models import check_model_name  # torch: kept out of `ablate tune --help`
@@ -165,7 +216,8 @@ def resolve_spec(flags: dict[str, Any], *, given: set[str], study_file: Path | N
         study_name=study_name, storage=storage or store.default_storage(results_dir, study_name, workers),
         results_dir=Path(results_dir), space=space, base=base, n_trials=n_trials, timeout=timeout,
         pruner=value("pruner"), sampler=value("sampler"), workers=workers, cache_dir=Path(results_dir) / ".cache",
-        keep_checkpoints=keep_checkpoints,
+        keep_checkpoints=keep_checkpoints, start=read_start(study_file, model, space) if study_file else {},
+        confirm=confirm, min_effect=min_effect,
     )
     validate(spec)
     return spec
@@ -188,11 +240,14 @@ def _space_and_base(model: str, flags: dict[str, Any], given: set[str], value: C
     for key, v in optional.items():
         if v is not None:
             _typed(v, (int, float) if key == "val_fraction" else int, key.replace("_", "-"))
+    epochs = _typed(value("epochs"), int, "epochs")
+    patience = value("patience")
     base = TrainConfig(
         model=model, model_args=model_args, data=_typed(value("data"), str, "data"),
         image_size=parse_image_size(value("image_size")), **optional,
-        ignore_index=_typed(value("ignore_index"), int, "ignore-index"), epochs=_typed(value("epochs"), int, "epochs"),
-        patience=_typed(value("patience"), int, "patience"), seed=_typed(value("seed"), int, "seed"),
+        ignore_index=_typed(value("ignore_index"), int, "ignore-index"), epochs=epochs,
+        patience=default_patience(epochs) if patience is None else _typed(patience, int, "patience"),
+        seed=_typed(value("seed"), int, "seed"),
         precision=flags["precision"], device=flags["device"], compile=flags["compile"], **toggles,
     )
     return space, config_for(base, fixed)

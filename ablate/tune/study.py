@@ -3,19 +3,22 @@ was made for (bound in the study attr `results.TUNE_ATTR`). Its counts and best 
 read side's (`ablate.results.trials`)."""
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from ablate import store
+from ablate import store, workers
 from ablate.config import stable_hash
 from ablate.errors import AblateError
 from ablate.results.trials import TUNE_ATTR
+from ablate.tune.space import default_trial
 from ablate.tune.spec import TuneSpec, make_pruner
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards --n-trials
+DEFAULT_ATTR = "default"  # user attr (True) of the trial that runs the default configuration
 
 
 def open_study(spec: TuneSpec, *, sampler: optuna.samplers.BaseSampler | None = None, create: bool = True,
@@ -45,6 +48,28 @@ def open_study(spec: TuneSpec, *, sampler: optuna.samplers.BaseSampler | None = 
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["val mIoU"])
     return study
+
+
+def study_lock(spec: TuneSpec, storage: BaseStorage) -> contextlib.AbstractContextManager:
+    """The lock of this tune in its storage, across processes (and machines, for a server)."""
+    return store.study_lock(spec.storage, storage, f"tune:{spec.study_name}")
+
+
+def enqueue_default(spec: TuneSpec, study: optuna.Study, storage: BaseStorage) -> tuple[dict, list[str]] | None:
+    """Queue the default configuration (`space.default_trial`) as the next trial, once per
+    study: under the tune's lock, and only while the study has no trial yet, or only default
+    trials that were interrupted or lost their worker (a rerun queues it again). Returns its
+    params and the notes on values clipped into the space, or None when nothing was queued."""
+    with study_lock(spec, storage):
+        trials = study.get_trials(deepcopy=False)
+        defaults = [t for t in trials if t.user_attrs.get(DEFAULT_ATTR)]
+        lost = [t for t in defaults
+                if t.state == TrialState.FAIL and not workers.is_charged(t.user_attrs.get("failure_reason"))]
+        if trials and (not defaults or len(lost) < len(defaults)):
+            return None
+        params, notes = default_trial(spec.space, spec.base, spec.start)
+        study.enqueue_trial(params, user_attrs={DEFAULT_ATTR: True})
+        return params, notes
 
 
 def _mismatch(spec: TuneSpec, bound: dict, identity: dict) -> str:
