@@ -27,7 +27,7 @@ from ablate.labels import VOID, check_labels, class_set, held_labels, read_names
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-CACHE_VERSION = "4"  # 3: native-resolution val/test masks; 4: the class-set check (ablate.labels)
+CACHE_VERSION = "5"  # 3: native-resolution val/test masks; 4: the class-set check (ablate.labels); 5: CamVid names
 VAL_SPLIT_SEED = 0  # fixed, so every seed of a grid is scored on the same carved-out val set
 LAYOUTS = (
     "PASCAL VOC (VOCdevkit/ or VOC2007|VOC2012 with JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
@@ -38,6 +38,11 @@ VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
     "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
+)
+# The SegNet CamVid layout's 11 classes, in label order (its label 11 is void: --ignore-index 11).
+CAMVID_CLASSES = (
+    "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
+    "Bicyclist",
 )
 
 
@@ -412,6 +417,8 @@ def _carve_val(train: Split, fraction: float) -> tuple[Split, Split]:
 
 
 def _class_names(layout: str, k: int, names_file: Path | None) -> list[str]:
+    """classes.txt's names; else the known benchmark's where the layout and the class count are
+    its own (VOC's 21, the SegNet CamVid layout's 11); else `class_<k>`."""
     if names_file is not None:
         names = read_names(names_file)
         if len(names) < k:
@@ -425,6 +432,8 @@ def _class_names(layout: str, k: int, names_file: Path | None) -> list[str]:
         return synthetic.class_names(k)
     if layout == "voc" and k == len(VOC_CLASSES):
         return list(VOC_CLASSES)
+    if layout == "camvid" and k == len(CAMVID_CLASSES):
+        return list(CAMVID_CLASSES)
     return [f"class_{i}" for i in range(k)]
 
 

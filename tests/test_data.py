@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ablate.data import VOC_CLASSES, load_dataset
+from ablate.data import CAMVID_CLASSES, VOC_CLASSES, load_dataset
 from ablate.errors import AblateError
 
 SIZE = 32  # native size of the fixtures == working size
@@ -181,7 +181,8 @@ def test_camvid_layout_maps_void_11_to_255(tmp_path):
     assert {name: len(split) for name, split in ds.splits.items()} == {"train": 2, "val": 1, "test": 3}
     assert ds.num_classes == 11
     assert ds.ignore_index == 11
-    assert ds.class_names == [f"class_{k}" for k in range(11)]
+    assert ds.class_names == list(CAMVID_CLASSES)  # the SegNet CamVid layout's 11 classes, in label order
+    assert ds.class_names[0] == "Sky" and ds.class_names[10] == "Bicyclist"
     expected = np.where(camvid_mask() == 11, 255, camvid_mask())
     for split in ds.splits.values():
         assert labels_of(split.masks) == set(range(11)) | {255}
@@ -194,6 +195,26 @@ def test_camvid_void_label_counts_as_a_class_without_ignore_index(tmp_path):
     ds = load(tmp_path / "camvid", tmp_path / "cache")  # ignore_index defaults to 255
     assert ds.num_classes == 12
     assert 255 not in labels_of(ds.splits["train"].masks)
+    assert ds.class_names == [f"class_{k}" for k in range(12)]  # not CamVid's 11: no names guessed
+
+
+def test_camvid_classes_txt_wins_over_the_camvid_names(tmp_path):
+    write_camvid(tmp_path / "camvid", {"train": [camvid_mask()], "val": [camvid_mask()]})
+    names = [f"mine_{k}" for k in range(11)] + ["void"]
+    (tmp_path / "camvid" / "classes.txt").write_text("\n".join(names) + "\n")
+    ds = load(tmp_path / "camvid", tmp_path / "cache", ignore_index=11)
+    assert ds.num_classes == 11
+    assert ds.class_names == names[:11]
+
+
+def test_eleven_classes_in_another_layout_get_no_camvid_names(tmp_path):
+    masks = {"train": [camvid_mask()], "val": [camvid_mask()]}
+    write_mmseg(tmp_path / "mmseg", masks)
+    write_voc(tmp_path / "VOC2012", masks)
+    for root in (tmp_path / "mmseg", tmp_path / "VOC2012"):
+        ds = load(root, tmp_path / "cache", ignore_index=11)
+        assert ds.num_classes == 11
+        assert ds.class_names == [f"class_{k}" for k in range(11)]
 
 
 def test_given_num_classes_above_the_largest_label(tmp_path):

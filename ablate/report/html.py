@@ -129,10 +129,10 @@ def document(studies: list[Study], bodies: list[str], *, lead: str | None = None
 """
 
 
-_GRID_LEAD = ("Which training choices help, on which architecture, and by how much. Numbers are means over seeds "
-              "with, from 2 seeds on, a 95% Student-t interval [low, high]; an effect is called real only with 3 or "
-              "more paired seeds, an interval that excludes 0 and a Holm-corrected p below 0.05 (each study's "
-              "Findings panel states its rules and what its seeds allow).")
+_GRID_LEAD = ("Which training choices help, hurt or make no difference that matters, on which architecture, and by "
+              "how much. Numbers are means over seeds with, from 2 seeds on, a 95% Student-t interval [low, high]; "
+              "a verdict needs 3 or more paired seeds and keeps the chance of any false verdict per architecture at "
+              "5% (each study's Findings panel states its rules and what its seeds allow).")
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1280px;padding:0 24px 48px;
