@@ -144,10 +144,15 @@ def test_grid_runs_resumes_and_reports(tmp_path, cache_dir):
 def test_dry_run_lists_cells_and_writes_nothing(tmp_path):
     result = _grid("--dry-run", "--results-dir", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
-    assert "study quick: 32 cells (4 models x 8 toggle settings x 1 seed); 0 done, 32 pending" in result.stdout
+    assert "study quick: 24 cells (1 model x 8 toggle settings x 3 seeds); 0 done, 24 pending" in result.stdout
     rows = [l.split() for l in result.stdout.splitlines() if re.match(r"[0-9a-f]{12} ", l)]
-    assert len(rows) == 32 and len({r[0] for r in rows}) == 32
-    assert {r[1] for r in rows} == {"baseline", "custom", "resnet18", "unet"}
+    assert len(rows) == 24 and len({r[0] for r in rows}) == 24
+    assert {r[1] for r in rows} == {"unet"}
+    # sequential seeds: the first stage's cells, and the plan in words
+    auto = _grid("--dry-run", "--seeds", "auto", "--results-dir", str(tmp_path / "r"))
+    assert "study quick: 24-80 cells (1 model x 8 toggle settings x 3 to 10 seeds, added in stages)" in auto.stdout
+    assert "sequential seeds: 3 to 10, looks at 3, 5, 8, 10" in auto.stdout
+    assert len([l for l in auto.stdout.splitlines() if re.match(r"[0-9a-f]{12} ", l)]) == 24
     assert not (tmp_path / "r").exists()
 
 
@@ -241,9 +246,12 @@ BAD_TOML = {"syntax.toml": 'name = "x"\nmodels = ["unet" "custom"]\n', "unknown.
 @pytest.mark.parametrize("args, message", [
     (["--models", "unet,vit"], "unknown model 'vit'"),
     (["--toggles", "scheduler,dropout"], "--toggles: expected one of scheduler, augment, weighted_loss, got 'dropout'"),
-    (["--seeds", "two"], "--seeds: expected a count >= 1 or a list of distinct integers >= 0 (3 or [0, 5, 7]), got 'two'"),
-    (["--seeds", "1.5"], "--seeds: expected a count >= 1 or a list of distinct integers >= 0"),
-    (["--seeds", "0,x"], "--seeds: expected a count >= 1 or a list of distinct integers >= 0"),
+    (["--seeds", "two"], "--seeds: expected a count >= 1, a list of distinct integers >= 0 (3 or [0, 5, 7]), or "
+                         "sequential seeds: auto, auto:MIN-MAX (auto:3-10) or {min = 3, max = 10}, got 'two'"),
+    (["--seeds", "1.5"], "--seeds: expected a count >= 1, a list of distinct integers >= 0"),
+    (["--seeds", "0,x"], "--seeds: expected a count >= 1, a list of distinct integers >= 0"),
+    (["--seeds", "auto:2-8"], "--seeds: expected min >= 3 and min <= max, got min 2, max 8"),
+    (["--min-effect", "0"], "--min-effect: expected a minimum effect of interest in mIoU, > 0 and < 1 (e.g. 0.01), got"),
     (["--workers", "0"], "--workers: expected 'auto' or an integer >= 1, got 0"),
     (["--workers", "many"], "--workers: expected 'auto' or an integer >= 1, got 'many'"),
     (["--study", "{tmp}/syntax.toml"], "syntax.toml: line 2, column 18: Unclosed array"),
