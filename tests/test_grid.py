@@ -36,8 +36,21 @@ def _study(**overrides):
 def test_quick_toml_is_the_builtin_quick_study():
     assert grids.read_grid_study(REPO / "studies" / "quick.toml") == grids.build_study(grids.QUICK_STUDY, where="x", overrides={})
     quick = grids.read_grid_study()
-    assert quick.name == "quick" and quick.train.data == "synthetic" and quick.seeds == (0,)
-    assert len(grids.expand(quick, FP)) == 32 and quick.model_args["unet"]["base_channels"] <= 16
+    assert quick.name == "quick" and quick.train.data == "synthetic" and quick.models == ("unet",)
+    assert len(grids.expand(quick, FP)) == 8 * len(quick.seeds) and quick.model_args["unet"]["base_channels"] <= 16
+
+
+def test_the_four_architecture_study_is_the_default_study_plus_three_architectures():
+    quick, four = grids.read_grid_study(), grids.read_grid_study(REPO / "studies" / "four-archs.toml")
+    assert four.name == "four-archs" and four.models == ("baseline", "custom", "resnet18", "unet")
+    assert four.toggles == quick.toggles == TOGGLES
+    # its unet cells are the default study's cells (the same run ids, seed for seed)
+    assert grids.model_config(four, "unet") == grids.model_config(quick, "unet")
+    # offline: resnet18 starts from random weights and trains its encoder
+    assert four.model_args["resnet18"] == {"weights": "none", "freeze_encoder": False}
+    # the wide encoder-decoders get budgets of their own, longer than the default's
+    for model in ("baseline", "custom", "resnet18"):
+        assert grids.model_config(four, model).epochs > quick.train.epochs
 
 
 def test_seed_report_study_is_the_seed_experiment():
