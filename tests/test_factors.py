@@ -176,9 +176,9 @@ def test_the_default_study_keeps_its_definition_without_factors():
     s = grids.read_grid_study()
     assert s.factors == {} and s.design == "full" and s.toggles == ("scheduler", "augment", "weighted_loss")
     cells = grids.expand(s, "fp", EXEC)
-    assert len(cells) == 32 and all("factors" not in c.brief() and "design" not in c.brief() for c in cells)
+    assert len(cells) == 8 * len(s.seeds) and all("factors" not in c.brief() and "design" not in c.brief() for c in cells)
     assert not {"factors", "design"} & set(grids.definition(s, "fp", EXEC))
-    assert cells[7].label == "unet weighted_loss seed 0"  # labels as before: toggles only
+    assert cells[1].label == "unet weighted_loss seed 0"  # labels as before: toggles only
 
 
 FIVE = {"toggles": ["scheduler", "augment", "weighted_loss"], "design": "fractional",
@@ -309,7 +309,7 @@ def test_fractional_dry_run_prints_generators_and_aliases(tmp_path):
                                     "--factor", "optimizer=adamw,sgd", "--factor", "loss=ce,focal", "--design",
                                     "fractional", "--dry-run", "--results-dir", str(tmp_path / "r")])
     assert out.exit_code == 0, out.output
-    assert "16 cells (1 model x 16 settings x 1 seed)" in out.stdout
+    assert "48 cells (1 model x 16 settings x 3 seeds)" in out.stdout  # the default study's 3 seeds
     assert "2^(5-1) fractional factorial, resolution V, 16 runs" in out.stdout and "generators: E = ABCD" in out.stdout
     assert "  AB = CDE" in out.stdout
 
