@@ -337,7 +337,7 @@ def test_a_factor_grid_trains_resumes_extends_reports_and_refuses_another_factor
     results = tmp_path / "results"
 
     def grid_args(levels: str = "1e-3,2e-3") -> list[str]:
-        return ["grid", "--models", "baseline", "--toggles", "none", "--image-size", "32", "--epochs", "1",
+        return ["grid", "--seeds", "1", "--models", "baseline", "--toggles", "none", "--image-size", "32", "--epochs", "1",
                 "--data", "synthetic", "--factor", f"lr={levels}", "--study-name", "fx", "--results-dir", str(results),
                 "--cache-dir", str(cache_dir)]
     args = grid_args()
