@@ -39,7 +39,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ablate import analysis, stats  # noqa: E402
-from ablate.analysis.sequential import SeedPlan  # noqa: E402
+from ablate.seedplan import SeedPlan  # noqa: E402
 from ablate.analysis.verdicts import DECIDED, first_decisions  # noqa: E402
 from ablate.grid.stages import next_target, take_look  # noqa: E402
 

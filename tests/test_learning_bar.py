@@ -40,7 +40,7 @@ def test_the_table_of_a_tiny_real_grid(tmp_path, cache_dir):
     results = tmp_path / "results"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "learning_bar.py"), "--results-dir", str(results),
                            "--study-name", "bar", "--", "--study-name", "bar", "--models", "unet", "--model-arg",
-                           "base_channels=4", "--image-size", "32", "--epochs", "1", "--toggles", "weighted_loss",
+                           "base_channels=4", "--image-size", "32", "--epochs", "1", "--toggles", "weighted_loss", "--seeds", "1",
                            "--cache-dir", str(cache_dir), "--no-report"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert "ablate grid: exit 0" in proc.stdout, proc.stdout + proc.stderr

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from ablate import analysis, stats, store
 from ablate import grid as grids
-from ablate.analysis.sequential import SeedPlan
+from ablate.seedplan import SeedPlan
 from ablate.cli import main
 from ablate.errors import AblateError
 from ablate.grid import stages

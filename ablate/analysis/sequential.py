@@ -1,50 +1,16 @@
-"""Analysis stage, sequential seeds as a study records them: the plan (`SeedPlan`: looks from
-a minimum of seeds up to a maximum), each architecture's recorded looks, and what they say:
+"""Analysis stage, sequential seeds as a study records them (the plan is `ablate.seedplan`):
+each architecture's recorded looks, and what they say:
 decided at n seeds, undecided at the maximum, or still running, with the runs used beside a
 fixed design's. The decisions themselves are taken by `ablate.grid.stages`."""
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
-from ablate import stats
 from ablate.analysis.verdicts import DECIDED, NO_ESTIMATE, UNLEARNED, ZERO_SPREAD, Look, first_decisions
-from ablate.errors import AblateError
 from ablate.results import cells as results_cells
+from ablate.seedplan import STAGES_ATTR, SeedPlan, open_seeds, plan_of  # noqa: F401  (the read side's names)
 
-STAGES_ATTR = "stages"  # study user attr: {model: stage record}
-GROWTH = 1.5  # each stage brings the seeds to about 1.5 times the last look's
 FINAL = (*DECIDED, UNLEARNED, ZERO_SPREAD, NO_ESTIMATE)  # states more seeds cannot change
-SHAPES = ("pocock", "obf")
-
-
-@dataclass(frozen=True)
-class SeedPlan:
-    """Sequential seeds: looks from `min` seeds, growing by GROWTH, up to `max`."""
-    min: int = 3
-    max: int = 10
-    shape: str = "pocock"
-
-    def __post_init__(self):
-        if not (stats.MIN_VERDICT_N <= self.min <= self.max):
-            raise AblateError(f"seeds: expected min >= {stats.MIN_VERDICT_N} and min <= max, got min {self.min}, "
-                              f"max {self.max}")
-        if self.shape not in SHAPES:
-            raise AblateError(f"seeds: spending {self.shape!r} is not one of {', '.join(SHAPES)}")
-
-    def schedule(self) -> list[int]:
-        """The seed counts at which looks are taken: [3, 5, 8, 10] for 3..10."""
-        out = [self.min]
-        while out[-1] < self.max:
-            out.append(min(self.max, max(out[-1] + 1, math.ceil(out[-1] * GROWTH))))
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"min": self.min, "max": self.max, "shape": self.shape}
-
-    def text(self) -> str:
-        return f"sequential seeds: {self.min} to {self.max}, looks at {', '.join(map(str, self.schedule()))}"
 
 
 def status(record: dict | None, plan: SeedPlan) -> str:
@@ -64,17 +30,6 @@ def status(record: dict | None, plan: SeedPlan) -> str:
     return f"undecided at the maximum ({n} seeds)" if n >= plan.max else f"stopped at {n} seeds (failed cells)"
 
 
-def open_seeds(seeds: list[int], record: dict | None, plan: SeedPlan) -> list[int]:
-    """The seeds an architecture's cells run: the first `target` of the study's seeds (the
-    last look's count once it stopped)."""
-    record = record or {}
-    looks = record.get("looks") or []
-    n = record.get("target", plan.min)
-    if n is None:
-        n = looks[-1]["n"] if looks else plan.min
-    return sorted(seeds)[:n]
-
-
 def recorded_looks(attrs: dict[str, Any]) -> tuple[dict[str, list[Look]], str | None]:
     """A sequential study's looks per architecture and the metric they decide on (the
     analysis's `looks` / `decision_metric`); ({}, None) for a fixed design."""
@@ -82,12 +37,6 @@ def recorded_looks(attrs: dict[str, Any]) -> tuple[dict[str, list[Look]], str | 
     looks = {m: [Look.from_dict(d) for d in r.get("looks", [])] for m, r in records.items()}
     metric = next((r.get("metric") for r in records.values() if r.get("metric")), None)
     return looks, metric
-
-
-def plan_of(attrs: dict[str, Any]) -> SeedPlan | None:
-    """The plan of sequential seeds a study was created with (None: fixed seeds)."""
-    plan = ((attrs.get("decisions") or {}).get("sequential"))
-    return None if not plan else SeedPlan(int(plan["min"]), int(plan["max"]), str(plan.get("shape", "pocock")))
 
 
 def summary_lines(attrs: dict[str, Any]) -> list[str]:

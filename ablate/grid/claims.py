@@ -20,7 +20,7 @@ from ablate.errors import AblateError
 from ablate.stats import MIN_VERDICT_N
 from ablate.workers import INTERRUPTED, WORKER_KILLED, WORKER_LOST  # failure reasons, shared with the tuner
 from ablate.grid.definition import CELL_FIELDS, KIND, POLL_SECONDS, Cell, GridStudy, check_execution, trial_label
-from ablate.grid.stages import STAGES_ATTR, SeedPlan, advance, open_cells
+from ablate.seedplan import STAGES_ATTR, SeedPlan, open_cells
 # which trial speaks for a cell, and why a trial failed: the read side's, shared with the report
 from ablate.results.cells import CellState, cell_states, charged_failures, failure_reason  # noqa: F401
 
@@ -129,7 +129,10 @@ class GridStorage:
 
     def _open(self, sid: int, cells: list[Cell], trials: list[FrozenTrial], plan: SeedPlan, delta: float,
               max_retries: int) -> list[Cell]:
-        """The cells open now, after recording the looks that are due (under the lock)."""
+        """The cells open now, after recording the looks that are due (under the lock). A look
+        is an analysis (pandas), imported here so that a fixed grid's workers never load it."""
+        from ablate.grid.stages import advance
+
         attrs = self.storage.get_study_user_attrs(sid)
         briefs = [c.brief() for c in cells]
         stages = advance(briefs, trials, attrs, plan, delta=delta, max_retries=max_retries)
@@ -140,7 +143,7 @@ class GridStorage:
         return [c for c in cells if c.cell_id in opened]
 
     def open_briefs(self, cells: list[dict], plan: SeedPlan | None) -> list[dict]:
-        """The cells (briefs) open now: all of them in a fixed design (`stages.open_cells`)."""
+        """The cells (briefs) open now: all of them in a fixed design (`seedplan.open_cells`)."""
         return open_cells(cells, self.study_attrs() or {}, plan)
 
     def _new_trial(self, cell: Cell, cells: list[Cell]) -> FrozenTrial:

@@ -17,7 +17,8 @@ from ablate.grid.definition import (KIND, Cell, Datasets, check_cells, check_mod
                                     resolve_execution, resolve_workers)
 from ablate.grid.console import CellPrinter, print_dry_run, print_start, print_status, print_summary, quietly
 from ablate.grid.run import run_workers
-from ablate.grid.stages import open_cells, plan_of, summary_lines
+from ablate.analysis.sequential import summary_lines
+from ablate.seedplan import open_cells, plan_of
 from ablate.grid.study import GridStudy, read_grid_study
 from ablate.grid.tables import prune_checkpoints, write_study_json, write_tables
 from ablate.studyfile import read_toml

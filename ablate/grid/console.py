@@ -14,7 +14,8 @@ from ablate import store, workers
 from ablate.grid.claims import GridStorage, Progress, progress
 from ablate.grid.definition import Cell, design_lines, settings
 from ablate.grid.run import CellResult
-from ablate.grid.stages import STAGES_ATTR, SeedPlan, open_cells, summary_lines
+from ablate.analysis.sequential import summary_lines
+from ablate.seedplan import STAGES_ATTR, SeedPlan, open_cells
 from ablate.grid.study import GridStudy
 from ablate.grid.tables import write_tables
 from ablate.results import CellState, cell_states
@@ -147,7 +148,7 @@ def print_summary(summary_csv: Path) -> None:
 
 def print_status(name: str, url: str, p: Progress, stages: list[str] | None = None) -> None:
     """`ablate status`: done / running / failed / pending and the compute time of a grid study;
-    with sequential seeds, each architecture's stage (`stages.summary_lines`)."""
+    with sequential seeds, each architecture's stage (`analysis.sequential.summary_lines`)."""
     click.echo(f"study {name} ({store.mask_url(url)}): {p.cells} cells" + (" open so far" if stages else ""))
     click.echo(f"  done {p.completed}, running {p.running}, failed {p.failed}, pending {p.pending}")
     click.echo(f"  elapsed compute {_duration(p.compute_seconds)}")

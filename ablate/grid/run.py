@@ -21,7 +21,7 @@ from ablate.errors import AblateError
 from ablate.workers import INTERRUPTED  # failure reasons, shared with the tuner
 from ablate.grid.definition import Cell, Datasets, GridStudy, RUNS, check_execution, resolve_execution
 from ablate.grid.claims import GridStorage
-from ablate.grid.stages import SeedPlan
+from ablate.seedplan import SeedPlan
 from ablate.stats import DEFAULT_MIN_EFFECT
 
 

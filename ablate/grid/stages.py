@@ -23,10 +23,10 @@ import pandas as pd
 
 from ablate.analysis.effects import factorial_effects
 from ablate.analysis.runs import completed_runs, primary_metric
-from ablate.analysis.sequential import (FINAL, STAGES_ATTR, SeedPlan, open_seeds, plan_of,  # noqa: F401
-                                        status, summary_lines)
+from ablate.analysis.sequential import FINAL
 from ablate.analysis.verdicts import Look, first_decisions, look
 from ablate.results.cells import cell_states, runs_table
+from ablate.seedplan import STAGES_ATTR, SeedPlan, open_cells
 
 
 def take_look(runs: pd.DataFrame, metric: str, plan: SeedPlan, previous: list[Look], *, delta: float) -> Look | None:
@@ -51,17 +51,6 @@ def next_target(looks: list[Look], plan: SeedPlan) -> int | None:
         return None
     later = [n for n in plan.schedule() if n > looks[-1].n]
     return later[0] if later else None
-
-
-def open_cells(cells: list[dict], attrs: dict[str, Any], plan: SeedPlan | None) -> list[dict]:
-    """The cells (briefs) that run now: all of them in a fixed design; in a sequential one,
-    each architecture's cells of its open seeds."""
-    if plan is None:
-        return cells
-    seeds = sorted({c["seed"] for c in cells})
-    records = attrs.get(STAGES_ATTR) or {}
-    allowed = {m: set(open_seeds(seeds, records.get(m), plan)) for m in {c["model"] for c in cells}}
-    return [c for c in cells if c["seed"] in allowed[c["model"]]]
 
 
 def advance(cells: list[dict], trials: list, attrs: dict[str, Any], plan: SeedPlan, *, delta: float,

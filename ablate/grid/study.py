@@ -14,7 +14,7 @@ from typing import Any
 
 from ablate import store
 from ablate.stats import DEFAULT_MIN_EFFECT
-from ablate.analysis.sequential import SeedPlan
+from ablate.seedplan import SeedPlan
 from ablate.config import TOGGLES, TRAIN_OPTIONS, TrainConfig
 from ablate.errors import AblateError
 from ablate.options import CELL, RUN, STUDY, TOGGLE, Option, coerce, flag, split_assignment, unknown_key
