@@ -23,6 +23,10 @@ Prints, per scenario:
   (c) power (share of planted effects given their correct verdict) and mean runs, beside the
       fixed design with at least the same power (one look at α, same family): goal ≤ 60% of
       its runs.
+  (d) the same looks, family, spending and stopping rule with the noise SD known (z-tests):
+      the limit of any error term with many degrees of freedom (e.g. one pooled over every
+      contrast of the architecture). What (c) costs the reported intervals, which estimate
+      each effect's own seed-to-seed SD (n − 1 degrees of freedom: 2 at the first look).
 """
 from __future__ import annotations
 
@@ -183,12 +187,61 @@ def matching_fixed(d: Design, sizes, delta_sd, target: float, studies: int, rng)
     return low, power(low)
 
 
+POWER_CAP = 0.995  # (d) matches the fixed design's power up to this: past it, seeds buy nothing one can see
+
+
+def known_variance(sizes: list[float], delta_sd: float, shape: str, paths: int, rng) -> dict:
+    """(d): m main effects (per-seed SD 1, `sizes` in SDs), each tested at α/m by z-tests at
+    the plan's looks with Lan-DeMets thresholds, both hypotheses (difference two-sided,
+    equivalence within ±δ by two one-sided tests); stop when every effect is decided. Returns
+    power, mean seeds and the fewest seeds (≥ the plan's minimum) of a fixed z design with at
+    least that power (capped at POWER_CAP)."""
+    from scipy.stats import norm
+
+    looks, m = np.array(PLAN.schedule()), len(sizes)
+    level = stats.ALPHA / m
+    budget = np.array([stats.spent(n / PLAN.max, alpha=level, shape=shape) for n in looks])
+    z_diff, z_equiv = _z_bounds(looks, np.diff(np.r_[0, budget]), 2, rng), _z_bounds(looks, np.diff(np.r_[0, budget]), 1, rng)
+    mu = np.array(sizes)[None, :, None]
+    steps = np.diff(np.r_[0, looks])
+    sums = np.cumsum(rng.standard_normal((paths, m, len(looks))) * np.sqrt(steps) + mu * steps, axis=2)
+    mean, se = sums / looks, 1 / np.sqrt(looks)
+    right = (np.abs(mean) / se > z_diff) & (np.sign(mean) == np.sign(mu)) & (mu != 0)
+    equiv = (delta_sd - np.abs(mean)) / se > z_equiv
+    decided = (np.abs(mean) / se > z_diff) | equiv
+    first = np.where(decided.any(2), decided.argmax(2), len(looks))
+    stop = np.minimum(first.max(1), len(looks) - 1)
+    first_right = np.take_along_axis(right, np.minimum(first, len(looks) - 1)[..., None], 2)[..., 0] & (first < len(looks))
+    planted = np.array(sizes) != 0
+    power = float(first_right[:, planted].mean()) if planted.any() else float("nan")
+    seeds = float(looks[stop].mean())
+    z_fixed = norm.ppf(1 - level / 2)
+    k = min(abs(x) for x in sizes if x) if planted.any() else 0.0
+    def fewest(target: float) -> int | None:
+        return next((n for n in range(PLAN.min, 400) if norm.sf(z_fixed - k * np.sqrt(n)) >= target), None)
+
+    return {"power": power, "seeds": seeds, "fixed": fewest(min(power, POWER_CAP)), "exact": fewest(power)}
+
+
+def _z_bounds(looks: np.ndarray, shares: np.ndarray, sided: int, rng, paths: int = 400_000) -> np.ndarray:
+    """Group-sequential z thresholds spending `shares` of the level at `looks` (known SD)."""
+    steps = np.diff(np.r_[0, looks])
+    z = np.cumsum(rng.standard_normal((paths, len(looks))) * np.sqrt(steps), axis=1) / np.sqrt(looks)
+    z = np.abs(z) if sided == 2 else z
+    alive, out = np.ones(paths, dtype=bool), []
+    for k, share in enumerate(shares):
+        col = np.sort(z[alive, k])[::-1]
+        out.append(col[int(round(share * paths))])
+        alive &= z[:, k] <= out[-1]
+    return np.array(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--studies", type=int, default=500, help="simulated studies per scenario")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spending", default="pocock", choices=("pocock", "obf"), help="Lan-DeMets shape")
-    parser.add_argument("--part", default="all", choices=("all", "a", "bc"), help="which tables to print")
+    parser.add_argument("--part", default="all", choices=("all", "a", "bc", "d"), help="which tables to print")
     parser.add_argument("--delta-sd", type=float, default=1.5,
                         help="δ in units of the per-seed effect's noise SD (the scenarios' nulls can be shown "
                              "equivalent only when δ is a few SDs wide)")
@@ -225,6 +278,16 @@ def main() -> None:
                   f"{'> 30' if n_fixed is None else n_fixed} seeds ({fixed_runs or '–'} runs, power {p_fixed:.1%}): "
                   f"ratio {ratio}; vs the fixed design at the maximum ({at_max} runs): {r['runs'] / at_max:.0%}; "
                   f"false verdicts {r['false']:.1%}; coverage {r['coverage']:.1%}")
+    print("\n(d) the same looks and stopping rule with the noise SD known (z-tests; the limit of an error term "
+          "pooled over many degrees of freedom), 200,000 studies each:")
+    for label, pattern in (("every main effect k SD", lambda k: [k, k, k]), ("one effect k SD, two null", lambda k: [k, 0, 0])):
+        for k in (1.0, 2.0, 3.0) if args.part in ("all", "d") else ():
+            r = known_variance(pattern(k), args.delta_sd, args.spending, 200_000, rng)
+            ratio = "–" if r["fixed"] is None else f"{r['seeds'] / r['fixed']:.0%}"
+            exact = "–" if r["exact"] is None else f"{r['exact']} seeds, ratio {r['seeds'] / r['exact']:.0%}"
+            print(f"    {label}, k={k:.0f}: power {r['power']:.2%}, mean seeds {r['seeds']:.2f}; fixed z design of "
+                  f"that power (at most {POWER_CAP:.1%}) {r['fixed'] or '> 400'} seeds: ratio {ratio} "
+                  f"(of exactly that power: {exact})")
     print(f"\n{time.perf_counter() - start:.0f} s")
 
 
