@@ -1,5 +1,6 @@
-"""Analysis stage, the numbers only: intervals over seeds, the paired test, Holm's correction,
-the probability of improvement and the "did not learn" bar. Plain numpy/scipy on arrays; the
+"""Analysis stage, the numbers only: intervals over seeds, the paired test, the equivalence
+test, the probability of improvement, the "did not learn" bar, and the group-sequential
+thresholds of sequential seeds. Plain numpy/scipy on arrays; the
 DataFrame side is `ablate.analysis`. The rules these implement are in STATISTICS.md.
 
 Why Student t and the paired t-test: over 2-10 seeds a percentile bootstrap of the mean is
@@ -8,7 +9,7 @@ benchmarks/coverage.py); the t interval is exact for normal noise and close for 
 noise of paired differences. The p-value comes from the same t statistic, so "the interval
 excludes 0" and "p < 0.05" agree before multiple-comparison correction. The exact sign-flip
 test was not kept: with n paired seeds its smallest p is 2/2^n (0.25 at n=3), so no effect
-could ever pass a Holm-corrected 5% level below 7 seeds, whatever its size.
+could ever pass a 5% level split over a family below 7 seeds, whatever its size.
 """
 from __future__ import annotations
 
@@ -77,21 +78,6 @@ def p_improve(diffs) -> float:
     return float((np.sum(d > 0) + 0.5 * np.sum(d == 0)) / len(d))
 
 
-def holm(pvalues) -> np.ndarray:
-    """Holm's step-down adjustment of a family of p-values (NaNs are not part of the family
-    and stay NaN): sort ascending, p_(i) · (m − i + 1), running maximum, capped at 1."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    if not len(ok):
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    m = len(order)
-    adjusted = np.maximum.accumulate(p[order] * (m - np.arange(m)))
-    out[order] = np.minimum(adjusted, 1.0)
-    return out
-
-
 def majority_bar(dataset: dict | None, split: str = "val") -> dict | None:
     """What predicting the majority class everywhere scores on `split`: its pixel accuracy is
     the majority share of non-void pixels; its mIoU is that share / the number of classes
@@ -129,9 +115,10 @@ def _clean(values) -> np.ndarray:
 # --------------------------------------------------------------------------- decisions
 # Three verdicts per effect (STATISTICS.md): a difference ("helps" / "hurts": the paired
 # t-test rejects a zero mean), an equivalence ("no effect larger than δ": two one-sided
-# t-tests reject |mean| ≥ δ) or "inconclusive". Both hypotheses of every effect of one
-# architecture and metric form ONE family (Holm with Shaffer's logical relations), so the
-# chance of any false verdict word for that architecture and metric is at most ALPHA.
+# t-tests reject |mean| ≥ δ) or "inconclusive". The main effects of one architecture and
+# metric form ONE family, each at ALPHA / m (its two hypotheses cannot both be true), so the
+# chance of any false verdict word for that architecture and metric is at most ALPHA
+# (`analysis.verdicts.look`); over looks each test is group-sequential (`gs_boundaries`).
 HELPS, HURTS, EQUIVALENT, INCONCLUSIVE = "helps", "hurts", "no effect larger than δ", "inconclusive"
 
 
@@ -156,46 +143,6 @@ def tost_p(diffs, delta: float) -> float:
     return float(max(below, above))
 
 
-def family_adjust(p_diff, p_equiv) -> tuple[np.ndarray, np.ndarray]:
-    """Adjusted p-values of one family made of every effect's difference hypothesis (mean = 0)
-    and equivalence hypothesis (|mean| >= δ), NaN p-values not tested. Holm's step-down with
-    Shaffer's (1986) use of logical relations: the two hypotheses of one effect cannot both be
-    true, so at step r at most t_r = min(m, H − r + 1) true hypotheses remain (m effects tested,
-    H hypotheses), and the r-th smallest p is multiplied by t_r rather than by Holm's H − r + 1.
-    The family-wise error rate stays at the level the adjusted p is compared with."""
-    p_diff, p_equiv = np.asarray(p_diff, dtype=float), np.asarray(p_equiv, dtype=float)
-    p = np.concatenate([p_diff, p_equiv])
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    if not len(ok):
-        return out[:len(p_diff)], out[len(p_diff):]
-    m = int(np.sum(~(np.isnan(p_diff) & np.isnan(p_equiv))))
-    order = ok[np.argsort(p[ok], kind="stable")]
-    h = len(order)
-    weights = np.minimum(m, h - np.arange(h))
-    out[order] = np.minimum(np.maximum.accumulate(p[order] * weights), 1.0)
-    return out[:len(p_diff)], out[len(p_diff):]
-
-
-def decide(p_diff, p_equiv, estimates, *, alpha=ALPHA) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Verdicts for one family (an architecture and metric): every effect's difference and
-    equivalence hypotheses, adjusted together (`family_adjust`; NaN p-values are not tested).
-    Returns (verdicts, adjusted difference p, adjusted equivalence p). An effect whose
-    difference is rejected helps or hurts (its equivalence may be rejected too: a real effect
-    smaller than δ); else one whose equivalence is rejected has no effect larger than δ.
-    `alpha` may be a look's share of a spent error budget (`look_alpha`)."""
-    a_diff, a_equiv = family_adjust(p_diff, p_equiv)
-    verdicts = []
-    for est, pd_, pe in zip(estimates, a_diff, a_equiv):
-        if pd_ < alpha:
-            verdicts.append(HELPS if est > 0 else HURTS)
-        elif pe < alpha:
-            verdicts.append(EQUIVALENT)
-        else:
-            verdicts.append(INCONCLUSIVE)
-    return verdicts, a_diff, a_equiv
-
-
 def spent(fraction: float, *, alpha: float = ALPHA, shape: str = "pocock") -> float:
     """Lan-DeMets alpha spending: the share of `alpha` spent by information fraction
     `fraction` (n / n_max seeds). "pocock": alpha·ln(1 + (e − 1)·t); "obf" (O'Brien-Fleming):
@@ -210,17 +157,6 @@ def spent(fraction: float, *, alpha: float = ALPHA, shape: str = "pocock") -> fl
 
         return float(2 - 2 * norm.cdf(norm.ppf(1 - alpha / 2) / np.sqrt(t)))
     raise ValueError(f"unknown spending shape {shape!r}")
-
-
-def look_alpha(n: int, previous: list[int], n_max: int, *, alpha: float = ALPHA, shape: str = "pocock") -> float:
-    """The error budget a look at `n` seeds may use, after looks at `previous` seed counts:
-    the alpha spent between the last look and this one. Summed over every look it is at most
-    `alpha` (a Bonferroni bound over looks, valid whatever the correlation between them), so
-    deciding at any look keeps the family's error rate at `alpha` over all looks."""
-    last = max(previous, default=0)
-    if n <= last:
-        raise ValueError(f"a look at {n} seeds after one at {last}")
-    return spent(n / n_max, alpha=alpha, shape=shape) - spent(last / n_max, alpha=alpha, shape=shape)
 
 
 def seeds_to_decide(estimate: float, sd: float, *, delta: float, alpha: float, power: float = 0.8) -> int | None:

@@ -357,10 +357,6 @@ def test_two_seeds_say_not_enough_seeds():
 
 
 def test_interval_excluding_zero_is_not_enough_in_a_family():
-    # Three effects with p = 0.01, 0.02, 0.04: Holm gives 0.03, 0.04, 0.04 — and with p 0.04
-    # on the two others, none of the 0.02 / 0.04 pair survives when the first is 0.03.
-    assert stats.holm([0.01, 0.04, 0.02]).tolist() == pytest.approx([0.03, 0.04, 0.04])
-    assert stats.holm([0.04, 0.03, np.nan]).tolist()[:2] == pytest.approx([0.06, 0.06])
     # Two main effects whose intervals both exclude 0 (raw p 0.03 and 0.04): in their family each is
     # tested at α/2 = 0.025, so neither is decided.
     row = {"n": 5, "estimate": 0.02, "excludes_zero": True, "kind": "main", "unlearned": "", "zero_spread": False}
@@ -386,29 +382,6 @@ def test_interval_excluding_zero_is_not_enough_in_a_family():
     assert analysis.look(rows[1:], delta=0.01).verdicts == {"b": "helps"}
     seq = analysis.look(rows[1:], delta=0.01, looks=(3, 5), n_max=10)
     assert seq.level == 0.05 and seq.threshold < 0.04 and seq.verdicts == {"b": "inconclusive"}
-
-
-def test_shaffer_family_adjustment_hand_computed():
-    # Two effects, H = 4 hypotheses: p_diff (0.01, 0.30), p_equiv (0.80, 0.02). Sorted 0.01, 0.02, 0.30, 0.80;
-    # at most min(m, H − r + 1) = 2, 2, 2, 1 of them can be true → 0.02, 0.04, 0.60, 0.80 (running max).
-    diff, equiv = stats.family_adjust([0.01, 0.30], [0.80, 0.02])
-    assert diff.tolist() == pytest.approx([0.02, 0.60]) and equiv.tolist() == pytest.approx([0.80, 0.04])
-    # Holm on the same four would multiply by 4, 3, 2, 1: Shaffer is never larger
-    holm = stats.holm([0.01, 0.30, 0.80, 0.02])
-    assert holm.tolist() == pytest.approx([0.04, 0.60, 0.80, 0.06])
-    assert np.all(np.concatenate([diff, equiv]) <= holm + 1e-12)
-    # A third effect (p 0.5, 0.5) joins the family: H = 6, multipliers min(3, 6, 5, ...) = 3, 3, 3, 3, 2, 1, so
-    # the same two effects' adjusted p can only rise: 0.02 → 0.03 and 0.04 → 0.06 (equivalence no longer at 5%).
-    diff3, equiv3 = stats.family_adjust([0.01, 0.30, 0.5], [0.80, 0.02, 0.5])
-    assert diff3.tolist() == pytest.approx([0.03, 0.90, 1.0]) and equiv3.tolist() == pytest.approx([1.0, 0.06, 1.0])
-    assert np.all(diff3[:2] >= diff) and np.all(equiv3[:2] >= equiv)
-    verdicts2, _, _ = stats.decide([0.01, 0.30], [0.80, 0.02], [0.03, 0.001])
-    verdicts3, _, _ = stats.decide([0.01, 0.30, 0.5], [0.80, 0.02, 0.5], [0.03, 0.001, 0.01])
-    assert verdicts2 == ["helps", "no effect larger than δ"]
-    assert verdicts3 == ["helps", "inconclusive", "inconclusive"]
-    # NaN p-values are not tested and do not count
-    d, e = stats.family_adjust([0.01, np.nan], [0.80, np.nan])
-    assert d[0] == pytest.approx(0.01) and e[0] == pytest.approx(0.80) and np.isnan(d[1]) and np.isnan(e[1])
 
 
 def test_more_main_effects_in_one_family_only_lower_each_level():

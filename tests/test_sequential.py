@@ -67,7 +67,8 @@ def test_group_sequential_thresholds_spend_the_level_as_promised(sided):
         p = 2 * sp.t.sf(np.abs(t), n - 1) if sided == 2 else sp.t.sf(t, n - 1)
         crossed |= p <= c
         assert crossed.mean() == pytest.approx(stats.spent(n / 10, alpha=level), rel=0.12)
-    bonferroni = [stats.look_alpha(n, list(looks[:i]), 10, alpha=level) for i, n in enumerate(looks)]
+    spent = [stats.spent(n / 10, alpha=level) for n in (0, *looks)]
+    bonferroni = np.diff(spent)  # each look at its own share: valid whatever the correlation, and stricter
     assert all(c > b for c, b in zip(thresholds[1:], bonferroni[1:]))
 
 

@@ -36,7 +36,8 @@ def test_a_clear_winner_is_decided_at_three_seeds():
     values = _values(t12=[0.62, 0.60, 0.61], t7=[0.52, 0.51, 0.53])
     look = tuning.take_look(values, [12, 7], 3, [], 0.01)
     [row] = look["comparisons"]
-    assert look["alpha"] == pytest.approx(stats.look_alpha(3, [], 10))
+    # one comparison: level α; the first of the looks at 3..10 seeds spends Pocock's share of it
+    assert look["level"] == stats.ALPHA and look["threshold"] == pytest.approx(stats.spent(0.3))
     assert row["verdict"] == stats.HELPS and row["pairs"] == 3
     assert row["estimate"] == pytest.approx(np.mean([0.10, 0.09, 0.08]))
     assert row["ci95"] == pytest.approx(list(stats.t_interval([0.10, 0.09, 0.08])))
@@ -112,6 +113,27 @@ def test_a_family_of_comparisons_is_decided_together_and_keeps_first_verdicts():
     outcome = confirming.outcomes([first, later])
     assert outcome[2][0] == 3 and outcome[2][1]["verdict"] == stats.HELPS
     assert outcome[3][0] == 5
+
+
+def test_the_family_keeps_its_error_rate_over_every_look():
+    """600 confirmations of K = 3 whose truth sits on the boundary of both wrong answers: the
+    winner equals trial 2 (helps / hurts would be false) and leads trial 3 by exactly δ
+    (equivalent would be false). Over every look the share with any false verdict stays at
+    about α or less; dropping the group-sequential thresholds (testing each look at α/2)
+    makes it 9% (55 of 600)."""
+    rng, delta, false = np.random.default_rng(1), 0.01, 0
+    for _ in range(600):
+        base = rng.normal(0.5, 0.02, 10)
+        values = {1: base + rng.normal(0, 0.01, 10), 2: base + rng.normal(0, 0.01, 10),
+                  3: base - delta + rng.normal(0, 0.01, 10)}
+        looks = []
+        for n in tuning.LOOKS:
+            cut = {t: {s: float(v[s]) for s in range(n)} for t, v in values.items()}
+            looks.append(tuning.take_look(cut, [1, 2, 3], n, [lk["n"] for lk in looks], delta))
+        assert looks[0]["level"] == stats.ALPHA / 2
+        words = {other: row["verdict"] for other, (_, row) in confirming.outcomes(looks).items()}
+        false += words[2] in (stats.HELPS, stats.HURTS) or words[3] == stats.EQUIVALENT
+    assert false / 600 <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / 600)
 
 
 def test_a_bound_next_to_zero_keeps_its_sign():

@@ -1,6 +1,6 @@
 """Analysis stage: pure functions over what `ablate.results` returns (a study's table and run
 records) → DataFrames and plain data: per-cell Student-t intervals over seeds, paired tests
-against the reference cell, 2^k and other factorial effects, Holm-corrected verdicts, learning
+against the reference cell, 2^k and other factorial effects, the three verdicts (one family per architecture), learning
 flags, the Findings summary, architecture ranking, cost Pareto front, and the tuner's
 expected-best-vs-budget curve (the numerics are in `ablate.stats`). No file or storage I/O
 and no model runs here; `ablate.report` only draws what these return.

@@ -5,9 +5,10 @@ paired by seed, until every comparison is decided or `MAX_SEEDS` seeds are spent
 A search's best is the largest of many noisy values: part of its lead is the luck of its one
 seed. The search's seed picked the candidates, so its values are not reused: the seeds here
 are the next ones (seed + 1, ...). At each look (`LOOKS`: 3, 5, 7, 10 seeds) the K − 1
-comparisons are one family, a paired t-test (difference) and two one-sided tests within ±δ
-(equivalence) each, adjusted together at the share of α = 0.05 the look may spend
-(`stats.decide`, `stats.look_alpha`: Lan-DeMets, Pocock); a comparison keeps the first verdict
+comparisons are one family, decided as the grid decides an architecture's main effects
+(`analysis.verdicts.look`): each comparison's paired t-test (difference) and two one-sided
+tests within ±δ (equivalence) run at α/(K − 1), each a group-sequential test over the looks
+(Lan-DeMets Pocock thresholds, `stats.gs_boundaries`); a comparison keeps the first verdict
 it gets. The runs are trials of the study `<study>-confirm` in the tune's storage, claimed
 under the tune's lock, and each look is recorded there once taken: a rerun, or another
 machine running the same command, continues and never decides a look again.
@@ -28,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablate import record as records
 from ablate import stats, store, workers
+from ablate.analysis import verdicts
 from ablate.config import stable_hash
 from ablate.errors import AblateError
 from ablate.results.best import rank
@@ -83,27 +85,31 @@ def seeds_for(base_seed: int) -> list[int]:
 def take_look(values: dict[int, dict[int, float]], order: list[int], n: int, previous: list[int],
               delta: float) -> dict:
     """One look at `n` seeds: the winner (`order[0]`) against each other candidate, paired by
-    seed over the seeds both finished. `values`: trial number -> {seed: val mIoU} of the look's
-    seeds; `previous`: the seed counts of the looks already taken (their α is spent)."""
+    seed over the seeds both finished, judged as one family (`verdicts.look`: α/(K − 1) each,
+    group-sequential over the looks). `values`: trial number -> {seed: val mIoU} of the look's
+    seeds; `previous`: the seed counts of the looks already taken."""
     winner = order[0]
-    rows, p_diff, p_equiv, estimates = [], [], [], []
+    rows, tested = [], []
     for other in order[1:]:
         seeds = sorted(set(values.get(winner, {})) & set(values.get(other, {})))
         d = np.array([values[winner][s] - values[other][s] for s in seeds], dtype=float)
         flat = _zero_spread(d)
         testable = len(d) >= stats.MIN_VERDICT_N and not flat
-        p_diff.append(stats.paired_t_p(d) if testable else math.nan)
-        p_equiv.append(stats.tost_p(d, delta) if testable else math.nan)
-        estimates.append(float(d.mean()) if len(d) else math.nan)
-        rows.append({"other": other, "pairs": len(d), "estimate": _finite(estimates[-1]),
-                     "ci95": _interval(d, 0.95), "ci90": _interval(d, 0.90),
-                     "zero_spread": flat})
-    alpha = stats.look_alpha(n, previous, MAX_SEEDS)
-    verdicts, a_diff, a_equiv = stats.decide(p_diff, p_equiv, estimates, alpha=alpha)
-    for row, verdict, pd_, pe in zip(rows, verdicts, a_diff, a_equiv):
-        row.update(verdict=ZERO_SPREAD if row["zero_spread"] else verdict, p_diff=_finite(pd_), p_equiv=_finite(pe))
+        estimate = float(d.mean()) if len(d) else math.nan
+        rows.append({"other": other, "pairs": len(d), "estimate": _finite(estimate),
+                     "ci95": _interval(d, 0.95), "ci90": _interval(d, 0.90), "zero_spread": flat})
+        tested.append({"effect": str(other), "n": len(d), "estimate": estimate, "zero_spread": flat,
+                       "p_value": stats.paired_t_p(d) if testable else math.nan,
+                       "p_equiv": stats.tost_p(d, delta) if testable else math.nan})
+    decision = verdicts.look(tested, delta=delta, looks=(*previous, n), n_max=MAX_SEEDS)
+    for row in rows:
+        word = decision.verdicts[str(row["other"])]
+        row.update(verdict=word if word in CLOSED else (ZERO_SPREAD if row["zero_spread"] else stats.INCONCLUSIVE),
+                   p_diff=_finite(decision.p_diff.get(str(row["other"]), math.nan)),
+                   p_equiv=_finite(decision.p_equiv.get(str(row["other"]), math.nan)))
         row["words"] = WORDS[row["verdict"]]
-    return {"n": n, "alpha": alpha, "comparisons": rows}
+    return {"n": n, "level": decision.level, "threshold": decision.threshold,
+            "threshold_equiv": decision.threshold_equiv, "comparisons": rows}
 
 
 def _zero_spread(d: np.ndarray) -> bool:
@@ -153,8 +159,9 @@ def sentences(conf: dict) -> list[str]:
     k = len(conf["candidates"]) - 1
     out.append(f"Fresh seeds {seeds[0]}–{seeds[-1]} (seed {seeds[0] - 1} picked the candidates), paired by seed; "
                f"{k} comparison{'s' * (k > 1)} with the winner, each a paired t-test and an equivalence test within "
-               f"±δ = {conf['delta']:g}, adjusted together at each look (3, 5, 7, 10 seeds), which spends its share "
-               "of α = 0.05 (Lan–DeMets, Pocock).")
+               f"±δ = {conf['delta']:g}, at α/{k} = {stats.ALPHA / k:.4g} each, group-sequential over the looks at "
+               "3, 5, 7 and 10 seeds (Lan–DeMets Pocock thresholds), so the chance of any false verdict is at most "
+               f"α = {stats.ALPHA:g}.")
     return out
 
 
@@ -374,4 +381,4 @@ def _means(runs: ConfirmRuns, order: list[int], seeds: list[int], values: dict[i
 
 def _look_line(look: dict) -> str:
     parts = [f"vs trial {row['other']}: {row['words']}" for row in look["comparisons"]]
-    return f"look at {look['n']} seeds (α {look['alpha']:.4f}): " + "; ".join(parts)
+    return f"look at {look['n']} seeds (p ≤ {look['threshold']:.4f} decides): " + "; ".join(parts)
