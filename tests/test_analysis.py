@@ -638,3 +638,18 @@ def test_a_missing_level_cell_is_an_incomplete_design():
     runs = runs[~((runs["loss"] == "focal") & (runs["optimizer"] == "sgd"))]
     effects = analysis.factorial_effects(runs)
     assert effects["estimate"].isna().all() and "loss=focal optimizer=sgd" in effects["ci_method"].iloc[0]
+
+
+def test_the_overview_gives_each_architectures_seeds_when_sequential_seeds_stopped_them_apart(tmp_path):
+    """unet ran 5 seeds, baseline stopped at 3: the overview's seeds are 0-4, and it says per
+    architecture how many each ran; with equal counts it says nothing more."""
+    rows = [{"model": m, "seed": s, "status": "completed", "seconds": 1.0}
+            for m, n in (("unet", 5), ("baseline", 3)) for s in range(n)]
+    study = results.Study(name="s", folder=tmp_path, kind="grid", meta={}, table=pd.DataFrame(rows))
+    ov = analysis.overview(study)
+    assert ov["seeds"] == [0, 1, 2, 3, 4] and ov["seeds_per_model"] == {"baseline": 3, "unet": 5}
+    even = results.Study(name="s", folder=tmp_path, kind="grid", meta={}, table=pd.DataFrame(rows[:5] + [
+        {**r, "model": "baseline"} for r in rows[:5]]))
+    assert analysis.overview(even)["seeds_per_model"] == {}
+    from ablate.report.sections import per_model_seeds
+    assert per_model_seeds(ov["seeds_per_model"]) == "; per architecture: baseline 3, unet 5"

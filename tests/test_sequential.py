@@ -174,6 +174,9 @@ def test_a_grid_with_every_effect_decided_at_three_seeds_runs_three(tmp_path, ca
     assert "stage: unet: decided at 3 seeds; 12 runs (a fixed design at 4 seeds: 16)" in result.output
     status = CliRunner().invoke(main, ["status", "--study-name", "seq", "--results-dir", str(results)])
     assert "unet: decided at 3 seeds; 12 runs (a fixed design at 4 seeds: 16)" in status.output
+    # the 4th seed's cells were never needed: runs.csv does not list them as pending
+    runs = pd.read_csv(results / "seq" / "runs.csv")
+    assert len(runs) == 12 and set(runs["status"]) == {"completed"} and set(runs["seed"]) == {0, 1, 2}
     # a rerun agrees: no new look, no new cell
     again = CliRunner().invoke(main, ["grid", *args])
     assert again.exit_code == 0 and len(grids.GridStorage(url, "seq").trials()) == 12
@@ -196,8 +199,8 @@ def test_an_undecided_effect_gets_more_seeds_and_the_report_says_where_it_stands
     trials = grids.GridStorage(url, "seq").trials()
     assert len(trials) == 16 and all(t.state == TrialState.COMPLETE for t in trials)
     html = (results / "seq" / "report.html").read_text()
-    assert ("<h4>unet <span class='stage'>(undecided at the maximum (4 seeds); 16 runs (a fixed design at 4 seeds: "
-            "16))</span>") in html
+    assert ("<h4>unet <span class='stage'>— undecided at the maximum (4 seeds); 16 runs (a fixed design at 4 seeds: "
+            "16)</span>") in html
     effects = pd.read_csv(results / "seq" / "effects.csv")
     w = effects[(effects["effect"] == "weighted_loss") & (effects["metric"] == "test_miou")].iloc[0]
     assert w["verdict"] == "helps" and w["decided_at"] == 3 and w["n"] == 4

@@ -19,14 +19,16 @@ TRACEBACK_LINES = 12
 
 
 def overview(study: Study) -> dict:
-    """Dataset, hardware, seeds, run counts and total compute, as plain data."""
-    t = study.table
+    """Dataset, hardware, seeds (and, where architectures ran different counts, each one's),
+    run counts and total compute, as plain data."""
+    t, per_model = study.table, {}
     if study.kind == "tune":
         counts = trial_states(t).value_counts().to_dict() if not t.empty else {}
         seeds = sorted({r["config"]["seed"] for r in study.records.values() if r.get("config")})
     else:
         counts = t["status"].astype(str).value_counts().to_dict() if "status" in t else {}
         seeds = sorted(pd.to_numeric(t["seed"], errors="coerce").dropna().astype(int).unique().tolist()) if "seed" in t else []
+        per_model = t.groupby("model")["seed"].nunique().to_dict() if {"model", "seed"} <= set(t) else {}
     hardware: dict[tuple, int] = {}
     for rec in study.records.values():
         env = rec.get("environment") or {}
@@ -38,7 +40,8 @@ def overview(study: Study) -> dict:
         "kind": study.kind, "storage": study.meta.get("storage"), "dataset": study.dataset,
         "hardware": [dict(zip(("device_name", "device", "threads", "precision", "torch", "python"), k), runs=n)
                      for k, n in hardware.items()],
-        "seeds": seeds, "counts": {str(k): int(v) for k, v in counts.items()}, "total_seconds": float(seconds),
+        "seeds": seeds, "seeds_per_model": {str(k): int(v) for k, v in per_model.items()}
+        if len(set(per_model.values())) > 1 else {}, "counts": {str(k): int(v) for k, v in counts.items()}, "total_seconds": float(seconds),
     }
 
 

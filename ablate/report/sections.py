@@ -32,7 +32,7 @@ def overview(study: Study, ov: dict, setup: pd.DataFrame) -> str:
                     f"images per split: {sizes or '?'}"),
         ("Classes", f"{len(names)} — {classes} <small>(share of non-void train pixels)</small>"),
         ("Hardware", f"<ul>{hardware}</ul>"),
-        ("Seeds", seeds_text(ov["seeds"])),
+        ("Seeds", seeds_text(ov["seeds"]) + per_model_seeds(ov.get("seeds_per_model") or {})),
         ("Training", training_setup(setup)),
         (unit.capitalize(), counts),
         ("Total compute", f"{duration(ov['total_seconds'])} (sum of run wall times)"),
@@ -50,6 +50,11 @@ def training_setup(setup: pd.DataFrame) -> str:
                     f"weights {esc(r.weights)}; val/test metrics at {esc(r.metrics)} resolution</li>"
                     for r in setup.itertuples())
     return f"<ul>{items}</ul>"
+
+
+def per_model_seeds(counts: dict[str, int]) -> str:
+    """'; per architecture: unet 10, baseline 3' where sequential seeds stopped them apart."""
+    return ("; per architecture: " + ", ".join(f"{esc(m)} {n}" for m, n in counts.items())) if counts else ""
 
 
 def seeds_text(seeds: list[int]) -> str:
@@ -76,7 +81,7 @@ def findings(f: analysis.Findings) -> str:
         if len(f.design) > 1:
             body += f"<pre class='design'>{esc(chr(10).join(f.design[1:]))}</pre>"
     for a in f.archs:
-        stage = f" <span class='stage'>({esc(a.stage)})</span>" if a.stage else ""
+        stage = f" <span class='stage'>— {esc(a.stage)}</span>" if a.stage else ""
         flags = "".join(f"<li class='flag'>{esc(what)}: {esc(', '.join(cells))}</li>"
                         for what, cells in flag_groups(a.flagged).items())
         body += f"<h4>{esc(a.arch)}{stage}</h4>" + decisions_table(a) + (f"<ul>{flags}</ul>" if flags else "")

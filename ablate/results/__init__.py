@@ -14,7 +14,7 @@ so a grid worker can use the cell states and the rule.
 """
 from ablate.results.best import Run, best_grid_runs, best_runs, rank
 from ablate.results.cells import (GRID_KIND, RUN_COLUMNS, CellState, cell_states, charged_failures, failure_reason,
-                                  grid_meta, runs_table, trial_label)
+                                  grid_meta, runs_table, study_cells, trial_label)
 from ablate.results.exports import TABLES, write_tables
 from ablate.results.load import open_optuna, open_stored_study, open_study, optuna_study
 from ablate.results.study import NoCheckpoint, Study, ValImages, gallery_images
@@ -24,7 +24,7 @@ from ablate.results.trials import (META_ATTR, TRIAL_COLUMNS, TUNE_ATTR, best_tri
 __all__ = [
     "Run", "best_grid_runs", "best_runs", "rank",
     "GRID_KIND", "RUN_COLUMNS", "CellState", "cell_states", "charged_failures", "failure_reason", "grid_meta",
-    "runs_table", "trial_label",
+    "runs_table", "study_cells", "trial_label",
     "TABLES", "write_tables",
     "open_optuna", "open_stored_study", "open_study", "optuna_study",
     "NoCheckpoint", "Study", "ValImages", "gallery_images",

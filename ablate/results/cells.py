@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablate import store, workers
 from ablate.config import TOGGLES
+from ablate.seedplan import open_cells, plan_of
 
 if TYPE_CHECKING:  # pandas is imported where a table is built: a grid worker never needs it
     import pandas as pd
@@ -140,6 +141,13 @@ def cells_per_seed(cells: list[dict]) -> dict[str, int]:
         if c["seed"] == first:
             out[c["model"]] = out.get(c["model"], 0) + 1
     return out
+
+
+def study_cells(attrs: dict[str, Any]) -> list[dict]:
+    """The cells (briefs) a grid study runs: every cell of a fixed design; in a sequential one
+    (`--seeds auto`), each architecture's cells of the seeds its stages have opened; the
+    others are not needed (yet), so no table lists them as pending."""
+    return open_cells(attrs.get("cells") or [], attrs, plan_of(attrs))
 
 
 def grid_meta(name: str, url: str, attrs: dict[str, Any]) -> dict[str, Any]:

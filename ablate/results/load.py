@@ -12,7 +12,7 @@ import optuna
 from ablate import record as records
 from ablate import store
 from ablate.errors import AblateError
-from ablate.results.cells import GRID_KIND, cell_states, grid_meta, runs_table
+from ablate.results.cells import GRID_KIND, cell_states, grid_meta, runs_table, study_cells
 from ablate.results.study import Study
 from ablate.results.trials import is_tune, trials_frame, tune_meta
 
@@ -85,7 +85,7 @@ def open_stored_study(results_dir: str | Path, study_name: str, url: str, *, art
         finished = [(str(t.number), t, f"trial {t.number}") for t in trials
                     if t.state != optuna.trial.TrialState.RUNNING]
     elif attrs.get("kind") == GRID_KIND:
-        cells = attrs.get("cells") or []
+        cells = study_cells(attrs)
         study = Study(name=study_name, folder=folder, kind="grid", meta=grid_meta(study_name, url, attrs),
                       table=runs_table(cells, trials, folder=folder), pruned=store.pruned_ids(attrs),
                       source="storage", storage_url=url)
