@@ -294,3 +294,7 @@ def test_the_command_prints_the_decision_and_the_report_shows_search_and_confirm
     assert ('<td data-v="batch_size">batch_size</td><td data-v="choice">choice</td><td data-v="8, 16, 32">8, 16, 32</td>'
             '<td data-v="False">no</td><td data-v="16">16</td>') in html
     assert "3. Confirmation of the winner</h3>" in html and conf["sentences"][0].replace("'", "&#x27;") in html
+    # each look's p-values beside its group-sequential thresholds (first look of two candidates: Pocock's share of α)
+    first = conf["looks"][0]
+    assert "<th>threshold (difference / equivalence)</th>" in html
+    assert f"{first['threshold']:.4g} / {first['threshold_equiv']:.4g}" in html

@@ -84,7 +84,7 @@ def _space_table(meta: dict) -> str:
 
 def _confirmation(conf: dict | None) -> str:
     """The confirmation's sentences, each candidate's values over the seeds, and each comparison
-    with the winner (difference, intervals, adjusted p-values, verdict)."""
+    with the winner (difference, intervals, p-values beside the look's thresholds, verdict)."""
     if not conf:
         return note("Not confirmed: rerun the same `ablate tune` command with --confirm 2 to compare the best two "
                     "configurations over seeds.")
@@ -104,13 +104,15 @@ def _confirmation(conf: dict | None) -> str:
             comparisons.append([(esc(look["n"]), look["n"]), (esc(f"{winner} − {r['other']}"), r["other"]),
                                 (esc(r["pairs"]), r["pairs"]), (num(r["estimate"], 4), r["estimate"]),
                                 (f"[{num(ci[0], 4)}, {num(ci[1], 4)}]", ci[0]), (num(r["p_diff"], 4), r["p_diff"]),
-                                (num(r["p_equiv"], 4), r["p_equiv"]), (f"{look['alpha']:.4f}", look["alpha"]),
+                                (num(r["p_equiv"], 4), r["p_equiv"]),
+                                    (f"{look['threshold']:.4g} / {look['threshold_equiv']:.4g}", look["threshold"]),
                                 (esc(r.get("words", r["verdict"])), r["verdict"])])
     return out + ("<h4>Looks</h4><p class='explain'>Each look's family of comparisons (val mIoU, winner − other, "
-                  "paired by seed), its adjusted p-values and the α it could spend; a comparison keeps the first "
-                  "verdict it gets.</p>" + table(["seeds", "comparison", "pairs", "difference", "95% CI",
-                                                  "p (difference, adj.)", "p (equivalence, adj.)", "α of the look",
-                                                  "verdict"], comparisons) if comparisons else "")
+                  "paired by seed): each p is decided by the look's group-sequential threshold (level α/(K − 1) "
+                  "per comparison, spent over the looks); a comparison keeps the first verdict it gets.</p>"
+                  + table(["seeds", "comparison", "pairs", "difference", "95% CI", "p (difference)",
+                           "p (equivalence)", "threshold (difference / equivalence)", "verdict"], comparisons)
+                  if comparisons else "")
 
 
 def _short_params(params: dict) -> str:
