@@ -52,13 +52,14 @@ def plan_of(attrs: dict[str, Any]) -> SeedPlan | None:
 
 
 def open_seeds(seeds: list[int], record: dict | None, plan: SeedPlan) -> list[int]:
-    """The seeds an architecture's cells run: the first `target` of the study's seeds (the
-    last look's count once it stopped)."""
+    """The seeds an architecture's cells run: the first `target` of the study's seeds; once it
+    stopped, the most it ever opened (`opened`; a look's count can be lower when a cell failed
+    for good, and that cell's seed still ran)."""
     record = record or {}
     looks = record.get("looks") or []
     n = record.get("target", plan.min)
     if n is None:
-        n = looks[-1]["n"] if looks else plan.min
+        n = record.get("opened") or (looks[-1]["n"] if looks else plan.min)
     return sorted(seeds)[:n]
 
 

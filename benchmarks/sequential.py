@@ -44,7 +44,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ablate import analysis, stats  # noqa: E402
 from ablate.seedplan import SeedPlan  # noqa: E402
-from ablate.analysis.verdicts import DECIDED, first_decisions  # noqa: E402
+from ablate.decisions import DECIDED, first_decisions  # noqa: E402
 from ablate.grid.stages import next_target, take_look  # noqa: E402
 
 BASE, SEED_SD, RUN_SD = 0.40, 0.02, 0.02

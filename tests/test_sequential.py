@@ -72,6 +72,27 @@ def test_group_sequential_thresholds_spend_the_level_as_promised(sided):
     assert all(c > b for c, b in zip(thresholds[1:], bonferroni[1:]))
 
 
+def test_a_stopped_architecture_keeps_every_seed_it_opened_when_a_cell_failed_for_good():
+    """Stage 5 opened seeds 0-4; one cell failed for good, so the look counts 4 complete seeds
+    and the architecture stops. Its opened seeds stay 0-4 (seed 4's runs ran and are reported),
+    and the tables list every cell with a trial even without the record's `opened`."""
+    from optuna.trial import create_trial
+
+    from ablate import results
+    from ablate.seedplan import open_seeds
+
+    plan, seeds = SeedPlan(3, 10), list(range(10))
+    record = {"looks": [{"n": 3}, {"n": 4}], "target": None, "opened": 5}
+    assert open_seeds(seeds, record, plan) == [0, 1, 2, 3, 4]
+    assert open_seeds(seeds, {**record, "opened": None}, plan) == [0, 1, 2, 3]  # a record from before `opened`
+    cells = [{"cell_id": f"c{s}", "model": "unet", "seed": s} for s in seeds]
+    attrs = {"cells": cells, "decisions": {"sequential": plan.to_dict()},
+             "stages": {"unet": {**record, "opened": None}}}
+    ran = [create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs={"cell_id": "c4"})]
+    assert [c["seed"] for c in results.study_cells(attrs, ran)] == [0, 1, 2, 3, 4]
+    assert [c["seed"] for c in results.study_cells(attrs, [])] == [0, 1, 2, 3]
+
+
 # --------------------------------------------------------------------------- stage logic
 def _runs(effects: dict[str, float], n_seeds: int, noise: float = NOISE_SD, seed: int = 0) -> pd.DataFrame:
     """A 2^2 toggle grid of one architecture: test mIoU 0.5 + planted main effects + run noise."""

@@ -249,3 +249,20 @@ def test_a_grid_worker_runs_a_cell_without_the_analysis_libraries(tmp_path, cach
                          text=True, check=True, timeout=600)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"status": ["completed"], "loaded": []}
+
+
+TUNE_WORKER = """
+import json, sys
+from ablate import workers
+for module in [*workers.PRELOAD, "ablate.tune.search", "ablate.tune.confirm"]:  # what the tune's worker server imports
+    __import__(module)
+print(json.dumps(sorted(m for m in ("pandas", "scipy.stats", "plotly") if m in sys.modules)))
+"""
+
+
+def test_a_tune_worker_server_holds_no_analysis_libraries():
+    """The tuner's worker server (`warm_up("ablate.tune.search")`) and its confirmation decide
+    without pandas, scipy.stats or plotly: the family's decision (`ablate.decisions`) is plain
+    data, and the words and tables of the analysis are for the report."""
+    out = subprocess.run([sys.executable, "-c", TUNE_WORKER], capture_output=True, text=True, check=True, timeout=300)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

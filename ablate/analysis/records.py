@@ -19,8 +19,8 @@ TRACEBACK_LINES = 12
 
 
 def overview(study: Study) -> dict:
-    """Dataset, hardware, seeds (and, where architectures ran different counts, each one's),
-    run counts and total compute, as plain data."""
+    """Dataset, hardware, seeds (and, where architectures completed different numbers of seeds,
+    as sequential seeds make them, each one's), run counts and total compute, as plain data."""
     t, per_model = study.table, {}
     if study.kind == "tune":
         counts = trial_states(t).value_counts().to_dict() if not t.empty else {}
@@ -28,7 +28,8 @@ def overview(study: Study) -> dict:
     else:
         counts = t["status"].astype(str).value_counts().to_dict() if "status" in t else {}
         seeds = sorted(pd.to_numeric(t["seed"], errors="coerce").dropna().astype(int).unique().tolist()) if "seed" in t else []
-        per_model = t.groupby("model")["seed"].nunique().to_dict() if {"model", "seed"} <= set(t) else {}
+        done = t[t["status"] == "completed"] if {"model", "seed", "status"} <= set(t) else t.iloc[0:0]
+        per_model = done.groupby("model")["seed"].nunique().to_dict() if len(done) else {}
     hardware: dict[tuple, int] = {}
     for rec in study.records.values():
         env = rec.get("environment") or {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ablate.analysis.verdicts import DECIDED, NO_ESTIMATE, UNLEARNED, ZERO_SPREAD, Look, first_decisions
+from ablate.decisions import DECIDED, NO_ESTIMATE, UNLEARNED, ZERO_SPREAD, Look, first_decisions
 from ablate.results import cells as results_cells
 from ablate.seedplan import STAGES_ATTR, SeedPlan, open_seeds, plan_of  # noqa: F401  (the read side's names)
 

@@ -111,6 +111,8 @@ class GridStorage:
         """Create a RUNNING trial for the waiting cell expected to take longest (`longest_first`),
         or return None. With sequential seeds (`plan`), the looks that are due are taken first
         (`stages.advance`) and only the open seeds' cells are claimed."""
+        if plan is not None:  # a look is an analysis (pandas): imported before the lock, not while others wait
+            from ablate.grid import stages  # noqa: F401
         with self.lock():
             sid = self.study_id()
             trials = self.storage.get_all_trials(sid, deepcopy=False)
@@ -130,7 +132,7 @@ class GridStorage:
     def _open(self, sid: int, cells: list[Cell], trials: list[FrozenTrial], plan: SeedPlan, delta: float,
               max_retries: int) -> list[Cell]:
         """The cells open now, after recording the looks that are due (under the lock). A look
-        is an analysis (pandas), imported here so that a fixed grid's workers never load it."""
+        is an analysis (pandas): only a sequential grid's workers import it (`claim`)."""
         from ablate.grid.stages import advance
 
         attrs = self.storage.get_study_user_attrs(sid)

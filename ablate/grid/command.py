@@ -10,7 +10,7 @@ from typing import Any
 import click
 import optuna
 
-from ablate import store, workers
+from ablate import results, store, workers
 from ablate.errors import AblateError
 from ablate.grid.claims import GridStorage, Progress, check_same_grid, progress
 from ablate.grid.definition import (KIND, Cell, Datasets, check_cells, check_models, definition, expand,
@@ -18,7 +18,6 @@ from ablate.grid.definition import (KIND, Cell, Datasets, check_cells, check_mod
 from ablate.grid.console import CellPrinter, print_dry_run, print_start, print_status, print_summary, quietly
 from ablate.grid.run import run_workers
 from ablate.analysis.sequential import summary_lines
-from ablate.seedplan import open_cells, plan_of
 from ablate.grid.study import GridStudy, read_grid_study
 from ablate.grid.tables import prune_checkpoints, write_study_json, write_tables
 from ablate.studyfile import read_toml
@@ -73,8 +72,8 @@ def grid_status(study_name: str | None, *, storage: str | None, results_dir: Pat
     url = storage or store.default_storage(results_dir, name)
     gs = open_grid_storage(url, name)
     attrs = gs.study_attrs() or {}
-    cells = open_cells(attrs.get("cells") or [], attrs, plan_of(attrs))
-    print_status(name, url, progress(cells, gs.trials()), summary_lines(attrs))
+    trials = gs.trials()
+    print_status(name, url, progress(results.study_cells(attrs, trials), trials), summary_lines(attrs))
 
 
 def open_grid_storage(url: str, name: str) -> GridStorage:

@@ -1,6 +1,6 @@
 """Grid stage, sequential seeds (`ablate grid --seeds auto`): each architecture runs its
 minimum of seeds, then, at each look, the family of its main effects is judged at that look's
-share of the error budget; an architecture with an effect still undecided gets the next stage
+group-sequential thresholds; an architecture with an effect still undecided gets the next stage
 of seeds, until every effect is decided or the maximum is reached.
 
 Error control over the looks: each main effect's tests run at level α/m (m main effects; an
@@ -24,7 +24,7 @@ import pandas as pd
 from ablate.analysis.effects import factorial_effects
 from ablate.analysis.runs import completed_runs, primary_metric
 from ablate.analysis.sequential import FINAL
-from ablate.analysis.verdicts import Look, first_decisions, look
+from ablate.decisions import Look, first_decisions, look
 from ablate.results.cells import cell_states, runs_table
 from ablate.seedplan import STAGES_ATTR, SeedPlan, open_cells
 
@@ -80,8 +80,9 @@ def _look_at(record: dict, cells: list[dict], trials: list, attrs: dict, plan: S
     new = None if runs.empty else take_look(runs, metric, plan, previous, delta=delta)
     looks = previous + ([new] if new is not None else [])
     target = next_target(looks, plan) if new is not None else None
+    opened = max(record.get("opened") or 0, record.get("target") or 0, target or 0)
     return {"metric": metric, "delta": delta, "looks": [lk.to_dict() for lk in looks], "target": target,
-            "plan": plan.to_dict()}
+            "opened": opened, "plan": plan.to_dict()}
 
 
 

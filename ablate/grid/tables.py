@@ -23,7 +23,8 @@ def write_tables(gs: GridStorage, results_dir: Path) -> tuple[Path, Path]:
 
     attrs = gs.study_attrs() or {}
     folder = store.study_dir(results_dir, gs.study_name)
-    runs = runs_table(results.study_cells(attrs), gs.trials(), folder=folder)
+    trials = gs.trials()
+    runs = runs_table(results.study_cells(attrs, trials), trials, folder=folder)
     name_objective(gs)
     bar = stats.majority_bar(attrs.get("dataset") or _study_json(folder).get("dataset"))
     runs_csv, summary_csv = results.write_tables(folder, {"runs": runs, "summary": analysis.summary_table(runs, bar)})
@@ -40,7 +41,7 @@ def prune_checkpoints(gs: GridStorage, artifacts: store.Artifacts, keep: str) ->
         return []
     with gs.lock():
         attrs, trials = gs.study_attrs() or {}, gs.trials()
-        wanted = {int(run.order) for run in results.best_grid_runs(results.study_cells(attrs), trials)}
+        wanted = {int(run.order) for run in results.best_grid_runs(results.study_cells(attrs, trials), trials)}
         return store.prune_trial_checkpoints(gs.storage, gs.study_id(), trials, artifacts, keep=wanted)
 
 

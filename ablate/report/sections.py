@@ -53,7 +53,8 @@ def training_setup(setup: pd.DataFrame) -> str:
 
 
 def per_model_seeds(counts: dict[str, int]) -> str:
-    """'; per architecture: unet 10, baseline 3' where sequential seeds stopped them apart."""
+    """'; per architecture: baseline 3, unet 10' where architectures completed different numbers
+    of seeds (sequential seeds stop them apart)."""
     return ("; per architecture: " + ", ".join(f"{esc(m)} {n}" for m, n in counts.items())) if counts else ""
 
 

@@ -105,7 +105,7 @@ def _confirmation(conf: dict | None) -> str:
                                 (esc(r["pairs"]), r["pairs"]), (num(r["estimate"], 4), r["estimate"]),
                                 (f"[{num(ci[0], 4)}, {num(ci[1], 4)}]", ci[0]), (num(r["p_diff"], 4), r["p_diff"]),
                                 (num(r["p_equiv"], 4), r["p_equiv"]),
-                                    (f"{look['threshold']:.4g} / {look['threshold_equiv']:.4g}", look["threshold"]),
+                                (f"{look['threshold']:.4g} / {look['threshold_equiv']:.4g}", look["threshold"]),
                                 (esc(r.get("words", r["verdict"])), r["verdict"])])
     return out + ("<h4>Looks</h4><p class='explain'>Each look's family of comparisons (val mIoU, winner − other, "
                   "paired by seed): each p is decided by the look's group-sequential threshold (level α/(K − 1) "

@@ -143,11 +143,14 @@ def cells_per_seed(cells: list[dict]) -> dict[str, int]:
     return out
 
 
-def study_cells(attrs: dict[str, Any]) -> list[dict]:
+def study_cells(attrs: dict[str, Any], trials: list[FrozenTrial]) -> list[dict]:
     """The cells (briefs) a grid study runs: every cell of a fixed design; in a sequential one
-    (`--seeds auto`), each architecture's cells of the seeds its stages have opened; the
-    others are not needed (yet), so no table lists them as pending."""
-    return open_cells(attrs.get("cells") or [], attrs, plan_of(attrs))
+    (`--seeds auto`), each architecture's cells of the seeds its stages have opened, and any
+    cell that has a trial; the others are not needed (yet), so no table lists them as pending."""
+    cells = attrs.get("cells") or []
+    wanted = {c["cell_id"] for c in open_cells(cells, attrs, plan_of(attrs))}
+    wanted |= {t.user_attrs.get("cell_id") for t in trials}
+    return [c for c in cells if c["cell_id"] in wanted]
 
 
 def grid_meta(name: str, url: str, attrs: dict[str, Any]) -> dict[str, Any]:

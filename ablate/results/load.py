@@ -85,7 +85,7 @@ def open_stored_study(results_dir: str | Path, study_name: str, url: str, *, art
         finished = [(str(t.number), t, f"trial {t.number}") for t in trials
                     if t.state != optuna.trial.TrialState.RUNNING]
     elif attrs.get("kind") == GRID_KIND:
-        cells = study_cells(attrs)
+        cells = study_cells(attrs, trials)
         study = Study(name=study_name, folder=folder, kind="grid", meta=grid_meta(study_name, url, attrs),
                       table=runs_table(cells, trials, folder=folder), pruned=store.pruned_ids(attrs),
                       source="storage", storage_url=url)

@@ -6,7 +6,7 @@ A search's best is the largest of many noisy values: part of its lead is the luc
 seed. The search's seed picked the candidates, so its values are not reused: the seeds here
 are the next ones (seed + 1, ...). At each look (`LOOKS`: 3, 5, 7, 10 seeds) the K − 1
 comparisons are one family, decided as the grid decides an architecture's main effects
-(`analysis.verdicts.look`): each comparison's paired t-test (difference) and two one-sided
+(`decisions.look`): each comparison's paired t-test (difference) and two one-sided
 tests within ±δ (equivalence) run at α/(K − 1), each a group-sequential test over the looks
 (Lan-DeMets Pocock thresholds, `stats.gs_boundaries`); a comparison keeps the first verdict
 it gets. The runs are trials of the study `<study>-confirm` in the tune's storage, claimed
@@ -28,8 +28,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ablate import record as records
-from ablate import stats, store, workers
-from ablate.analysis import verdicts
+from ablate import decisions, stats, store, workers
 from ablate.config import stable_hash
 from ablate.errors import AblateError
 from ablate.results.best import rank
@@ -85,7 +84,7 @@ def seeds_for(base_seed: int) -> list[int]:
 def take_look(values: dict[int, dict[int, float]], order: list[int], n: int, previous: list[int],
               delta: float) -> dict:
     """One look at `n` seeds: the winner (`order[0]`) against each other candidate, paired by
-    seed over the seeds both finished, judged as one family (`verdicts.look`: α/(K − 1) each,
+    seed over the seeds both finished, judged as one family (`decisions.look`: α/(K − 1) each,
     group-sequential over the looks). `values`: trial number -> {seed: val mIoU} of the look's
     seeds; `previous`: the seed counts of the looks already taken."""
     winner = order[0]
@@ -101,10 +100,12 @@ def take_look(values: dict[int, dict[int, float]], order: list[int], n: int, pre
         tested.append({"effect": str(other), "n": len(d), "estimate": estimate, "zero_spread": flat,
                        "p_value": stats.paired_t_p(d) if testable else math.nan,
                        "p_equiv": stats.tost_p(d, delta) if testable else math.nan})
-    decision = verdicts.look(tested, delta=delta, looks=(*previous, n), n_max=MAX_SEEDS)
+    decision = decisions.look(tested, delta=delta, looks=(*previous, n), n_max=MAX_SEEDS)
     for row in rows:
         word = decision.verdicts[str(row["other"])]
-        row.update(verdict=word if word in CLOSED else (ZERO_SPREAD if row["zero_spread"] else stats.INCONCLUSIVE),
+        # as the grid: zero spread closes a comparison only once it has the seeds a verdict needs
+        row.update(verdict=word if word in CLOSED else ZERO_SPREAD if word == decisions.ZERO_SPREAD
+                   else stats.INCONCLUSIVE,
                    p_diff=_finite(decision.p_diff.get(str(row["other"]), math.nan)),
                    p_equiv=_finite(decision.p_equiv.get(str(row["other"]), math.nan)))
         row["words"] = WORDS[row["verdict"]]
@@ -159,7 +160,8 @@ def sentences(conf: dict) -> list[str]:
     k = len(conf["candidates"]) - 1
     out.append(f"Fresh seeds {seeds[0]}–{seeds[-1]} (seed {seeds[0] - 1} picked the candidates), paired by seed; "
                f"{k} comparison{'s' * (k > 1)} with the winner, each a paired t-test and an equivalence test within "
-               f"±δ = {conf['delta']:g}, at α/{k} = {stats.ALPHA / k:.4g} each, group-sequential over the looks at "
+               f"±δ = {conf['delta']:g}, at {f'α/{k} = {stats.ALPHA / k:.4g}' if k > 1 else f'α = {stats.ALPHA:g}'}"
+               f"{' each' if k > 1 else ''}, group-sequential over the looks at "
                "3, 5, 7 and 10 seeds (Lan–DeMets Pocock thresholds), so the chance of any false verdict is at most "
                f"α = {stats.ALPHA:g}.")
     return out
@@ -381,4 +383,5 @@ def _means(runs: ConfirmRuns, order: list[int], seeds: list[int], values: dict[i
 
 def _look_line(look: dict) -> str:
     parts = [f"vs trial {row['other']}: {row['words']}" for row in look["comparisons"]]
-    return f"look at {look['n']} seeds (p ≤ {look['threshold']:.4f} decides): " + "; ".join(parts)
+    return (f"look at {look['n']} seeds (decided by p ≤ {look['threshold']:.4g}, equivalence p ≤ "
+            f"{look['threshold_equiv']:.4g}): " + "; ".join(parts))
