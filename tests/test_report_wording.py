@@ -104,3 +104,14 @@ def test_one_seed_that_did_not_learn_is_flagged_in_the_findings_and_the_grid_tab
     assert f"<td data-v=\"1 of 3 seeds did not learn (seed 2)\">1 of 3 seeds did not learn (seed 2)</td>" in \
         _section(html, "table")
     assert a.effects.loc[a.effects["kind"] == "main", "verdict"].eq("did not learn").all()
+
+
+def test_the_test_column_names_one_threshold_or_both():
+    """At a look of sequential seeds, a decided effect cites its one threshold; an inconclusive
+    one cites both (difference and equivalence), so says 'thresholds'."""
+    from ablate.analysis.verdicts import test_text
+
+    row = {"threshold": 0.0041, "threshold_equiv": 0.0046, "level": 0.05 / 3, "p_value": 0.09, "p_equiv": 0.9,
+           "verdict": "inconclusive"}
+    assert test_text(row) == "p = 0.09 > 0.0041 and equivalence p = 0.9 > 0.0046, this look's thresholds, level α/3"
+    assert test_text({**row, "verdict": "hurts", "p_value": 0.003}) == "p = 0.003 ≤ 0.0041, this look's threshold, level α/3"

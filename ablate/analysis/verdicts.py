@@ -192,7 +192,7 @@ def test_text(row: dict) -> str:
         p, t = _apart(row["p_value"], threshold)
         return f"p = {p} ≤ {t}, {where}"
     (p, t), (pe, te) = _apart(row["p_value"], threshold), _apart(row["p_equiv"], row["threshold_equiv"])
-    return f"p = {p} > {t} and equivalence p = {pe} > {te}, {where}"
+    return f"p = {p} > {t} and equivalence p = {pe} > {te}, {where.replace('threshold,', 'thresholds,')}"
 
 
 def _apart(p: float, threshold: float) -> tuple[str, str]:
