@@ -47,8 +47,8 @@ class Look:
     def to_dict(self) -> dict:
         return {"n": self.n, "level": self.level, "threshold": self.threshold, "threshold_equiv": self.threshold_equiv,
                 "delta": self.delta, "verdicts": self.verdicts,
-                "p_diff": {k: _finite(v) for k, v in self.p_diff.items()},
-                "p_equiv": {k: _finite(v) for k, v in self.p_equiv.items()}}
+                "p_diff": {k: finite(v) for k, v in self.p_diff.items()},
+                "p_equiv": {k: finite(v) for k, v in self.p_equiv.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Look":
@@ -59,7 +59,8 @@ class Look:
                    {k: nan if v is None else float(v) for k, v in d.get("p_equiv", {}).items()})
 
 
-def _finite(v: float) -> float | None:
+def finite(v: float | None) -> float | None:
+    """A float as the storage keeps it: None for a missing or non-finite value (NaN is not JSON)."""
     return None if v is None or not np.isfinite(v) else float(v)
 
 

@@ -118,7 +118,7 @@ def _clean(values) -> np.ndarray:
 # t-tests reject |mean| ≥ δ) or "inconclusive". The main effects of one architecture and
 # metric form ONE family, each at ALPHA / m (its two hypotheses cannot both be true), so the
 # chance of any false verdict word for that architecture and metric is at most ALPHA
-# (`analysis.verdicts.look`); over looks each test is group-sequential (`gs_boundaries`).
+# (`decisions.look`); over looks each test is group-sequential (`gs_boundaries`).
 HELPS, HURTS, EQUIVALENT, INCONCLUSIVE = "helps", "hurts", "no effect larger than δ", "inconclusive"
 
 

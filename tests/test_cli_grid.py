@@ -88,6 +88,15 @@ def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
+def _two_grids_at_once(args: list[str], env: dict[str, str], *, timeout: float) -> list[tuple[str, str]]:
+    """Start the same `ablate grid` twice at once (two machines on one storage); both exit 0.
+    Returns their (stdout, stderr)."""
+    procs = [_spawn(args, env), _spawn(args, env)]
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    return outputs
+
+
 def _wait_for_lines(log: Path, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while len(_executions(log)) < n:
@@ -416,9 +425,7 @@ def test_two_grids_of_two_workers_share_a_fresh_storage_exactly_once(kind, tmp_p
     args = [*TINY[:-2], "--toggles", "scheduler,weighted_loss", "--seeds", "2", "--study-name", "two",
             "--results-dir", str(results), "--cache-dir", str(cache_dir), "--storage", url, "--workers", "2"]
     env = _env(FAULT_LOG=str(log), FAULT_SLEEP="1:2")
-    procs = [_spawn(args, env), _spawn(args, env)]
-    outputs = [p.communicate(timeout=500) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    outputs = _two_grids_at_once(args, env, timeout=500)
     executions = _executions(log)
     assert len(executions) == 8 and len({cell for cell, _ in executions}) == 8, executions
     assert len({pid for _, pid in executions}) >= 3  # the work really was shared

@@ -22,7 +22,7 @@ from ablate.grid import stages
 from ablate.grid.study import parse_seeds
 from conftest import storage_url
 from faults.sitecustomize import _plant
-from test_cli_grid import TINY, _env, _executions, _spawn
+from test_cli_grid import TINY, _env, _executions, _two_grids_at_once
 
 NOISE_SD = 0.01
 
@@ -241,9 +241,7 @@ def test_two_grids_of_two_workers_take_each_look_once_and_run_each_cell_once(kin
     args = [*TINY[:-2], "--toggles", "weighted_loss,augment", "--seeds", "auto:3-4", "--study-name", "seq2",
             "--results-dir", str(results), "--cache-dir", str(cache_dir), "--storage", url, "--workers", "2"]
     env = _env(FAULT_LOG=str(log), FAULT_MIOU="weighted_loss:0.2")
-    procs = [_spawn(args, env), _spawn(args, env)]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    _two_grids_at_once(args, env, timeout=600)
     executions = _executions(log)
     assert len(executions) == 16 and len({cell for cell, _ in executions}) == 16, executions
     record = _stages(url, "seq2")["unet"]

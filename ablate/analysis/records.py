@@ -28,8 +28,8 @@ def overview(study: Study) -> dict:
     else:
         counts = t["status"].astype(str).value_counts().to_dict() if "status" in t else {}
         seeds = sorted(pd.to_numeric(t["seed"], errors="coerce").dropna().astype(int).unique().tolist()) if "seed" in t else []
-        done = t[t["status"] == "completed"] if {"model", "seed", "status"} <= set(t) else t.iloc[0:0]
-        per_model = done.groupby("model")["seed"].nunique().to_dict() if len(done) else {}
+        if {"model", "seed", "status"} <= set(t):
+            per_model = t[t["status"] == "completed"].groupby("model")["seed"].nunique().to_dict()
     hardware: dict[tuple, int] = {}
     for rec in study.records.values():
         env = rec.get("environment") or {}
@@ -42,7 +42,8 @@ def overview(study: Study) -> dict:
         "hardware": [dict(zip(("device_name", "device", "threads", "precision", "torch", "python"), k), runs=n)
                      for k, n in hardware.items()],
         "seeds": seeds, "seeds_per_model": {str(k): int(v) for k, v in per_model.items()}
-        if len(set(per_model.values())) > 1 else {}, "counts": {str(k): int(v) for k, v in counts.items()}, "total_seconds": float(seconds),
+        if len(set(per_model.values())) > 1 else {},
+        "counts": {str(k): int(v) for k, v in counts.items()}, "total_seconds": float(seconds),
     }
 
 

@@ -67,12 +67,11 @@ def advance(cells: list[dict], trials: list, attrs: dict[str, Any], plan: SeedPl
         mine = [c for c in opened if c["model"] == model]
         if record.get("target") is None or any(states[c["cell_id"]].status not in ("completed", "failed") for c in mine):
             continue
-        records[model], changed = _look_at(record, mine, trials, attrs, plan, delta, max_retries), True
+        records[model], changed = _look_at(record, mine, trials, attrs, plan, delta), True
     return records if changed else None
 
 
-def _look_at(record: dict, cells: list[dict], trials: list, attrs: dict, plan: SeedPlan, delta: float,
-             max_retries: int) -> dict:
+def _look_at(record: dict, cells: list[dict], trials: list, attrs: dict, plan: SeedPlan, delta: float) -> dict:
     """An architecture's record after the look its finished stage is due."""
     runs = completed_runs(runs_table(cells, trials), attrs.get("dataset"))
     metric = record.get("metric") or (primary_metric(runs) if not runs.empty else "val_miou")
@@ -83,7 +82,3 @@ def _look_at(record: dict, cells: list[dict], trials: list, attrs: dict, plan: S
     opened = max(record.get("opened") or 0, record.get("target") or 0, target or 0)
     return {"metric": metric, "delta": delta, "looks": [lk.to_dict() for lk in looks], "target": target,
             "opened": opened, "plan": plan.to_dict()}
-
-
-
-

@@ -95,7 +95,7 @@ def take_look(values: dict[int, dict[int, float]], order: list[int], n: int, pre
         flat = _zero_spread(d)
         testable = len(d) >= stats.MIN_VERDICT_N and not flat
         estimate = float(d.mean()) if len(d) else math.nan
-        rows.append({"other": other, "pairs": len(d), "estimate": _finite(estimate),
+        rows.append({"other": other, "pairs": len(d), "estimate": decisions.finite(estimate),
                      "ci95": _interval(d, 0.95), "ci90": _interval(d, 0.90), "zero_spread": flat})
         tested.append({"effect": str(other), "n": len(d), "estimate": estimate, "zero_spread": flat,
                        "p_value": stats.paired_t_p(d) if testable else math.nan,
@@ -106,8 +106,8 @@ def take_look(values: dict[int, dict[int, float]], order: list[int], n: int, pre
         # as the grid: zero spread closes a comparison only once it has the seeds a verdict needs
         row.update(verdict=word if word in CLOSED else ZERO_SPREAD if word == decisions.ZERO_SPREAD
                    else stats.INCONCLUSIVE,
-                   p_diff=_finite(decision.p_diff.get(str(row["other"]), math.nan)),
-                   p_equiv=_finite(decision.p_equiv.get(str(row["other"]), math.nan)))
+                   p_diff=decisions.finite(decision.p_diff.get(str(row["other"]), math.nan)),
+                   p_equiv=decisions.finite(decision.p_equiv.get(str(row["other"]), math.nan)))
         row["words"] = WORDS[row["verdict"]]
     return {"n": n, "level": decision.level, "threshold": decision.threshold,
             "threshold_equiv": decision.threshold_equiv, "comparisons": rows}
@@ -142,11 +142,6 @@ def _interval(values, level: float) -> list[float] | None:
     return None if interval is None else list(interval)
 
 
-def _finite(v: float) -> float | None:
-    return float(v) if v is not None and math.isfinite(v) else None
-
-
-# --------------------------------------------------------------------------- the decision in words
 def sentences(conf: dict) -> list[str]:
     """The confirmation in plain sentences: one per comparison (or that it is under way), then
     how it was decided."""
@@ -375,8 +370,8 @@ def _means(runs: ConfirmRuns, order: list[int], seeds: list[int], values: dict[i
     out = []
     for number in order:
         v = list(values[number].values())
-        out.append({"number": number, "n": len(v), "mean": _finite(float(np.mean(v))) if v else None,
-                    "ci95": _interval(v, 0.95), "test_mean": _finite(float(np.mean(tests[number])))
+        out.append({"number": number, "n": len(v), "mean": decisions.finite(float(np.mean(v))) if v else None,
+                    "ci95": _interval(v, 0.95), "test_mean": decisions.finite(float(np.mean(tests[number])))
                     if tests[number] else None})
     return out
 
